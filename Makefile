@@ -1,0 +1,25 @@
+# make test: the whole suite (real-gluster tests run where the machine allows)
+# make demo: one whole backup against the bundled fake engine and fake gluster
+# make bench: the scale benchmark (not part of make test)
+PYTHON ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
+
+.PHONY: test demo bench venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) tests/demo.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,242 @@
+"""Fixtures: a fake engine on HTTPS with a CA made per session, two fake
+gluster sites in a temporary directory, and a runner for the real script."""
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import trustme
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from fake_engine import FakeEngine  # noqa: E402
+
+VMBACKUP = HERE.parent / 'vmbackup.py'
+FAKEBIN = HERE / 'fakebin'
+MASTER = 'vmstore'
+SLAVE_HOST = 'backup.example.com'
+SLAVE = 'root@' + SLAVE_HOST
+SLAVEVOL = 'vmstore-dr'
+USER = 'admin@internal'
+PASSWORD = 'Pa55-w0rd-never-shown'
+DESCRIPTION = 'GLUSTER-Geo-rep-snapshot'
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason='the fake mount client bind-mounts: needs root')
+
+
+def wait_for(condition, timeout=30, interval=0.05, message='condition'):
+    """Poll condition() until it returns a true value; fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out waiting for %s' % message)
+        time.sleep(interval)
+
+
+def mounts_under(path):
+    """Return the mount points below path, from /proc/self/mountinfo."""
+    path = os.path.realpath(str(path))
+    found = []
+    with open('/proc/self/mountinfo') as info:
+        for line in info:
+            point = line.split()[4].replace('\\040', ' ')
+            if point == path or point.startswith(path + os.sep):
+                found.append(point)
+    return found
+
+
+def tree(directory):
+    """Return {relative path: bytes} of every file below directory."""
+    directory = pathlib.Path(directory)
+    if not directory.exists():
+        return {}
+    return {str(path.relative_to(directory)): path.read_bytes()
+            for path in sorted(directory.rglob('*')) if path.is_file()}
+
+
+@dataclasses.dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self):
+        return self.out + self.err
+
+
+class Site:
+    """A master and a slave gluster volume (directories), the fake engine
+    with the master's storage domain, and a way to run vmbackup.py there."""
+
+    def __init__(self, tmp_path, engine):
+        self.tmp = tmp_path
+        self.engine = engine
+        self.root = tmp_path / 'gluster'
+        self.master = self.root / 'volumes' / MASTER
+        self.slave = self.root / 'volumes' / SLAVEVOL
+        self.master.mkdir(parents=True)
+        self.slave.mkdir(parents=True)
+        self.scratch = tmp_path / 'scratch'   # the tool's TMPDIR: mount points
+        self.scratch.mkdir()
+        self.lock_dir = tmp_path / 'lock'
+        self.lock_dir.mkdir()
+        self.mount_log = tmp_path / 'log' / 'dr_slave.mount.log'
+        self.ca_file = engine.ca_pem_path(str(tmp_path))
+        self.sd_id = engine.add_storage_domain(
+            'vmstore-sd', str(self.master), type='glusterfs',
+            address='gluster1.example.com', path='/' + MASTER)
+        # a file of the domain that is not a disk image: must survive
+        (self.master / self.sd_id / 'dom_md').mkdir(parents=True)
+        (self.master / self.sd_id / 'dom_md' / 'metadata').write_text(
+            'SDUUID=%s\n' % self.sd_id)
+        self.nfs_dir = tmp_path / 'nfs'
+        self.nfs_dir.mkdir()
+        self.nfs_id = engine.add_storage_domain(
+            'nfs-data', str(self.nfs_dir), type='nfs',
+            address='nfs.example.com', path='/exports/data')
+
+    # the fakes -----------------------------------------------------------------
+    def behave(self, **programs):
+        (self.root / 'behaviour.json').write_text(json.dumps(programs))
+
+    def calls(self, program=None):
+        path = self.root / 'calls.jsonl'
+        if not path.exists():
+            return []
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        return [e for e in entries if program is None or e['program'] == program]
+
+    # the config ----------------------------------------------------------------
+    def config(self, text=None, mode=0o600, name='backup.cfg', **sections):
+        """Write a config file: the default one updated by sections
+        ({'snapshot': {'wait_timeout': '1'}}; a value None drops the key),
+        or text as it is."""
+        if text is None:
+            values = {
+                'connection': {'server': self.engine.url, 'user_name': USER,
+                               'password': PASSWORD, 'ca_file': self.ca_file,
+                               'timeout': '10'},
+                'snapshot': {'wait_timeout': '0.25', 'poll_interval': '0.1'},
+                'gluster': {'schedule_georep': '%s %s' % (
+                    sys.executable, FAKEBIN / 'schedule_georep'),
+                    'glusterfs': str(FAKEBIN / 'glusterfs'),
+                    'mount_log': str(self.mount_log)},
+                'lock': {'lock_dir': str(self.lock_dir)},
+            }
+            for section, keys in sections.items():
+                values.setdefault(section, {}).update(keys)
+            text = ''
+            for section, keys in values.items():
+                text += '[%s]\n' % section
+                text += ''.join('%s = %s\n' % (k, v) for k, v in keys.items()
+                                if v is not None)
+        path = self.tmp / name
+        path.write_text(textwrap.dedent(text))
+        path.chmod(mode)
+        return str(path)
+
+    # running the tool --------------------------------------------------------------
+    def command(self, *args, config=None):
+        config = config or self.config()
+        positional = [MASTER, SLAVE, SLAVEVOL]
+        if args and args[0] == '--':
+            positional, args = [], args[1:]
+        return [sys.executable, str(VMBACKUP), *positional, '-c', config,
+                '-i', '1', *args]
+
+    def env(self):
+        env = dict(os.environ)
+        env['FAKE_GLUSTER_ROOT'] = str(self.root)
+        env['PATH'] = '%s%s%s' % (FAKEBIN, os.pathsep, env.get('PATH', ''))
+        env['TMPDIR'] = str(self.scratch)
+        return env
+
+    def run(self, *args, config=None, timeout=120):
+        process = subprocess.run(self.command(*args, config=config),
+                                 env=self.env(), capture_output=True,
+                                 text=True, timeout=timeout)
+        return Result(process.returncode, process.stdout, process.stderr)
+
+    def start(self, *args, config=None):
+        return subprocess.Popen(self.command(*args, config=config),
+                                env=self.env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    # what is there ------------------------------------------------------------------
+    def add_vm(self, name, disks=1, status='up', sd=None, **disk_options):
+        sd = sd or self.sd_id
+        return self.engine.add_vm(
+            name, status=status,
+            disks=[dict(sd=sd, **disk_options) for _ in range(disks)])
+
+    def our_snapshots(self):
+        """Return {vm name: [snapshot ids]} of snapshots with our description."""
+        left = {}
+        for name in self.engine.vm_names():
+            ids = [s['id'] for s in self.engine.vm(name)['snapshots']
+                   if s['description'] == DESCRIPTION]
+            if ids:
+                left[name] = ids
+        return left
+
+    def hold_lock(self):
+        handle = open(self.lock_dir / ('vmbackup-%s.lock' % MASTER), 'a+')
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return handle
+
+
+def assert_invariants(site, result):
+    """What must hold after every run, whatever happened."""
+    assert 'Traceback' not in result.output, result.output
+    assert PASSWORD not in result.output
+    assert not mounts_under(site.tmp), mounts_under(site.tmp)
+    assert site.our_snapshots() == {}, site.our_snapshots()
+    for call in site.calls():
+        assert PASSWORD not in ' '.join(call['argv'])
+    assert list(site.scratch.iterdir()) == []
+
+
+@pytest.fixture(scope='session')
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def engine(ca):
+    with FakeEngine(ca=ca, user=USER, password=PASSWORD, snapshot_delay=0.3,
+                    merge_delay=0.3) as engine:
+        yield engine
+
+
+@pytest.fixture
+def site(tmp_path, engine):
+    site = Site(tmp_path, engine)
+    try:
+        yield site
+    finally:
+        for point in reversed(mounts_under(tmp_path)):
+            subprocess.run(['umount', '-l', point], check=False)
+
+
+@pytest.fixture
+def stop_process():
+    """Kill, at the end of the test, the processes a test started."""
+    started = []
+    yield started.append
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,1175 @@
+"""A fake oVirt engine that speaks the real REST API v4 over HTTPS.
+
+The real ``ovirtsdk4`` talks to it unchanged: SSO login and logout, bearer
+tokens, XML bodies written and read with the SDK's own model
+(``ovirtsdk4.writer.Writer`` / ``ovirtsdk4.reader.Reader``), faults as
+``<fault><reason/><detail/></fault>`` with an HTTP status.
+
+What it reproduces (see DESIGN.md, "Facts about the real systems"):
+
+- ``/vms`` searches (``status=up``, ``name=X*``, ``page N``) capped at 100
+  results unless ``max`` is given; ``follow`` of disk attachments, disks and
+  snapshots; links otherwise.
+- Snapshots that are ``locked`` for ``snapshot_delay`` seconds after creation,
+  then ``ok`` with a new overlay volume (file, ``.meta``, ``.lease``) per disk,
+  laid out as vdsm does: ``<root>/<sd_id>/images/<disk_id>/<volume_id>``;
+  the disk's ``image_id`` then names the overlay.
+- Snapshot removal (live merge): 200 at once, ``locked`` for ``merge_delay``,
+  then gone (404), the overlay files deleted and the disk's ``image_id`` the
+  base's again. A failed merge leaves the snapshot ``ok``, files untouched.
+- Events, refused on a repeated origin/custom_id pair.
+- Faults on demand (``fail``): an HTTP fault, a closed connection, a hang, an
+  expired token, a lost answer, an HTML error page; a snapshot that stays
+  locked (``stick_snapshot``), a live merge that fails (``fail_merge``).
+
+Every request is logged in ``engine.requests``; accepted events are in
+``engine.events``; a bug of the fake itself is answered 500 and its traceback
+kept in ``engine.errors``.
+
+Use::
+
+    with FakeEngine(snapshot_delay=0.2, merge_delay=0.2) as engine:
+        sd_id = engine.add_storage_domain('vmstore', tmp_path / 'master')
+        engine.add_vm('vm1', disks=[dict(sd=sd_id)])
+        connection = ovirtsdk4.Connection(
+            url=engine.url, username='admin@internal', password='secret',
+            ca_file=engine.ca_pem_path(tmp_path))
+
+State changes with time by itself (a background thread, and lazily on every
+request and every read through the Python API), all under one lock.
+"""
+
+import datetime
+import http.server
+import json
+import os
+import re
+import secrets
+import socket
+import ssl
+import threading
+import time
+import traceback
+import urllib.parse
+import uuid
+import xml.etree.ElementTree as ElementTree
+
+import ovirtsdk4.readers  # noqa: F401  (registers the model's readers)
+import ovirtsdk4.types as types
+import ovirtsdk4.writers  # noqa: F401  (registers the model's writers)
+import trustme
+from ovirtsdk4.reader import Reader
+from ovirtsdk4.writer import Writer
+
+API_PREFIX = '/ovirt-engine/api'
+SSO_TOKEN_PATH = '/ovirt-engine/sso/oauth/token'
+SSO_LOGOUT_PATH = '/ovirt-engine/services/sso-logout'
+SEARCH_DEFAULT_MAX = 100
+ACTIVE_SNAPSHOT_DESCRIPTION = 'Active VM'
+NULL_UUID = '00000000-0000-0000-0000-000000000000'
+FAULT_KINDS = ('fault', 'close', 'hang', 'expire', 'drop', 'html')
+VM_STATUSES = frozenset(status.value for status in types.VmStatus)
+TICK_SECONDS = 0.02
+LEASE_SIZE = 512
+OVERLAY_SIZE = 512
+BASE_SIZE = 1024
+XML_CONTENT_TYPE = 'application/xml'
+JSON_CONTENT_TYPE = 'application/json'
+
+
+class Fault(Exception):
+    """An API error answered as an XML fault with an HTTP status."""
+
+    def __init__(self, status, reason, detail):
+        super().__init__('%s %s: %s' % (status, reason, detail))
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def not_found(what):
+    return Fault(404, 'Not Found', 'Entity not found: %s' % what)
+
+
+def bad_request(detail):
+    return Fault(400, 'Bad Request', detail)
+
+
+def refused(detail):
+    return Fault(409, 'Operation Failed', '[%s]' % detail)
+
+
+class _Disk:
+    def __init__(self, disk_id, name, sd_id, shareable, size):
+        self.id = disk_id
+        self.name = name
+        self.sd_id = sd_id
+        self.shareable = shareable
+        self.size = size
+        self.chain = []           # volume ids, base first, the leaf last
+        self.locked_by = set()    # snapshot ids of operations in progress
+
+    @property
+    def image_id(self):
+        return self.chain[-1]
+
+
+class _Snapshot:
+    def __init__(self, snapshot_id, description, snapshot_type, status,
+                 persist_memorystate=None, disk_ids=()):
+        self.id = snapshot_id
+        self.description = description
+        self.type = snapshot_type
+        self.status = status
+        self.persist_memorystate = persist_memorystate
+        self.disk_ids = list(disk_ids)
+        self.volumes = {}         # disk id -> (base id, overlay id)
+        self.date = datetime.datetime.now(datetime.timezone.utc)
+        self.phase = None         # 'creating', 'removing' or None
+        self.deadline = None      # monotonic time of the next change; None: never
+        self.merge_fails = False
+
+
+class _Vm:
+    def __init__(self, vm_id, name, status, cluster_id):
+        self.id = vm_id
+        self.name = name
+        self.status = status
+        self.cluster_id = cluster_id
+        self.disk_ids = []
+        self.snapshots = {}       # id -> _Snapshot, in creation order, active first
+        self.stick_next = 0
+        self.merge_failures = 0
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, engine):
+        self.engine = engine
+        self.connections = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address):
+        """Shake hands in the connection's own thread, then serve it."""
+        with self.connections_lock:
+            self.connections.add(request)
+        try:
+            try:
+                request.settimeout(10)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLError, OSError):
+                return
+            self.RequestHandlerClass(request, client_address, self)
+        finally:
+            with self.connections_lock:
+                self.connections.discard(request)
+
+    def handle_error(self, request, client_address):
+        pass  # clients that go away (timeouts, TLS refusals) are expected
+
+    def close_connections(self):
+        with self.connections_lock:
+            connections = list(self.connections)
+        for connection in connections:
+            try:
+                socket.socket.shutdown(connection, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    server_version = 'FakeOvirtEngine/4.5'
+    sys_version = ''
+    timeout = 120
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        self._serve('GET')
+
+    def do_POST(self):
+        self._serve('POST')
+
+    def do_PUT(self):
+        self._serve('PUT')
+
+    def do_DELETE(self):
+        self._serve('DELETE')
+
+    def _serve(self, method):
+        engine = self.server.engine
+        split = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get('Content-Length') or 0)
+        body = self.rfile.read(length).decode('utf-8', 'replace') if length else ''
+        full_path = urllib.parse.unquote(split.path)
+        entry = {
+            'method': method,
+            'path': _logged_path(full_path),
+            'query': urllib.parse.parse_qs(split.query, keep_blank_values=True),
+            'body': body,
+            'status': None,
+        }
+        token = _bearer_token(self.headers.get('Authorization'))
+        rule = engine._arrive(entry)
+        kind = rule['kind'] if rule else None
+        if kind == 'close':
+            self.close_connection = True
+            return
+        if kind == 'hang':
+            if not engine._hang():
+                self.close_connection = True
+                return
+            kind = None
+        if kind == 'fault':
+            answer = engine._injected_fault(full_path, rule['status'])
+        elif kind == 'html':
+            answer = _html_answer(rule['status'])
+        elif kind == 'expire':
+            answer = engine._expire(full_path, token)
+        else:
+            answer = engine._dispatch(method, full_path, entry['query'], body, token)
+        status, content_type, payload, headers = answer
+        with engine._lock:
+            entry['status'] = status
+        if kind == 'drop':
+            self.close_connection = True
+            return
+        data = payload.encode('utf-8')
+        self.send_response(status)
+        if content_type:
+            self.send_header('Content-Type', content_type)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _logged_path(full_path):
+    """Given the URL path, return it as engine.requests shows it."""
+    if full_path == API_PREFIX or full_path.startswith(API_PREFIX + '/'):
+        path = full_path[len(API_PREFIX):].rstrip('/')
+        return path or '/'
+    return full_path
+
+
+def _bearer_token(header):
+    if header and header.lower().startswith('bearer '):
+        return header[len('bearer '):].strip()
+    return None
+
+
+def _html_answer(status):
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = 'Error'
+    page = '<html><head><title>%d %s</title></head><body><h1>%s</h1></body></html>' % (
+        status, reason, reason)
+    return status, 'text/html; charset=iso-8859-1', page, {}
+
+
+def _xml_answer(status, text, headers=None):
+    return status, XML_CONTENT_TYPE, text, headers or {}
+
+
+def _json_answer(status, value):
+    return status, JSON_CONTENT_TYPE, json.dumps(value), {}
+
+
+def _fault_xml(reason, detail):
+    return Writer.write(types.Fault(reason=reason, detail=detail))
+
+
+def _href(*parts):
+    return '/'.join((API_PREFIX,) + parts)
+
+
+def _ref(cls, *parts, **attributes):
+    """Given a model class and the parts of its path, return a link object."""
+    obj = cls(id=parts[-1], **attributes)
+    obj.href = _href(*parts)
+    return obj
+
+
+def _add_links(element, base, rels):
+    for rel in rels:
+        link = ElementTree.SubElement(element, 'link')
+        link.set('href', '%s/%s' % (base, rel))
+        link.set('rel', rel)
+
+
+def _compile_wildcard(value):
+    pattern = '.*'.join(re.escape(part) for part in value.split('*'))
+    return re.compile(pattern + r'\Z', re.IGNORECASE)
+
+
+def _parse_search(text, fields):
+    """Given a search text and {field: check(value) -> predicate}, return (predicates, page).
+
+    Raises Fault (400) for a term the fake does not understand.
+    """
+    predicates, page = [], None
+    tokens = text.split()
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token.lower() == 'and':
+            index += 1
+            continue
+        if token.lower() == 'page':
+            number = tokens[index + 1] if index + 1 < len(tokens) else ''
+            if not number.isdigit() or int(number) < 1:
+                raise bad_request('Invalid search text "%s": page needs a positive number' % text)
+            page = int(number)
+            index += 2
+            continue
+        match = re.fullmatch(r'([A-Za-z_]+)(!=|=)(.+)', token)
+        if not match or match.group(1).lower() not in fields:
+            raise bad_request('Invalid search text "%s": cannot understand "%s"' % (text, token))
+        predicate = fields[match.group(1).lower()](match.group(3), text)
+        if match.group(2) == '!=':
+            predicates.append(lambda obj, predicate=predicate: not predicate(obj))
+        else:
+            predicates.append(predicate)
+        index += 1
+    return predicates, page
+
+
+def _name_term(value, text):
+    pattern = _compile_wildcard(value)
+    return lambda obj: pattern.match(obj.name) is not None
+
+
+def _status_term(value, text):
+    if value.lower() not in VM_STATUSES:
+        raise bad_request('Invalid search text "%s": unknown status "%s"' % (text, value))
+    return lambda obj: obj.status == value.lower()
+
+
+def _parse_follow(query, allowed):
+    follow = set()
+    for value in query.get('follow', []):
+        follow.update(part.strip() for part in value.split(',') if part.strip())
+    unknown = follow - set(allowed)
+    if unknown:
+        raise bad_request('Cannot follow link(s): %s' % ', '.join(sorted(unknown)))
+    return follow
+
+
+def _parse_max(query):
+    values = query.get('max')
+    if not values:
+        return None
+    try:
+        return int(values[-1])
+    except ValueError:
+        raise bad_request('Invalid value for parameter "max": %s' % values[-1]) from None
+
+
+def _read_body(body, expected):
+    """Given an XML body and a model class, return the object; Fault 400 otherwise."""
+    try:
+        obj = Reader.read(body)
+    except Exception as error:  # the SDK's XML reader raises plain Exception
+        raise bad_request('Cannot parse the request body: %s' % error) from None
+    if not isinstance(obj, expected):
+        raise bad_request('The request body is not a %s' % expected.__name__.lower())
+    return obj
+
+
+def _write_file(path, data):
+    with open(path, 'wb') as stream:
+        stream.write(data)
+
+
+def _remove_file(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _edit_meta(path, **changes):
+    """Given a vdsm .meta file, rewrite the KEY=VALUE lines named in changes."""
+    try:
+        with open(path) as stream:
+            lines = stream.read().splitlines()
+    except FileNotFoundError:
+        return
+    for index, line in enumerate(lines):
+        key = line.split('=', 1)[0]
+        if key in changes:
+            lines[index] = '%s=%s' % (key, changes[key])
+    with open(path, 'w') as stream:
+        stream.write('\n'.join(lines) + '\n')
+
+
+class FakeEngine:
+    """A fake oVirt engine on https://localhost:PORT/ovirt-engine/api."""
+
+    def __init__(self, ca=None, user='admin@internal', password='secret',
+                 snapshot_delay=0.3, merge_delay=0.3, host='127.0.0.1', port=0):
+        self.ca = ca or trustme.CA()
+        self.user = user
+        self.password = password
+        self.snapshot_delay = snapshot_delay
+        self.merge_delay = merge_delay
+        self.host = host
+        self.port = port
+        self.requests = []
+        self.events = []
+        self.errors = []          # tracebacks of the fake's own bugs (answered 500)
+        self.logged_out = 0
+        self._lock = threading.RLock()
+        self._tokens = set()
+        self._rules = []
+        self._release_event = threading.Event()
+        self._stopping = threading.Event()
+        self._storage_domains = {}   # id -> dict
+        self._clusters = {}          # id -> name
+        self._vms = {}               # id -> _Vm, creation order
+        self._disks = {}             # id -> _Disk
+        self._event_keys = set()
+        self._event_records = []     # the events with their id and time
+        self._server = None
+        self._threads = []
+        self.add_cluster('Default')
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self):
+        """Serve in daemon threads; return self."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert('localhost', '127.0.0.1', '::1').configure_cert(context)
+        self._server = _Server((self.host, self.port), _Handler, self)
+        self._server.socket = context.wrap_socket(
+            self._server.socket, server_side=True, do_handshake_on_connect=False)
+        self.port = self._server.server_address[1]
+        self._stopping.clear()
+        self._release_event = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, args=(0.05,), name='fake-engine',
+                             daemon=True),
+            threading.Thread(target=self._tick, name='fake-engine-clock', daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self):
+        """Stop serving: hanging requests end without an answer, connections close."""
+        if self._server is None:
+            return
+        self._stopping.set()
+        with self._lock:
+            self._release_event.set()
+        self._server.shutdown()
+        self._server.close_connections()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(5)
+        self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    @property
+    def url(self):
+        return 'https://localhost:%d%s' % (self.port, API_PREFIX)
+
+    def ca_pem_path(self, directory):
+        """Write the CA certificate (PEM) into directory; return its path."""
+        path = os.path.join(str(directory), 'fake-engine-ca.pem')
+        self.ca.cert_pem.write_to_path(path)
+        return path
+
+    def _tick(self):
+        while not self._stopping.wait(TICK_SECONDS):
+            with self._lock:
+                self._advance()
+
+    # -- building the world --------------------------------------------------
+
+    def add_storage_domain(self, name, root_dir, type='glusterfs', address=None, path=None):
+        """Add a data domain whose files live under root_dir/<sd_id>/images; return its id.
+
+        Only <sd_id>/images/ is made (no dom_md/): the test builds the rest.
+        """
+        if type not in ('glusterfs', 'nfs'):
+            raise ValueError('storage domain type must be glusterfs or nfs, not %r' % type)
+        if address is None:
+            address = 'gluster1.example.com' if type == 'glusterfs' else 'nfs1.example.com'
+        if path is None:
+            path = '/vmstore' if type == 'glusterfs' else '/exports/data'
+        sd_id = str(uuid.uuid4())
+        root_dir = os.path.abspath(str(root_dir))
+        os.makedirs(os.path.join(root_dir, sd_id, 'images'), exist_ok=True)
+        with self._lock:
+            if any(sd['name'] == name for sd in self._storage_domains.values()):
+                raise ValueError('storage domain %r exists' % name)
+            self._storage_domains[sd_id] = dict(
+                id=sd_id, name=name, root=root_dir, type=type, address=address, path=path)
+        return sd_id
+
+    def add_cluster(self, name):
+        with self._lock:
+            if name in self._clusters.values():
+                raise ValueError('cluster %r exists' % name)
+            cluster_id = str(uuid.uuid4())
+            self._clusters[cluster_id] = name
+            return cluster_id
+
+    def add_vm(self, name, status='up', disks=(), cluster='Default'):
+        """Add a VM; return its id.
+
+        disks: [dict(sd=SD_ID, shareable=False, content=None, name=None), ...].
+
+        A disk given as dict(id=DISK_ID) attaches an existing (shareable) disk.
+        """
+        if status not in VM_STATUSES:
+            raise ValueError('unknown VM status %r' % status)
+        with self._lock:
+            if any(vm.name == name for vm in self._vms.values()):
+                raise ValueError('VM %r exists' % name)
+            cluster_id = self._cluster_id(cluster)
+            vm = _Vm(str(uuid.uuid4()), name, status, cluster_id)
+            active = _Snapshot(str(uuid.uuid4()), ACTIVE_SNAPSHOT_DESCRIPTION, 'active', 'ok',
+                               persist_memorystate=False)
+            vm.snapshots[active.id] = active
+            for number, spec in enumerate(disks, 1):
+                if 'id' in spec and spec['id'] in self._disks:
+                    vm.disk_ids.append(spec['id'])
+                    continue
+                if spec.get('sd') not in self._storage_domains:
+                    raise ValueError('disk %d of %s: unknown storage domain %r'
+                                     % (number, name, spec.get('sd')))
+                content = spec.get('content')
+                if content is None:
+                    content = os.urandom(BASE_SIZE)
+                disk = _Disk(str(uuid.uuid4()), spec.get('name') or '%s_Disk%d' % (name, number),
+                             spec['sd'], bool(spec.get('shareable', False)), len(content))
+                os.makedirs(os.path.dirname(self._volume_path(disk, 'x')), exist_ok=True)
+                base_id = str(uuid.uuid4())
+                self._write_volume(disk, base_id, NULL_UUID, content)
+                disk.chain.append(base_id)
+                self._disks[disk.id] = disk
+                vm.disk_ids.append(disk.id)
+            self._vms[vm.id] = vm
+            return vm.id
+
+    def add_snapshot(self, vm_name, description):
+        """Add a finished snapshot (status ok) with its overlay files; return its id."""
+        with self._lock:
+            self._advance()
+            vm = self._vm_by_name(vm_name)
+            disk_ids = [d for d in vm.disk_ids if not self._disks[d].shareable]
+            snapshot = _Snapshot(str(uuid.uuid4()), description, 'regular', 'ok',
+                                 persist_memorystate=False, disk_ids=disk_ids)
+            vm.snapshots[snapshot.id] = snapshot
+            self._create_overlays(snapshot)
+            return snapshot.id
+
+    def set_vm_status(self, vm_name, status):
+        if status not in VM_STATUSES:
+            raise ValueError('unknown VM status %r' % status)
+        with self._lock:
+            self._vm_by_name(vm_name).status = status
+
+    def stick_snapshot(self, vm_name):
+        """The next snapshot created on that VM never leaves 'locked' (until unstick)."""
+        with self._lock:
+            self._vm_by_name(vm_name).stick_next += 1
+
+    def unstick(self, vm_name):
+        """Let the stuck snapshots of that VM finish now."""
+        with self._lock:
+            for snapshot in self._vm_by_name(vm_name).snapshots.values():
+                if snapshot.phase and snapshot.deadline is None:
+                    snapshot.deadline = time.monotonic()
+            self._advance()
+
+    def fail_merge(self, vm_name, times=1):
+        """The next `times` removals of a snapshot on that VM fail after the merge delay."""
+        with self._lock:
+            self._vm_by_name(vm_name).merge_failures += times
+
+    # -- looking at the world ------------------------------------------------
+
+    def vm(self, name):
+        """Return a dict view of the VM called name (KeyError if none)."""
+        with self._lock:
+            self._advance()
+            vm = self._vm_by_name(name, error=KeyError)
+            return {
+                'id': vm.id,
+                'name': vm.name,
+                'status': vm.status,
+                'cluster_id': vm.cluster_id,
+                'disks': [self._disk_view(self._disks[d]) for d in vm.disk_ids],
+                'snapshots': [self._snapshot_view(s) for s in vm.snapshots.values()],
+            }
+
+    def vm_names(self):
+        """Return the names of all VMs, in creation order."""
+        with self._lock:
+            return [vm.name for vm in self._vms.values()]
+
+    def vm_name_of(self, vm_id):
+        """Return the name of the VM with that id (KeyError if none)."""
+        with self._lock:
+            return self._vms[vm_id].name
+
+    def storage_domain(self, sd_id):
+        with self._lock:
+            return dict(self._storage_domains[sd_id])
+
+    def disk_path(self, disk_id, image_id):
+        with self._lock:
+            self._advance()
+            return self._volume_path(self._disks[disk_id], image_id)
+
+    def _disk_view(self, disk):
+        return {'id': disk.id, 'name': disk.name, 'sd': disk.sd_id, 'image_id': disk.image_id,
+                'shareable': disk.shareable, 'chain': list(disk.chain)}
+
+    def _snapshot_view(self, snapshot):
+        return {
+            'id': snapshot.id,
+            'description': snapshot.description,
+            'status': snapshot.status,
+            'type': snapshot.type,
+            'persist_memorystate': snapshot.persist_memorystate,
+            'disk_ids': list(snapshot.disk_ids),
+            'volumes': {disk_id: {'base': base, 'overlay': overlay}
+                        for disk_id, (base, overlay) in snapshot.volumes.items()},
+        }
+
+    # -- faults on demand ----------------------------------------------------
+
+    def fail(self, method, path_regex, kind='fault', status=500, count=1):
+        """The next `count` (None: all) matching requests fail the way `kind` says.
+
+        method: 'GET', 'POST', ... or None / '*' for any.
+        kind: 'fault' (an XML fault, a JSON error on the SSO paths, with `status`),
+        'close' (closed without an answer, not processed), 'hang' (no answer until
+        release() or stop(); after release() the request is processed normally),
+        'expire' (401, and the token used becomes invalid), 'drop' (processed,
+        then closed without an answer: the answer is lost), 'html' (`status` with
+        an HTML page, as a proxy in front of a dead engine answers).
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError('kind must be one of %s' % ', '.join(FAULT_KINDS))
+        with self._lock:
+            self._rules.append(dict(method=None if method in (None, '*') else method.upper(),
+                                    regex=re.compile(path_regex), kind=kind, status=status,
+                                    count=count))
+
+    def clear_faults(self):
+        """Forget the fault rules not used up, and let hanging requests go on."""
+        with self._lock:
+            self._rules.clear()
+        self.release()
+
+    def release(self):
+        """Let the hanging requests go on."""
+        with self._lock:
+            event, self._release_event = self._release_event, threading.Event()
+        event.set()
+
+    def _arrive(self, entry):
+        """Log a request; return the fault rule that applies to it, if any."""
+        with self._lock:
+            self.requests.append(entry)
+            for rule in self._rules:
+                if rule['method'] not in (None, entry['method']):
+                    continue
+                if not rule['regex'].search(entry['path']):
+                    continue
+                if rule['count'] is not None:
+                    if rule['count'] <= 0:
+                        continue
+                    rule['count'] -= 1
+                return rule
+            return None
+
+    def _hang(self):
+        """Wait for release() or stop(); return True when the request should go on."""
+        with self._lock:
+            event = self._release_event
+        event.wait()
+        return not self._stopping.is_set()
+
+    def _injected_fault(self, full_path, status):
+        if full_path.startswith(API_PREFIX):
+            return _xml_answer(status, _fault_xml('Operation Failed', '[injected]'))
+        return _json_answer(status, {'error_code': 'server_error', 'error': '[injected]'})
+
+    def _expire(self, full_path, token):
+        with self._lock:
+            self._tokens.discard(token)
+        if full_path.startswith(API_PREFIX):
+            return _xml_answer(401, _fault_xml('Unauthorized', 'The access token has expired'))
+        return _json_answer(401, {'error_code': 'invalid_grant', 'error': 'The token has expired'})
+
+    # -- time ----------------------------------------------------------------
+
+    def _advance(self):
+        """Make the changes that are due (call under the lock)."""
+        now = time.monotonic()
+        for vm in self._vms.values():
+            for snapshot in list(vm.snapshots.values()):
+                if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
+                    continue
+                if snapshot.phase == 'creating':
+                    self._finish_creation(snapshot)
+                else:
+                    self._finish_removal(vm, snapshot)
+
+    def _finish_creation(self, snapshot):
+        self._unlock_disks(snapshot)
+        snapshot.phase = snapshot.deadline = None
+        snapshot.status = 'ok'
+        self._create_overlays(snapshot)
+
+    def _finish_removal(self, vm, snapshot):
+        self._unlock_disks(snapshot)
+        snapshot.phase = snapshot.deadline = None
+        if snapshot.merge_fails:
+            snapshot.merge_fails = False
+            snapshot.status = 'ok'
+            return
+        for disk_id, (base_id, overlay_id) in snapshot.volumes.items():
+            disk = self._disks[disk_id]
+            index = disk.chain.index(overlay_id)
+            del disk.chain[index]
+            for suffix in ('', '.meta', '.lease'):
+                _remove_file(self._volume_path(disk, overlay_id) + suffix)
+            if index < len(disk.chain):   # an internal merge: the child now sits on the base
+                _edit_meta(self._volume_path(disk, disk.chain[index]) + '.meta', PUUID=base_id)
+            else:
+                _edit_meta(self._volume_path(disk, base_id) + '.meta', VOLTYPE='LEAF')
+        del vm.snapshots[snapshot.id]
+
+    def _unlock_disks(self, snapshot):
+        for disk_id in snapshot.disk_ids:
+            self._disks[disk_id].locked_by.discard(snapshot.id)
+
+    def _create_overlays(self, snapshot):
+        for disk_id in snapshot.disk_ids:
+            disk = self._disks[disk_id]
+            base_id = disk.image_id
+            overlay_id = str(uuid.uuid4())
+            self._write_volume(disk, overlay_id, base_id,
+                               b'QFI\xfb\0\0\0\3' + os.urandom(OVERLAY_SIZE - 8))
+            _edit_meta(self._volume_path(disk, base_id) + '.meta', VOLTYPE='INTERNAL')
+            disk.chain.append(overlay_id)
+            snapshot.volumes[disk_id] = (base_id, overlay_id)
+
+    # -- files ---------------------------------------------------------------
+
+    def _volume_path(self, disk, volume_id):
+        root = self._storage_domains[disk.sd_id]['root']
+        return os.path.join(root, disk.sd_id, 'images', disk.id, volume_id)
+
+    def _write_volume(self, disk, volume_id, parent_id, content):
+        path = self._volume_path(disk, volume_id)
+        raw = parent_id == NULL_UUID
+        _write_file(path, content)
+        _write_file(path + '.lease', b'\0' * LEASE_SIZE)
+        meta = [
+            'CAP=%d' % max(disk.size, 1 << 30),
+            'CTIME=%d' % int(time.time()),
+            'DESCRIPTION={"DiskAlias":"%s","DiskDescription":""}' % disk.name,
+            'DISKTYPE=DATA',
+            'DOMAIN=%s' % disk.sd_id,
+            'FORMAT=%s' % ('RAW' if raw else 'COW'),
+            'GEN=0',
+            'IMAGE=%s' % disk.id,
+            'LEGALITY=LEGAL',
+            'PUUID=%s' % parent_id,
+            'TYPE=%s' % ('PREALLOCATED' if disk.shareable else 'SPARSE'),
+            'VOLTYPE=LEAF',
+            'EOF',
+        ]
+        _write_file(path + '.meta', ('\n'.join(meta) + '\n').encode())
+
+    # -- lookups -------------------------------------------------------------
+
+    def _vm_by_name(self, name, error=ValueError):
+        for vm in self._vms.values():
+            if vm.name == name:
+                return vm
+        raise error('no VM called %r' % name)
+
+    def _cluster_id(self, name_or_id):
+        if name_or_id in self._clusters:
+            return name_or_id
+        for cluster_id, name in self._clusters.items():
+            if name == name_or_id:
+                return cluster_id
+        raise ValueError('no cluster %r' % name_or_id)
+
+    def _vm(self, vm_id):
+        vm = self._vms.get(vm_id)
+        if vm is None:
+            raise not_found('vm %s' % vm_id)
+        return vm
+
+    def _disk(self, disk_id):
+        disk = self._disks.get(disk_id)
+        if disk is None:
+            raise not_found('disk %s' % disk_id)
+        return disk
+
+    # -- the HTTP side -------------------------------------------------------
+
+    _ROUTES = [
+        ('GET', r'/', '_get_api'),
+        ('GET', r'/storagedomains', '_list_storage_domains'),
+        ('GET', r'/storagedomains/(?P<sd>[^/]+)', '_get_storage_domain'),
+        ('GET', r'/clusters', '_list_clusters'),
+        ('GET', r'/clusters/(?P<cluster>[^/]+)', '_get_cluster'),
+        ('GET', r'/vms', '_list_vms'),
+        ('GET', r'/vms/(?P<vm>[^/]+)', '_get_vm'),
+        ('GET', r'/vms/(?P<vm>[^/]+)/diskattachments', '_list_attachments'),
+        ('GET', r'/vms/(?P<vm>[^/]+)/diskattachments/(?P<disk>[^/]+)', '_get_attachment'),
+        ('GET', r'/vms/(?P<vm>[^/]+)/snapshots', '_list_snapshots'),
+        ('POST', r'/vms/(?P<vm>[^/]+)/snapshots', '_add_snapshot'),
+        ('GET', r'/vms/(?P<vm>[^/]+)/snapshots/(?P<snapshot>[^/]+)', '_get_snapshot'),
+        ('DELETE', r'/vms/(?P<vm>[^/]+)/snapshots/(?P<snapshot>[^/]+)', '_remove_snapshot'),
+        ('GET', r'/disks', '_list_disks'),
+        ('GET', r'/disks/(?P<disk>[^/]+)', '_get_disk'),
+        ('GET', r'/events', '_list_events'),
+        ('POST', r'/events', '_add_event'),
+    ]
+
+    def _dispatch(self, method, full_path, query, body, token):
+        """Answer one request; return (status, content type, text, headers)."""
+        try:
+            if full_path == SSO_TOKEN_PATH:
+                return self._sso_token(method, body)
+            if full_path == SSO_LOGOUT_PATH:
+                return self._sso_logout(query, body)
+            if full_path != API_PREFIX and not full_path.startswith(API_PREFIX + '/'):
+                raise not_found(full_path)
+            with self._lock:
+                if token not in self._tokens:
+                    raise Fault(401, 'Unauthorized', 'Authentication is required')
+                self._advance()
+                path = _logged_path(full_path)
+                known_path = False
+                for route_method, pattern, name in self._ROUTES:
+                    match = re.fullmatch(pattern, path)
+                    if match:
+                        known_path = True
+                        if route_method == method:
+                            return getattr(self, name)(query=query, body=body, **match.groupdict())
+                if known_path:
+                    raise Fault(405, 'Method Not Allowed',
+                                '%s is not allowed on %s' % (method, path))
+                raise not_found(path)
+        except Fault as fault:
+            return _xml_answer(fault.status, _fault_xml(fault.reason, fault.detail))
+        except Exception:  # a bug of the fake: answer 500 and keep it for the tests
+            text = traceback.format_exc()
+            with self._lock:
+                self.errors.append(text)
+            return _xml_answer(500, _fault_xml('Internal Server Error', text))
+
+    def _sso_token(self, method, body):
+        form = urllib.parse.parse_qs(body, keep_blank_values=True)
+        username = form.get('username', [''])[-1]
+        if (method != 'POST' or form.get('grant_type', [''])[-1] != 'password'
+                or username != self.user or form.get('password', [''])[-1] != self.password):
+            return _json_answer(400, {
+                'error_code': 'access_denied',
+                'error': "Cannot authenticate user '%s': The username or password is incorrect.."
+                         % username,
+            })
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens.add(token)
+        expires = int((time.time() + 36000) * 1000)
+        return _json_answer(200, {'access_token': token, 'scope': 'ovirt-app-api',
+                                  'exp': str(expires), 'token_type': 'bearer'})
+
+    def _sso_logout(self, query, body):
+        form = urllib.parse.parse_qs(body, keep_blank_values=True)
+        token = (form.get('token') or query.get('token') or [''])[-1]
+        with self._lock:
+            self._tokens.discard(token)
+            self.logged_out += 1
+        return _json_answer(200, {})
+
+    # API handlers: called under the lock with the path's groups, query and body.
+
+    def _get_api(self, query, body):
+        api = types.Api(
+            product_info=types.ProductInfo(
+                name='oVirt Engine', vendor='ovirt.org', instance_id=str(uuid.uuid4()),
+                version=types.Version(major=4, minor=5, build=4, revision=1,
+                                      full_version='4.5.4-1.el8')),
+            time=datetime.datetime.now(datetime.timezone.utc))
+        element = ElementTree.fromstring(Writer.write(api))
+        element.set('href', API_PREFIX)
+        _add_links(element, API_PREFIX, ['clusters', 'disks', 'events', 'storagedomains', 'vms'])
+        return _xml_answer(200, ElementTree.tostring(element, encoding='unicode'))
+
+    def _storage_domain_obj(self, sd):
+        obj = _ref(types.StorageDomain, 'storagedomains', sd['id'], name=sd['name'],
+                   type=types.StorageDomainType.DATA,
+                   storage=types.HostStorage(type=types.StorageType(sd['type']),
+                                             address=sd['address'], path=sd['path']),
+                   available=100 << 30, used=10 << 30, master=False,
+                   external_status=types.ExternalStatus.OK)
+        return obj
+
+    def _list_storage_domains(self, query, body):
+        objs = [self._storage_domain_obj(sd) for sd in self._storage_domains.values()]
+        return _xml_answer(200, Writer.write(objs, root='storage_domains'))
+
+    def _get_storage_domain(self, query, body, sd):
+        if sd not in self._storage_domains:
+            raise not_found('storage domain %s' % sd)
+        return _xml_answer(200, Writer.write(self._storage_domain_obj(self._storage_domains[sd])))
+
+    def _cluster_obj(self, cluster_id):
+        return _ref(types.Cluster, 'clusters', cluster_id, name=self._clusters[cluster_id])
+
+    def _list_clusters(self, query, body):
+        clusters = [_NamedId(cluster_id, name) for cluster_id, name in self._clusters.items()]
+        clusters = self._search(clusters, query, {'name': _name_term})
+        return _xml_answer(200, Writer.write([self._cluster_obj(c.id) for c in clusters],
+                                             root='clusters'))
+
+    def _get_cluster(self, query, body, cluster):
+        if cluster not in self._clusters:
+            raise not_found('cluster %s' % cluster)
+        return _xml_answer(200, Writer.write(self._cluster_obj(cluster)))
+
+    def _search(self, objs, query, fields):
+        """Given objects in creation order, apply search, max and page; return the slice."""
+        predicates, page = _parse_search((query.get('search') or [''])[-1], fields)
+        limit = _parse_max(query)
+        if limit is None:
+            limit = SEARCH_DEFAULT_MAX
+        found = [obj for obj in objs if all(predicate(obj) for predicate in predicates)]
+        if limit < 0:
+            return found if (page or 1) == 1 else []
+        start = ((page or 1) - 1) * limit
+        return found[start:start + limit]
+
+    def _disk_obj(self, disk):
+        status = types.DiskStatus.LOCKED if disk.locked_by else types.DiskStatus.OK
+        obj = _ref(types.Disk, 'disks', disk.id, name=disk.name, alias=disk.name,
+                   image_id=disk.image_id,
+                   storage_domains=[_ref(types.StorageDomain, 'storagedomains', disk.sd_id)],
+                   shareable=disk.shareable, storage_type=types.DiskStorageType.IMAGE,
+                   format=types.DiskFormat.RAW if disk.shareable else types.DiskFormat.COW,
+                   sparse=not disk.shareable, status=status,
+                   provisioned_size=max(disk.size, 1 << 30), actual_size=disk.size)
+        return obj
+
+    def _attachment_obj(self, vm, disk_id, full):
+        disk = self._disks[disk_id]
+        disk_obj = self._disk_obj(disk) if full else _ref(types.Disk, 'disks', disk.id)
+        return _ref(types.DiskAttachment, 'vms', vm.id, 'diskattachments', disk.id,
+                    active=True, bootable=vm.disk_ids[0] == disk_id,
+                    interface=types.DiskInterface.VIRTIO_SCSI, pass_discard=False,
+                    read_only=False, uses_scsi_reservation=False,
+                    disk=disk_obj, vm=_ref(types.Vm, 'vms', vm.id))
+
+    def _snapshot_obj(self, vm, snapshot):
+        persist = snapshot.persist_memorystate
+        if persist is None:
+            persist = vm.status == 'up'
+        return _ref(types.Snapshot, 'vms', vm.id, 'snapshots', snapshot.id,
+                    description=snapshot.description, date=snapshot.date,
+                    persist_memorystate=persist,
+                    snapshot_status=types.SnapshotStatus(snapshot.status),
+                    snapshot_type=types.SnapshotType(snapshot.type),
+                    vm=_ref(types.Vm, 'vms', vm.id))
+
+    def _vm_obj(self, vm, follow):
+        obj = _ref(types.Vm, 'vms', vm.id, name=vm.name, status=types.VmStatus(vm.status),
+                   cluster=_ref(types.Cluster, 'clusters', vm.cluster_id),
+                   type=types.VmType.SERVER, memory=1 << 30)
+        if follow & {'disk_attachments', 'disk_attachments.disk'}:
+            full = 'disk_attachments.disk' in follow
+            obj.disk_attachments = [self._attachment_obj(vm, disk_id, full)
+                                    for disk_id in vm.disk_ids]
+        if 'snapshots' in follow:
+            obj.snapshots = [self._snapshot_obj(vm, s) for s in vm.snapshots.values()]
+        return obj
+
+    def _vm_xml(self, objs, root=None):
+        """Write VMs with the SDK's writer, then add the links the real engine sends."""
+        element = ElementTree.fromstring(Writer.write(objs, root=root))
+        for vm_element in ([element] if root is None else list(element)):
+            _add_links(vm_element, vm_element.get('href'),
+                       ['diskattachments', 'snapshots'])
+        return ElementTree.tostring(element, encoding='unicode')
+
+    _VM_FOLLOWS = ('disk_attachments', 'disk_attachments.disk', 'snapshots')
+
+    def _list_vms(self, query, body):
+        follow = _parse_follow(query, self._VM_FOLLOWS)
+        vms = self._search(list(self._vms.values()), query,
+                           {'name': _name_term, 'status': _status_term})
+        return _xml_answer(200, self._vm_xml([self._vm_obj(vm, follow) for vm in vms], root='vms'))
+
+    def _get_vm(self, query, body, vm):
+        follow = _parse_follow(query, self._VM_FOLLOWS)
+        return _xml_answer(200, self._vm_xml(self._vm_obj(self._vm(vm), follow)))
+
+    def _list_attachments(self, query, body, vm):
+        follow = _parse_follow(query, ('disk',))
+        vm = self._vm(vm)
+        objs = [self._attachment_obj(vm, disk_id, 'disk' in follow) for disk_id in vm.disk_ids]
+        return _xml_answer(200, Writer.write(objs, root='disk_attachments'))
+
+    def _get_attachment(self, query, body, vm, disk):
+        follow = _parse_follow(query, ('disk',))
+        vm = self._vm(vm)
+        if disk not in vm.disk_ids:
+            raise not_found('disk attachment %s' % disk)
+        return _xml_answer(200, Writer.write(self._attachment_obj(vm, disk, 'disk' in follow)))
+
+    def _list_disks(self, query, body):
+        disks = self._search(list(self._disks.values()), query, {'name': _name_term})
+        return _xml_answer(200, Writer.write([self._disk_obj(d) for d in disks], root='disks'))
+
+    def _get_disk(self, query, body, disk):
+        return _xml_answer(200, Writer.write(self._disk_obj(self._disk(disk))))
+
+    def _list_snapshots(self, query, body, vm):
+        _parse_follow(query, ())
+        vm = self._vm(vm)
+        objs = [self._snapshot_obj(vm, s) for s in vm.snapshots.values()]
+        limit = _parse_max(query)
+        if limit is not None and limit >= 0:
+            objs = objs[:limit]
+        return _xml_answer(200, Writer.write(objs, root='snapshots'))
+
+    def _get_snapshot(self, query, body, vm, snapshot):
+        vm = self._vm(vm)
+        if snapshot not in vm.snapshots:
+            raise not_found('snapshot %s' % snapshot)
+        return _xml_answer(200, Writer.write(self._snapshot_obj(vm, vm.snapshots[snapshot])))
+
+    def _check_not_during_snapshot(self, vm, action):
+        if any(s.status == 'locked' for s in vm.snapshots.values()):
+            raise refused('Cannot %s Snapshot. Snapshot is currently being created for VM %s.'
+                          % (action, vm.name))
+
+    def _add_snapshot(self, query, body, vm):
+        vm = self._vm(vm)
+        request = _read_body(body, types.Snapshot)
+        if not request.description:
+            raise bad_request('Snapshot [description] required for add')
+        self._check_not_during_snapshot(vm, 'create')
+        if request.disk_attachments:
+            disk_ids = []
+            for attachment in request.disk_attachments:
+                disk_id = attachment.id
+                if attachment.disk is not None and attachment.disk.id:
+                    disk_id = attachment.disk.id
+                if not disk_id:
+                    raise bad_request('Snapshot disk attachment [disk.id] required')
+                disk_ids.append(disk_id)
+            missing = [d for d in disk_ids if d not in vm.disk_ids]
+            if missing:
+                raise refused('Cannot create Snapshot. The following disk(s) are not attached '
+                              'to VM %s: %s.' % (vm.name, ', '.join(missing)))
+            shared = [self._disks[d].name for d in disk_ids if self._disks[d].shareable]
+            if shared:
+                raise refused('Cannot create Snapshot. Snapshots of shareable disks are not '
+                              'supported: %s.' % ', '.join(shared))
+            disk_ids = list(dict.fromkeys(disk_ids))
+        else:
+            disk_ids = [d for d in vm.disk_ids if not self._disks[d].shareable]
+        snapshot = _Snapshot(str(uuid.uuid4()), request.description, 'regular', 'locked',
+                             persist_memorystate=request.persist_memorystate, disk_ids=disk_ids)
+        snapshot.phase = 'creating'
+        if vm.stick_next:
+            vm.stick_next -= 1
+        else:
+            snapshot.deadline = time.monotonic() + self.snapshot_delay
+        for disk_id in disk_ids:
+            self._disks[disk_id].locked_by.add(snapshot.id)
+        vm.snapshots[snapshot.id] = snapshot
+        href = _href('vms', vm.id, 'snapshots', snapshot.id)
+        return _xml_answer(201, Writer.write(self._snapshot_obj(vm, snapshot)),
+                           {'Location': href})
+
+    def _remove_snapshot(self, query, body, vm, snapshot):
+        vm = self._vm(vm)
+        if snapshot not in vm.snapshots:
+            raise not_found('snapshot %s' % snapshot)
+        target = vm.snapshots[snapshot]
+        if target.type == 'active':
+            raise refused('Cannot remove Snapshot. The active snapshot of VM %s cannot be removed.'
+                          % vm.name)
+        self._check_not_during_snapshot(vm, 'remove')
+        target.status = 'locked'
+        target.phase = 'removing'
+        target.deadline = time.monotonic() + self.merge_delay
+        if vm.merge_failures:
+            vm.merge_failures -= 1
+            target.merge_fails = True
+        for disk_id in target.disk_ids:
+            self._disks[disk_id].locked_by.add(target.id)
+        return _xml_answer(200, '')
+
+    def _event_obj(self, event):
+        obj = _ref(types.Event, 'events', event['id'], origin=event['origin'],
+                   severity=types.LogSeverity(event['severity']), custom_id=event['custom_id'],
+                   description=event['description'], time=event['time'], code=0)
+        if event['cluster_id']:
+            obj.cluster = _ref(types.Cluster, 'clusters', event['cluster_id'])
+        return obj
+
+    def _list_events(self, query, body):
+        return _xml_answer(200, Writer.write([self._event_obj(e) for e in self._event_records],
+                                             root='events'))
+
+    def _add_event(self, query, body):
+        request = _read_body(body, types.Event)
+        missing = [name for name in ('origin', 'severity', 'custom_id', 'description')
+                   if getattr(request, name) in (None, '')]
+        if missing:
+            raise bad_request('Event [%s] required for add' % ', '.join(missing))
+        key = (request.origin, request.custom_id)
+        if key in self._event_keys:
+            raise refused('Cannot add Event. An event with the same custom id already exists.')
+        cluster_id = None
+        if request.cluster is not None and request.cluster.id:
+            if request.cluster.id not in self._clusters:
+                raise not_found('cluster %s' % request.cluster.id)
+            cluster_id = request.cluster.id
+        self._event_keys.add(key)
+        self.events.append(dict(origin=request.origin, severity=request.severity.value,
+                                custom_id=request.custom_id, description=request.description,
+                                cluster_id=cluster_id))
+        event = dict(self.events[-1], id=str(len(self.events) + 9999),
+                     time=datetime.datetime.now(datetime.timezone.utc))
+        self._event_records.append(event)
+        return _xml_answer(201, Writer.write(self._event_obj(event)),
+                           {'Location': _href('events', event['id'])})
+
+
+class _NamedId:
+    def __init__(self, id, name):
+        self.id = id
+        self.name = name

@@ -1,0 +1,988 @@
+"""A real GlusterFS geo-replication lab on this one machine, for tests.
+
+    from georep import GeoRepLab, skip_reason
+
+    if skip_reason() is None:
+        with GeoRepLab('/tmp/lab') as lab:
+            lab.write_master('sd/images/disk/vol', b'data')
+            proc = lab.run_scheduler(interval=5, timeout=5)
+            assert proc.returncode == 0
+            assert lab.read_slave('sd/images/disk/vol') == b'data'
+
+What it does (see /work/shared/gluster-notes.md for why each step is there):
+glusterd started by hand (`glusterd -N`, its own session), a master and a
+slave volume of one brick each under the work directory, passwordless root
+ssh to HOST over loopback through an sshd started by hand, a geo-replication
+session MASTER -> HOST::SLAVE created with push-pem and configured with
+`secondary-access-mount true` and `change-detector xsync`, and a FUSE mount of
+the master. Everything it starts is stopped by PID on the way out, and what
+it added to the machine (/etc/hosts line, ssh keys and authorized_keys lines,
+bricks, gluster session files) is removed, so the next run starts clean.
+
+Standard library only: it runs under any python3, inside or outside a venv.
+Every process it starts gets CLEAN_PATH (gsyncd runs `python3` from PATH, and
+a venv's python3 there breaks it).
+"""
+import contextlib
+import errno
+import glob
+import os
+import pathlib
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+CLEAN_PATH = '/usr/sbin:/usr/bin:/sbin:/bin'
+PACKAGES = ('glusterfs-server', 'glusterfs-client', 'openssh-server', 'rsync')
+# binary -> package that ships it (all looked up on CLEAN_PATH)
+BINARIES = {'glusterd': 'glusterfs-server', 'gluster': 'glusterfs-server',
+            'glusterfs': 'glusterfs-client', 'sshd': 'openssh-server',
+            'ssh': 'openssh-client', 'ssh-keygen': 'openssh-client',
+            'rsync': 'rsync'}
+SCHEDULER_CANDIDATES = (
+    '/usr/libexec/glusterfs/scripts/schedule_georep.py',
+    '/usr/share/glusterfs/scripts/schedule_georep.py',
+    '/usr/lib/*/glusterfs/scripts/schedule_georep.py',
+)
+GLUSTERD_WORKDIR = pathlib.Path('/var/lib/glusterd')
+HOSTS_FILE = pathlib.Path('/etc/hosts')
+HOSTS_MARK = '# added by vmbackup tests/gluster/georep.py'
+SSH_DIR = pathlib.Path('/root/.ssh')
+# env variable that turns the real-gluster tests off on a machine that could
+# run them (e.g. a developer's laptop)
+SKIP_ENV = 'VMBACKUP_SKIP_GLUSTER'
+BRICK_INTERNAL = ('.glusterfs', '.trashcan')
+
+
+class GeoRepError(RuntimeError):
+    """The lab could not be set up, or a command it ran failed."""
+
+
+def clean_env(extra=None):
+    """os.environ with PATH=CLEAN_PATH and no venv/pyenv/python settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('PYTHON', 'PYENV', 'VIRTUAL_ENV', 'CONDA'))}
+    env['PATH'] = CLEAN_PATH
+    env.setdefault('HOME', '/root')
+    env.setdefault('LANG', 'C.UTF-8')
+    if extra:
+        env.update(extra)
+    return env
+
+
+def which(name):
+    """Path of name on CLEAN_PATH, or None."""
+    return shutil.which(name, path=CLEAN_PATH)
+
+
+def find_scheduler():
+    """Path of the packaged schedule_georep.py, or None (same search order as
+    vmbackup.py's default)."""
+    for pattern in SCHEDULER_CANDIDATES:
+        for path in sorted(glob.glob(pattern)):
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def missing_binaries():
+    return sorted(name for name in BINARIES if not which(name))
+
+
+def skip_reason():
+    """None when this machine can run the real-gluster lab, else why not."""
+    if os.environ.get(SKIP_ENV, '').strip() not in ('', '0', 'no'):
+        return '%s is set' % SKIP_ENV
+    if not sys.platform.startswith('linux'):
+        return 'real GlusterFS needs Linux'
+    if os.geteuid() != 0:
+        return 'real GlusterFS geo-replication needs root'
+    if not os.path.exists('/dev/fuse'):
+        return 'no /dev/fuse: the FUSE mounts cannot work'
+    try:
+        os.close(os.open('/dev/fuse', os.O_RDWR))
+    except OSError as exc:
+        return '/dev/fuse cannot be opened: %s' % exc
+    if missing_binaries() or not find_scheduler():
+        if not which('apt-get'):
+            return ('glusterfs packages missing (%s) and no apt-get to '
+                    'install them' % ', '.join(missing_binaries()
+                                               or ['schedule_georep.py']))
+    return None
+
+
+def _log_default(message):
+    print('[georep-lab %s] %s' % (time.strftime('%H:%M:%S'), message),
+          file=sys.stderr, flush=True)
+
+
+def _run(cmd, env=None, timeout=180, check=True, input=None, log=None):
+    """Run cmd (a list), capture text output; GeoRepError on failure."""
+    if log:
+        log('$ ' + ' '.join(shlex.quote(str(c)) for c in cmd))
+    try:
+        proc = subprocess.run([str(c) for c in cmd], env=env or clean_env(),
+                              stdin=subprocess.DEVNULL if input is None
+                              else None, input=input,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise GeoRepError('%s: no answer after %s s' % (' '.join(
+            str(c) for c in cmd), timeout)) from exc
+    if check and proc.returncode != 0:
+        raise GeoRepError('%s: exit %s: %s' % (
+            ' '.join(str(c) for c in cmd), proc.returncode,
+            (proc.stderr.strip() or proc.stdout.strip())[-2000:]))
+    return proc
+
+
+def ensure_packages(log=_log_default, timeout=900):
+    """apt-get install the packages the lab needs where any is missing.
+    Returns True when it installed something."""
+    missing = []
+    for package in PACKAGES:
+        proc = _run(['dpkg-query', '-W', '-f=${Status}', package],
+                    check=False)
+        if proc.returncode != 0 or 'install ok installed' not in proc.stdout:
+            missing.append(package)
+    if not missing and not missing_binaries() and find_scheduler():
+        return False
+    if not which('apt-get'):
+        raise GeoRepError('packages missing (%s) and no apt-get'
+                          % ', '.join(missing))
+    env = clean_env({'DEBIAN_FRONTEND': 'noninteractive'})
+    log('installing %s' % ' '.join(PACKAGES))
+    _run(['apt-get', 'update', '-q'], env=env, timeout=timeout)
+    _run(['apt-get', 'install', '-y', '-q',
+          '-o', 'Dpkg::Options::=--force-confdef',
+          '-o', 'Dpkg::Options::=--force-confold'] + list(PACKAGES),
+         env=env, timeout=timeout)
+    if missing_binaries() or not find_scheduler():
+        raise GeoRepError('still missing after apt-get install: %s' % (
+            ', '.join(missing_binaries()) or 'schedule_georep.py'))
+    return True
+
+
+def wait_until(condition, timeout, what, interval=0.5):
+    """Call condition() until it returns something true; return that.
+    GeoRepError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise GeoRepError('timed out after %s s waiting for %s'
+                              % (timeout, what))
+        time.sleep(interval)
+
+
+def _proc_table():
+    """{pid: (ppid, state, cmdline)} of every process."""
+    table = {}
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                stat = f.read()
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode(
+                    'utf-8', 'replace').strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(')') + 2:].split()
+        table[int(entry)] = (int(fields[1]), fields[0], cmdline)
+    return table
+
+
+def _alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(')') + 2:].split()[0] not in ('Z', 'X')
+
+
+def _stop_pid(pid, timeout=10, popen=None):
+    """SIGTERM pid, wait up to timeout, then SIGKILL. Reaps popen if given."""
+    if popen is not None and popen.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if popen is not None and popen.poll() is not None:
+                return
+            if popen is None and not _alive(pid):
+                return
+            time.sleep(0.1)
+    if popen is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(5)
+
+
+def is_mount(path):
+    path = os.path.realpath(str(path))
+    with open('/proc/self/mountinfo') as info:
+        for line in info:
+            point = line.split()[4].replace('\\040', ' ')
+            if point == path:
+                return True
+    return False
+
+
+def tree(directory, skip=()):
+    """{relative path: bytes} of every regular file below directory, leaving
+    out the top-level names in skip."""
+    directory = pathlib.Path(directory)
+    found = {}
+    if not directory.is_dir():
+        return found
+    for root, dirs, files in os.walk(directory):
+        if pathlib.Path(root) == directory:
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in files:
+            path = pathlib.Path(root, name)
+            if path.is_file() and not path.is_symlink():
+                found[str(path.relative_to(directory))] = path.read_bytes()
+    return dict(sorted(found.items()))
+
+
+def _is_loopback(address):
+    return address.startswith('127.')
+
+
+def _resolve(host):
+    try:
+        return sorted({ai[4][0] for ai in socket.getaddrinfo(
+            host, None, socket.AF_INET)})
+    except socket.gaierror:
+        return []
+
+
+class GeoRepLab:
+    """Set up real geo-replication MASTER -> HOST::SLAVE on this machine.
+
+    Use as a context manager (or call setup() and teardown()). After setup:
+
+    - master, slave: volume names; host: the slave host (this machine's host
+      name, resolving to a loopback address); slave_url: 'HOST::SLAVE'
+    - master_mount: pathlib.Path of a FUSE mount of the master, to write into
+    - master_brick, slave_brick: pathlib.Path of the bricks
+    - scheduler: path of the packaged schedule_georep.py
+    - env: the clean environment to run the tool and the scheduler with
+    - timings: [(phase, seconds)] of set-up and tear-down
+    """
+
+    def __init__(self, workdir=None, master='georeplab-master',
+                 slave='georeplab-slave', host=None, install=True,
+                 log=_log_default, keep_workdir=None):
+        self._own_workdir = workdir is None
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix='georep-lab-')
+        self.workdir = pathlib.Path(workdir).resolve()
+        # a work dir we made is removed on the way out, one given is kept
+        # (only its bricks and mount points go)
+        self.keep_workdir = (not self._own_workdir if keep_workdir is None
+                             else keep_workdir)
+        self.master = master
+        self.slave = slave
+        self.host = host
+        self.install = install
+        self.log = log or (lambda message: None)
+        self.env = clean_env()
+        self.timings = []
+        self.scheduler = None
+        self.brick_dir = self.workdir / 'bricks'
+        self.master_brick = self.brick_dir / master
+        self.slave_brick = self.brick_dir / slave
+        self.log_dir = self.workdir / 'log'
+        self.mnt_dir = self.workdir / 'mnt'
+        self.master_mount = self.mnt_dir / 'master'
+        self._glusterd = None
+        self._sshd = None
+        self._mounts = []          # [(path, popen-or-None)] mounted by us
+        self._hosts_line = None
+        self._ssh_backup = None    # {name: lines before} of files in ~/.ssh
+        self._ssh_dir_made = False
+        self._run_sshd_made = False
+        self._georep_files_before = None
+        self._pids_before = set()
+        self._session_created = False
+        self._volumes_created = []
+        self._broken = None
+        self._hang_pidfile = self.workdir / 'hang-rsync.pids'
+        self._set_up = False
+
+    # ----------------------------------------------------------- plumbing
+    @property
+    def slave_url(self):
+        return '%s::%s' % (self.host, self.slave)
+
+    @contextlib.contextmanager
+    def _phase(self, name):
+        start = time.monotonic()
+        self.log('%s ...' % name)
+        try:
+            yield
+        finally:
+            took = time.monotonic() - start
+            self.timings.append((name, took))
+            self.log('%s: %.1f s' % (name, took))
+
+    def run(self, cmd, check=True, timeout=180, **kwargs):
+        """Run cmd with the clean environment; CompletedProcess (text)."""
+        return _run(cmd, env=self.env, timeout=timeout, check=check,
+                    log=self.log if kwargs.pop('verbose', False) else None,
+                    **kwargs)
+
+    def gluster(self, *args, check=True, timeout=180):
+        """`gluster --mode=script ARGS`."""
+        return self.run(['gluster', '--mode=script'] + list(args),
+                        check=check, timeout=timeout)
+
+    def georep(self, *args, check=True, timeout=180):
+        """`gluster volume geo-replication MASTER HOST::SLAVE ARGS`."""
+        return self.gluster('volume', 'geo-replication', self.master,
+                            self.slave_url, *args, check=check,
+                            timeout=timeout)
+
+    # ------------------------------------------------------------- set-up
+    def __enter__(self):
+        try:
+            self.setup()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        errors = self.teardown()
+        if errors and exc_type is None:
+            raise GeoRepError('tear-down: ' + '; '.join(errors))
+        return False
+
+    def setup(self):
+        start = time.monotonic()
+        reason = skip_reason()
+        if reason and not (self.install and 'packages missing' in reason):
+            raise GeoRepError('this machine cannot run the lab: ' + reason)
+        self._pids_before = set(_proc_table())
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self._phase('packages'):
+            if self.install:
+                ensure_packages(self.log)
+            elif missing_binaries():
+                raise GeoRepError('missing: ' + ', '.join(missing_binaries()))
+            self.scheduler = find_scheduler()
+            if not self.scheduler:
+                raise GeoRepError('schedule_georep.py not found')
+        with self._phase('host name'):
+            self._setup_host()
+        with self._phase('glusterd'):
+            self._start_glusterd()
+        with self._phase('volumes'):
+            self._purge_stale()
+            self._create_volumes()
+        with self._phase('ssh'):
+            self._setup_ssh()
+        with self._phase('geo-replication session'):
+            self._create_session()
+        with self._phase('master mount'):
+            self._mount(self.master, self.master_mount,
+                        self.log_dir / 'master-mount.log')
+        self._set_up = True
+        self.timings.append(('set-up total', time.monotonic() - start))
+        self.log('set-up total: %.1f s' % (time.monotonic() - start))
+        return self
+
+    def _setup_host(self):
+        host = self.host or socket.gethostname()
+        if not host or host.split('.')[0] in ('localhost', 'localhost6'):
+            # gluster refuses "localhost" as a brick or slave host
+            host = 'georep-lab'
+        addresses = _resolve(host)
+        if addresses and all(map(_is_loopback, addresses)):
+            self.host = host
+            self.log('host %s resolves to %s' % (host, ', '.join(addresses)))
+            return
+        line = '127.0.0.1\t%s\t%s\n' % (host, HOSTS_MARK)
+        text = HOSTS_FILE.read_text()
+        if addresses:
+            # resolves elsewhere: put ours first so it wins
+            new = line + text
+        else:
+            new = text + ('' if text.endswith('\n') or not text else '\n') \
+                + line
+        HOSTS_FILE.write_text(new)
+        self._hosts_line = line
+        addresses = _resolve(host)
+        self.log('added to /etc/hosts: %s' % line.strip())
+        if not addresses or not _is_loopback(addresses[0]):
+            raise GeoRepError('%s still resolves to %s after editing '
+                              '/etc/hosts' % (host, addresses))
+        self.host = host
+
+    def _start_glusterd(self):
+        for pid, (_, state, cmd) in _proc_table().items():
+            if state != 'Z' and os.path.basename(cmd.split(' ')[0]) \
+                    == 'glusterd':
+                raise GeoRepError(
+                    'glusterd already runs (pid %d: %s); the lab must start '
+                    'its own: stop that one first' % (pid, cmd))
+        out = open(self.log_dir / 'glusterd.out', 'ab')
+        self._glusterd = subprocess.Popen(
+            [which('glusterd'), '-N'], env=self.env, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        self.log('glusterd pid %d' % self._glusterd.pid)
+
+        def answers():
+            if self._glusterd.poll() is not None:
+                raise GeoRepError('glusterd exited with %s, see %s' % (
+                    self._glusterd.returncode, self.log_dir / 'glusterd.out'))
+            return self.gluster('pool', 'list', check=False,
+                                timeout=30).returncode == 0
+        wait_until(answers, 60, 'glusterd to answer pool list')
+
+    def _volume_names(self):
+        proc = self.gluster('volume', 'list', check=False)
+        return set(proc.stdout.split()) if proc.returncode == 0 else set()
+
+    def _purge_stale(self):
+        """Remove a session and volumes of this lab's names left by a run
+        that died before its tear-down."""
+        present = self._volume_names() & {self.master, self.slave}
+        if not present:
+            return
+        self.log('removing stale volumes of an earlier run: %s'
+                 % ', '.join(sorted(present)))
+        if self.master in present:
+            self.georep('stop', 'force', check=False)
+            self.georep('delete', 'reset-sync-time', check=False)
+        for volume in sorted(present):
+            self.gluster('volume', 'stop', volume, 'force', check=False)
+            self.gluster('volume', 'delete', volume, check=False)
+        self._wait_glusterd_children()
+
+    def _create_volumes(self):
+        for volume, brick in ((self.master, self.master_brick),
+                              (self.slave, self.slave_brick)):
+            if brick.exists():
+                shutil.rmtree(brick)
+            brick.mkdir(parents=True)
+            self.gluster('volume', 'create', volume,
+                         '%s:%s' % (self.host, brick), 'force')
+            self._volumes_created.append(volume)
+            self.gluster('volume', 'start', volume)
+        for volume in (self.master, self.slave):
+            wait_until(lambda v=volume: self._bricks_online(v), 60,
+                       'brick of %s online' % volume)
+
+    def _bricks_online(self, volume):
+        proc = self.gluster('volume', 'status', volume, '--xml', check=False)
+        if proc.returncode != 0:
+            return False
+        try:
+            root = ET.fromstring(proc.stdout)
+        except ET.ParseError:
+            return False
+        nodes = [n for n in root.iter('node')
+                 if (n.findtext('path') or '').startswith('/')]
+        return bool(nodes) and all(n.findtext('status') == '1'
+                                   for n in nodes)
+
+    def _setup_ssh(self):
+        # remember ~/.ssh as it is, to put it back
+        if not SSH_DIR.exists():
+            SSH_DIR.mkdir(mode=0o700)
+            self._ssh_dir_made = True
+        self._ssh_backup = {}
+        for name in os.listdir(SSH_DIR):
+            path = SSH_DIR / name
+            if path.is_file():
+                self._ssh_backup[name] = path.read_bytes()
+        keys = [SSH_DIR / n for n in ('id_ed25519', 'id_ecdsa', 'id_rsa')]
+        if not any(k.exists() for k in keys):
+            self.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '',
+                      '-C', 'georep-lab', '-f', SSH_DIR / 'id_ed25519'])
+            key = SSH_DIR / 'id_ed25519'
+        else:
+            key = next(k for k in keys if k.exists())
+        pub = pathlib.Path(str(key) + '.pub').read_text().strip()
+        authorized = SSH_DIR / 'authorized_keys'
+        lines = (authorized.read_text().splitlines()
+                 if authorized.exists() else [])
+        if pub not in lines:
+            with open(authorized, 'a') as f:
+                if lines and not authorized.read_text().endswith('\n'):
+                    f.write('\n')
+                f.write(pub + '\n')
+            os.chmod(authorized, 0o600)
+        # sshd on loopback, unless one answers there already
+        if self._port_open('127.0.0.1', 22):
+            self.log('an sshd already listens on 127.0.0.1:22: using it')
+        else:
+            if not glob.glob('/etc/ssh/ssh_host_*_key'):
+                self.run(['ssh-keygen', '-A'])
+            if not os.path.isdir('/run/sshd'):
+                os.makedirs('/run/sshd', mode=0o755)
+                self._run_sshd_made = True
+            out = open(self.log_dir / 'sshd.log', 'ab')
+            self._sshd = subprocess.Popen(
+                [which('sshd'), '-D', '-e',
+                 '-o', 'ListenAddress=127.0.0.1', '-o', 'Port=22',
+                 '-o', 'PidFile=%s' % (self.workdir / 'sshd.pid'),
+                 '-o', 'PermitRootLogin=prohibit-password',
+                 '-o', 'PasswordAuthentication=no',
+                 '-o', 'UseDNS=no', '-o', 'MaxStartups=100',
+                 '-o', 'MaxSessions=100'],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True)
+            out.close()
+            self.log('sshd pid %d' % self._sshd.pid)
+
+            def listening():
+                if self._sshd.poll() is not None:
+                    raise GeoRepError('sshd exited with %s, see %s' % (
+                        self._sshd.returncode, self.log_dir / 'sshd.log'))
+                return self._port_open('127.0.0.1', 22)
+            wait_until(listening, 30, 'sshd to listen')
+
+        def ssh_works():
+            return self.run(['ssh', '-oBatchMode=yes',
+                             '-oStrictHostKeyChecking=no',
+                             '-oConnectTimeout=5', self.host, 'true'],
+                            check=False, timeout=30).returncode == 0
+        wait_until(ssh_works, 30, 'passwordless root ssh to %s' % self.host)
+
+    @staticmethod
+    def _port_open(host, port):
+        with contextlib.suppress(OSError), \
+                socket.create_connection((host, port), timeout=2):
+            return True
+        return False
+
+    def _create_session(self):
+        georep_dir = GLUSTERD_WORKDIR / 'geo-replication'
+        self._georep_files_before = set(os.listdir(georep_dir)) \
+            if georep_dir.is_dir() else set()
+        self.gluster('system::', 'execute', 'gsec_create')
+        self.georep('create', 'push-pem', 'force')
+        self._session_created = True
+        # create returns before its post-hook has installed gsyncd's key; the
+        # hook's last step sets read-only on the slave: wait for that
+        wait_until(lambda: self.volume_option(self.slave,
+                                              'features.read-only') == 'on',
+                   120, 'push-pem hook to set features.read-only on %s'
+                   % self.slave)
+        self._wait_glusterd_children()
+        self.georep('config', 'secondary-access-mount', 'true')
+        self.georep('config', 'change-detector', 'xsync')
+        state = self.session_state()
+        if state != 'Created':
+            raise GeoRepError('session is %r after create, not Created'
+                              % state)
+
+    def volume_option(self, volume, option):
+        """Value of a volume option (`gluster volume get`), or None."""
+        proc = self.gluster('volume', 'get', volume, option, check=False)
+        for line in proc.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == option:
+                return parts[1]
+        return None
+
+    def _glusterd_children(self):
+        if self._glusterd is None or self._glusterd.poll() is not None:
+            return []
+        return [(pid, cmd) for pid, (ppid, state, cmd)
+                in _proc_table().items()
+                if ppid == self._glusterd.pid and state != 'Z']
+
+    def _wait_glusterd_children(self, timeout=120):
+        """Wait for glusterd's hook scripts (its children) to end."""
+        wait_until(lambda: not self._glusterd_children(), timeout,
+                   "glusterd's children to end (%s)"
+                   % self._glusterd_children())
+
+    # ------------------------------------------------------------- mounts
+    def _mount(self, volume, path, log, client_pid=None):
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cmd = [which('glusterfs'), '--volfile-server', self.host,
+               '--volfile-id', volume]
+        if client_pid is not None:
+            cmd.append('--client-pid=%d' % client_pid)
+        cmd += ['-l', str(log), str(path)]
+        self.run(cmd, timeout=60)
+        wait_until(lambda: is_mount(path), 30, 'mount of %s at %s'
+                   % (volume, path), interval=0.2)
+        self._mounts.append(path)
+        # the mount answers once the client is connected to the brick
+        wait_until(lambda: self._stat_ok(path), 30,
+                   'mount of %s to answer' % volume, interval=0.2)
+        return path
+
+    @staticmethod
+    def _stat_ok(path):
+        try:
+            os.listdir(path)
+            return True
+        except OSError:
+            return False
+
+    def _umount(self, path):
+        path = pathlib.Path(path)
+        if is_mount(path):
+            proc = self.run(['umount', str(path)], check=False, timeout=60)
+            if proc.returncode != 0:
+                self.log('umount %s: %s; lazy unmount' % (
+                    path, proc.stderr.strip()))
+                self.run(['umount', '-l', str(path)], check=False,
+                         timeout=60)
+            wait_until(lambda: not is_mount(path), 30,
+                       'unmount of %s' % path, interval=0.2)
+        # the glusterfs client process ends a moment after the unmount
+        wait_until(lambda: not self._client_pids(path), 30,
+                   'glusterfs client of %s to exit' % path, interval=0.2)
+        if path in self._mounts:
+            self._mounts.remove(path)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+    @staticmethod
+    def _client_pids(path):
+        return [pid for pid, (_, state, cmd) in _proc_table().items()
+                if state != 'Z' and cmd.startswith(('glusterfs ',
+                                                    '/usr/sbin/glusterfs '))
+                and cmd.endswith(' ' + str(path))]
+
+    @contextlib.contextmanager
+    def mount_slave(self, client_pid=-1):
+        """Mount the slave in a fresh directory, as vmbackup.py does
+        (--client-pid=-1 passes the slave's read-only), or as an ordinary
+        client with client_pid=None. Yields the mount's pathlib.Path."""
+        path = pathlib.Path(tempfile.mkdtemp(prefix='slave-',
+                                             dir=self.mnt_dir))
+        self._mount(self.slave, path, self.log_dir / 'slave-mount.log',
+                    client_pid=client_pid)
+        try:
+            yield path
+        finally:
+            self._umount(path)
+
+    # -------------------------------------------------------------- files
+    def write_master(self, relpath, data):
+        """Write bytes to MASTER/relpath through the FUSE mount (parents
+        made, fsync'ed); return the path in the mount."""
+        path = self.master_mount / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    def master_tree(self):
+        """{relative path: bytes} of every file in the master (mount)."""
+        return tree(self.master_mount)
+
+    def slave_tree(self):
+        """{relative path: bytes} of every file at the slave, read from its
+        brick (gluster's internal .glusterfs and .trashcan left out)."""
+        return tree(self.slave_brick, skip=BRICK_INTERNAL)
+
+    def read_slave(self, relpath):
+        """Bytes of SLAVE/relpath read from the slave brick, None if none."""
+        path = self.slave_brick / relpath
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def slave_exists(self, relpath):
+        return (self.slave_brick / relpath).exists()
+
+    # -------------------------------------------------------------- status
+    def status(self):
+        """Per-worker rows of `geo-replication MASTER HOST::SLAVE status
+        --xml`: a list of dicts (status, crawl_status, checkpoint_completed,
+        last_synced, checkpoint_time, failures, ...), [] if no session."""
+        proc = self.georep('status', '--xml', check=False)
+        try:
+            root = ET.fromstring(proc.stdout)
+        except ET.ParseError as exc:
+            raise GeoRepError('status --xml unreadable (%s): %s' % (
+                exc, (proc.stdout + proc.stderr)[-500:])) from exc
+        if root.findtext('opRet') not in ('0', None):
+            raise GeoRepError('status --xml: %s' % root.findtext('opErrstr'))
+        return [{child.tag: (child.text or '').strip() for child in pair}
+                for pair in root.iter('pair')]
+
+    def session_state(self):
+        """The workers' common status ('Created', 'Active', 'Stopped',
+        'Faulty', ...); several joined with ',' when they differ; None
+        when there is no session."""
+        states = sorted({row.get('status') for row in self.status()})
+        return ','.join(states) if states else None
+
+    def wait_state(self, state, timeout=60):
+        return wait_until(lambda: self.session_state() == state, timeout,
+                          'session state %s (now %s)' % (
+                              state, self.session_state()), interval=1)
+
+    # ----------------------------------------------------------- scheduler
+    def scheduler_command(self, interval=5, timeout=5, no_color=True,
+                          slave=None):
+        """The packaged scheduler's command line (run with python3)."""
+        cmd = ['python3', self.scheduler]
+        if no_color:
+            cmd.append('--no-color')
+        cmd += ['--interval', str(interval), '--timeout', str(timeout),
+                self.master, slave or self.host, self.slave]
+        return cmd
+
+    def run_scheduler(self, interval=5, timeout=5, limit=None, **kwargs):
+        """Run schedule_georep.py, wait at most limit seconds (default: its
+        own 60 s warm-up plus its timeout plus 3 minutes). Returns the
+        CompletedProcess with .elapsed (seconds) set; raises GeoRepError if
+        it outlives limit (after killing it)."""
+        if limit is None:
+            limit = 60 + (timeout or 30) * 60 + interval + 180
+        cmd = self.scheduler_command(interval, timeout, **kwargs)
+        self.log('$ ' + ' '.join(cmd))
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise GeoRepError('%s still running after %s s: killed'
+                              % (' '.join(cmd), limit))
+        result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        result.elapsed = time.monotonic() - start
+        self.log('scheduler exit %s after %.1f s' % (proc.returncode,
+                                                     result.elapsed))
+        return result
+
+    # ---------------------------------------------------- failure injection
+    def break_replication(self, pending='.georep-lab-pending'):
+        """Make geo-replication unable to complete until
+        repair_replication(): the session's rsync command becomes a script
+        that hangs, so a started worker turns Active but its data sync never
+        finishes and no checkpoint completes (the scheduler then waits for
+        its --timeout and exits 1). A file is written into the master at
+        `pending` (None to skip) so that there is data to sync: with xsync
+        a checkpoint needs no rsync when nothing changed."""
+        hang = self.workdir / 'hang-rsync'
+        hang.write_text(
+            '#!/bin/sh\n'
+            '# georep-lab: an rsync that never finishes\n'
+            'echo $$ >> %s\n'
+            'exec sleep 3600\n' % shlex.quote(str(self._hang_pidfile)))
+        hang.chmod(0o755)
+        self.georep('config', 'rsync-command', str(hang))
+        self._broken = 'rsync-hang'
+        if pending:
+            self.write_master(pending, os.urandom(4096))
+
+    def repair_replication(self):
+        """Undo break_replication(): default rsync again, hung ones ended."""
+        if not self._broken:
+            return
+        self.georep('config', '!rsync-command', check=False)
+        if self.georep('config', 'rsync-command',
+                       check=False).stdout.strip() not in ('rsync', ''):
+            self.georep('config', 'rsync-command', 'rsync')
+        self._kill_hung()
+        self._broken = None
+
+    def _kill_hung(self):
+        if not self._hang_pidfile.exists():
+            return
+        for word in self._hang_pidfile.read_text().split():
+            pid = int(word)
+            table = _proc_table()
+            if pid in table and 'sleep 3600' in table[pid][2]:
+                _stop_pid(pid, timeout=2)
+        self._hang_pidfile.unlink()
+
+    @contextlib.contextmanager
+    def broken_replication(self, **kwargs):
+        self.break_replication(**kwargs)
+        try:
+            yield self
+        finally:
+            self.repair_replication()
+
+    # ------------------------------------------------------------ tear-down
+    def teardown(self):
+        """Undo everything set-up did, in reverse; never raises. Returns
+        the list of what went wrong (also logged)."""
+        errors = []
+        start = time.monotonic()
+
+        def step(name, func, *args):
+            t0 = time.monotonic()
+            try:
+                func(*args)
+            except Exception as exc:  # keep tearing down
+                errors.append('%s: %s' % (name, exc))
+                self.log('tear-down %s FAILED: %s' % (name, exc))
+            took = time.monotonic() - t0
+            self.timings.append(('tear-down ' + name, took))
+            if took >= 0.5:
+                self.log('tear-down %s: %.1f s' % (name, took))
+
+        step('mounts', self._teardown_mounts)
+        if self._glusterd is not None and self._glusterd.poll() is None:
+            if self._session_created:
+                step('session', self._teardown_session)
+            step('volumes', self._teardown_volumes)
+            step('glusterd children', self._wait_glusterd_children, 60)
+        step('glusterd', self._stop_glusterd)
+        step('rsync hang', self._kill_hung)
+        step('sshd', self._stop_sshd)
+        step('stray processes', self._sweep)
+        step('ssh files', self._restore_ssh)
+        step('gluster files', self._restore_glusterd_files)
+        step('bricks', self._remove_bricks)
+        step('/etc/hosts', self._restore_hosts)
+        took = time.monotonic() - start
+        self.timings.append(('tear-down total', took))
+        self.log('tear-down total: %.1f s%s' % (
+            took, ' with %d error(s)' % len(errors) if errors else ''))
+        self._set_up = False
+        return errors
+
+    def _teardown_mounts(self):
+        for path in list(reversed(self._mounts)):
+            self._umount(path)
+
+    def _teardown_session(self):
+        self.georep('stop', 'force', check=False)
+        proc = self.georep('delete', 'reset-sync-time', check=False)
+        if proc.returncode != 0:
+            self.georep('delete', check=False)
+        self._session_created = False
+
+    def _teardown_volumes(self):
+        present = self._volume_names()
+        for volume in reversed(self._volumes_created):
+            if volume in present:
+                self.gluster('volume', 'stop', volume, 'force', check=False)
+                self.gluster('volume', 'delete', volume)
+        self._volumes_created = []
+
+    def _stop_glusterd(self):
+        if self._glusterd is not None:
+            _stop_pid(self._glusterd.pid, timeout=15, popen=self._glusterd)
+            self._glusterd = None
+
+    def _stop_sshd(self):
+        if self._sshd is None:
+            return
+        pid = self._sshd.pid
+        _stop_pid(pid, timeout=10, popen=self._sshd)
+        # sessions still open (gsyncd's ssh) were its children
+        for child, (ppid, state, cmd) in _proc_table().items():
+            if ppid == pid and state != 'Z':
+                _stop_pid(child, timeout=5)
+        self._sshd = None
+        if self._run_sshd_made:
+            with contextlib.suppress(OSError):
+                os.rmdir('/run/sshd')
+            self._run_sshd_made = False
+        with contextlib.suppress(FileNotFoundError):
+            (self.workdir / 'sshd.pid').unlink()
+
+    def _sweep(self):
+        """End gluster processes this lab started that outlived it (bricks,
+        clients, gsyncd) - only ones not there before set-up and naming one
+        of our volumes or the work dir."""
+        marks = (self.master, self.slave, str(self.workdir))
+        stray = []
+        for pid, (_, state, cmd) in _proc_table().items():
+            if pid in self._pids_before or state == 'Z' or pid == os.getpid():
+                continue
+            if ('gluster' in cmd or 'gsyncd' in cmd or 'ssh' in cmd) and \
+                    any(m in cmd for m in marks):
+                stray.append((pid, cmd))
+        for pid, cmd in stray:
+            self.log('ending stray process %d: %s' % (pid, cmd[:200]))
+            _stop_pid(pid, timeout=5)
+        if stray:
+            raise GeoRepError('%d stray process(es) had to be ended: %s' % (
+                len(stray), ', '.join(str(p) for p, _ in stray)))
+
+    def _restore_ssh(self):
+        if self._ssh_backup is None:
+            return
+        before = self._ssh_backup
+        for name in os.listdir(SSH_DIR) if SSH_DIR.exists() else []:
+            path = SSH_DIR / name
+            if name not in before:
+                path.unlink()
+            elif name in ('authorized_keys', 'known_hosts'):
+                # drop the lines added since (push-pem keys, our key, the
+                # host key of HOST), keep anything else
+                old = set(before[name].splitlines())
+                now = path.read_bytes().splitlines()
+                kept = [line for line in now if line in old]
+                path.write_bytes(b''.join(line + b'\n' for line in kept))
+        if self._ssh_dir_made:
+            shutil.rmtree(SSH_DIR, ignore_errors=True)
+        self._ssh_backup = None
+
+    def _restore_glusterd_files(self):
+        """Remove files this lab's session left in glusterd's geo-replication
+        directory (gsec_create's keys, the pushed pem)."""
+        if self._georep_files_before is None:
+            return
+        georep_dir = GLUSTERD_WORKDIR / 'geo-replication'
+        for name in set(os.listdir(georep_dir)) - self._georep_files_before:
+            path = georep_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+        self._georep_files_before = None
+
+    def _remove_bricks(self):
+        for path in (self.brick_dir, self.mnt_dir):
+            if path.exists():
+                if any(is_mount(p) for p in [path] + list(path.glob('*'))):
+                    raise GeoRepError('%s still has a mount: kept' % path)
+                shutil.rmtree(path)
+        for name in ('hang-rsync', 'hang-rsync.pids'):
+            with contextlib.suppress(FileNotFoundError):
+                (self.workdir / name).unlink()
+        if not self.keep_workdir and self.workdir.exists():
+            shutil.rmtree(self.workdir)
+
+    def _restore_hosts(self):
+        if self._hosts_line is None:
+            return
+        text = HOSTS_FILE.read_text()
+        HOSTS_FILE.write_text(text.replace(self._hosts_line, '', 1))
+        self._hosts_line = None
+
+
+if __name__ == '__main__':
+    print(skip_reason() or 'this machine can run the real-gluster lab')

@@ -1,0 +1,1600 @@
+#!/usr/bin/env python3
+"""Back up the disk images of running oVirt VMs on a GlusterFS volume to a
+remote site, crash-consistently, through gluster geo-replication.
+
+Geo-replication alone copies disk images while the guests write to them, so
+the copy at the remote site may be torn. vmbackup.py first takes a live
+snapshot of every VM on the volume: from then on the guests write into new
+overlay images, and the base images stay still while gluster copies them.
+Once the copy is complete, the overlays are deleted at the remote site (they
+were copied in an unknown state), and the snapshots are removed again (live
+merge), so that the VMs end the night as they began it.
+
+The steps of a run:
+
+  1. Read the command line and the config file; refuse every bad value at
+     once, before anything is contacted (exit 2).
+  2. Take the lock for the master volume, so that two runs never overlap
+     (exit 3 when another run holds it).
+  3. Connect to the oVirt engine, verifying its TLS certificate.
+  4. Choose the VMs: every VM that is up, is not HostedEngine and has a disk
+     on the storage domain that the master volume backs (narrowed by --vm and
+     --exclude).
+  5. Snapshot them (disks on that domain only, no memory), all at once, and
+     wait for every snapshot to be ready; record for each disk its image id
+     before the snapshot (the base) and after it (the overlay). A snapshot
+     left by an earlier run that crashed is removed first.
+  6. Replicate: run gluster's schedule_georep.py, which sets a checkpoint,
+     runs geo-replication until the checkpoint is reached, and stops it.
+  7. Drop the overlays at the remote site: mount the slave volume and delete
+     exactly <sd>/images/<disk>/<overlay> and its .meta and .lease for each
+     overlay this run created; unmount.
+  8. Remove the snapshots this run created (live merge), whatever happened
+     before, and wait until they are gone.
+  9. Post an event to the engine: normal when all went well, alert naming
+     what failed otherwise.
+ 10. Log out; exit 0 when every step succeeded, 1 otherwise.
+
+With --dry-run, steps 1, 3 and 4 are done and the rest is only printed.
+
+Run it nightly from cron on a gluster node of the master volume, as root:
+
+  30 1 * * * root /usr/local/bin/vmbackup.py vmstore backup.example.com vmstore-dr -c /etc/vmbackup/backup.cfg -t 240 -q
+
+Exit status: 0 backed up; 1 the backup failed (an alert event was posted
+where the engine could be reached); 2 usage or config error, nothing done;
+3 another run holds the lock, nothing done.
+"""
+
+import argparse
+import concurrent.futures
+import configparser
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import glob
+import logging
+import logging.config
+import math
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import ovirtsdk4 as sdk
+import pycurl
+import ovirtsdk4.types as types
+
+EVENT_ORIGIN = 'ovirt-georep-backup'
+SNAPSHOT_DESCRIPTION = 'GLUSTER-Geo-rep-snapshot'
+HOSTED_ENGINE_NAME = 'HostedEngine'
+EVENT_SUCCEEDED = ('Successfully backed up gluster volume {volume} to remote '
+                   'site. Backup completed in {minutes} minutes')
+EVENT_FAILED = ('Failed to backup gluster volume {volume} to remote site. '
+                'Please check backup log for details')
+EVENT_DESCRIPTION_LIMIT = 4000
+
+SCHEDULER_CANDIDATES = (
+    '/usr/libexec/glusterfs/scripts/schedule_georep.py',   # RPM, since 2019
+    '/usr/share/glusterfs/scripts/schedule_georep.py',     # RPM, before
+    '/usr/lib/*/glusterfs/scripts/schedule_georep.py',     # Debian, Ubuntu
+)
+DEFAULT_GLUSTERFS = '/usr/sbin/glusterfs'
+DEFAULT_MOUNT_LOG = '/var/log/glusterfs/geo-replication/dr_slave.mount.log'
+DEFAULT_LOCK_DIR = '/run/lock'
+DEFAULT_REQUEST_TIMEOUT = 300        # seconds, one API request
+DEFAULT_WAIT_TIMEOUT = 10.0          # minutes, snapshots to appear / to go
+DEFAULT_POLL_INTERVAL = 5.0          # seconds, at most, between checks
+DEFAULT_CONNECTIONS = 4              # API requests in flight at once
+DEFAULT_SCHEDULER_GRACE = 300        # seconds past --timeout before we stop it
+FIRST_POLL = 0.25                    # seconds; each next wait is 1.5 times longer
+MOUNT_TIMEOUT = 120                  # seconds for the FUSE client to mount
+UMOUNT_TIMEOUT = 60
+PAGE_SIZE = 100                      # the engine's cap on one search answer
+REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
+EVENT_ATTEMPTS = 3
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+
+VOLUME_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
+SLAVE_NAME = re.compile(r'^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*$')
+UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
+                  r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')
+OVERLAY_SUFFIXES = ('', '.meta', '.lease')
+FOLLOW = 'disk_attachments.disk,snapshots'   # what a VM look-up inlines
+
+KNOWN_KEYS = {
+    'connection': {'server', 'user_name', 'password', 'ca_file', 'insecure',
+                   'timeout', 'connections'},
+    'logging': {'logger_conf'},
+    'snapshot': {'wait_timeout', 'poll_interval'},
+    'gluster': {'schedule_georep', 'glusterfs', 'mount_log', 'storage_domain',
+                'scheduler_grace'},
+    'event': {'cluster'},
+    'lock': {'lock_dir'},
+}
+
+log = logging.getLogger('vmbackup')
+
+
+class UsageError(Exception):
+    """A bad command line or config file: exit 2, nothing done."""
+
+
+class LockHeld(Exception):
+    """Another run holds the lock of this master volume: exit 3."""
+
+
+@dataclasses.dataclass
+class Settings:
+    """The config file, checked."""
+    server: str
+    user_name: str
+    password: str = dataclasses.field(repr=False)
+    ca_file: str = None
+    insecure: bool = False
+    timeout: int = DEFAULT_REQUEST_TIMEOUT
+    connections: int = DEFAULT_CONNECTIONS
+    logger_conf: str = None
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    schedule_georep: list = None
+    glusterfs: str = DEFAULT_GLUSTERFS
+    mount_log: str = DEFAULT_MOUNT_LOG
+    storage_domain: str = None
+    scheduler_grace: int = DEFAULT_SCHEDULER_GRACE
+    cluster: str = None
+    lock_dir: str = DEFAULT_LOCK_DIR
+
+
+@dataclasses.dataclass
+class DiskRecord:
+    """One disk of a VM in the backup: its ids before and after the snapshot."""
+    disk_id: str
+    sd_id: str
+    base_id: str
+    overlay_id: str = None
+
+
+@dataclasses.dataclass
+class VmBackup:
+    """One VM in the backup, and what this run did to it."""
+    vm_id: str
+    name: str
+    disks: list
+    stale_snapshot_ids: list = dataclasses.field(default_factory=list)
+    snapshot_id: str = None
+    snapshot_ready: bool = False
+
+
+@dataclasses.dataclass
+class Plan:
+    """What step 4 chose: the storage domains and the VMs."""
+    storage_domains: dict       # id -> name; empty when none could be matched
+    backups: list
+    up_vm_count: int = 0
+
+
+class Run:
+    """Given the master volume, collect what failed during one run."""
+
+    def __init__(self, mastervol):
+        self.mastervol = mastervol
+        self.started = time.monotonic()
+        self.failures = []
+
+    def fail(self, message, *args):
+        """Log an error and remember it for the event and the exit status."""
+        text = message % args if args else message
+        log.error('%s', text)
+        self.failures.append(text)
+
+    def minutes(self):
+        return (time.monotonic() - self.started) / 60
+
+
+class Stop:
+    """SIGINT/SIGTERM: remember the request, stop the running child, and let
+    the steps wind down at their next check; the cleanup is never cut short."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signal_name = None
+        self.child = None
+
+    def install(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            log.warning('%s received again: still cleaning up, please wait',
+                        name)
+            return
+        self.signal_name = name
+        self.event.set()
+        log.warning('%s received: stopping; the snapshots of this run will '
+                    'be removed first', name)
+        terminate_child(self.child)
+
+    @property
+    def requested(self):
+        return self.event.is_set()
+
+    def sleep(self, seconds):
+        """Sleep, returning early when a stop is requested."""
+        self.event.wait(max(seconds, 0))
+
+
+def terminate_child(process):
+    """Given a Popen started in its own session, stop its whole group."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+
+
+# Step 1: the command line and the config file ------------------------------
+
+def parse_command_line(argv):
+    """Given the arguments, return the argparse namespace; raise UsageError."""
+    parser = argparse.ArgumentParser(
+        prog='vmbackup.py', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('mastervol', metavar='MASTERVOL',
+                        help='gluster volume that backs the oVirt storage domain')
+    parser.add_argument('slave', metavar='SLAVE',
+                        help='HOST, root@HOST or user@HOST of the remote site')
+    parser.add_argument('slavevol', metavar='SLAVEVOL',
+                        help='gluster volume at the remote site')
+    parser.add_argument('-c', '--config', required=True,
+                        help='path to the config file')
+    parser.add_argument('-i', '--interval', type=int, default=10,
+                        help="seconds between the scheduler's status checks "
+                             '(default 10)')
+    parser.add_argument('-t', '--timeout', type=int, default=0,
+                        help='minutes before the scheduler gives up on the '
+                             'checkpoint; 0 waits for ever (default 0)')
+    parser.add_argument('--vm', action='append', default=[], metavar='NAME',
+                        help='back up only this VM (repeatable)')
+    parser.add_argument('--exclude', action='append', default=[],
+                        metavar='NAME', help='leave this VM out (repeatable)')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='choose the VMs and print what would be done, '
+                             'changing nothing')
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument('-v', '--verbose', action='store_true',
+                           help='log debugging detail')
+    verbosity.add_argument('-q', '--quiet', action='store_true',
+                           help='log only warnings and errors')
+
+    def error(message):
+        raise UsageError(message)
+
+    parser.error = error
+    args = parser.parse_args(argv)
+    check_arguments(args)
+    return args
+
+
+def check_arguments(args):
+    """Given the parsed arguments, raise UsageError for values that can't work."""
+    problems = []
+    for label, value in (('MASTERVOL', args.mastervol),
+                         ('SLAVEVOL', args.slavevol)):
+        if not VOLUME_NAME.match(value):
+            problems.append('%s %r is not a gluster volume name' % (label, value))
+    if not SLAVE_NAME.match(args.slave):
+        problems.append('SLAVE %r is not HOST, root@HOST or user@HOST' % args.slave)
+    if args.interval < 1:
+        problems.append('--interval must be at least 1 second, not %d'
+                        % args.interval)
+    if args.timeout < 0:
+        problems.append('--timeout must be 0 (wait for ever) or a number of '
+                        'minutes, not %d' % args.timeout)
+    overlap = sorted(set(args.vm) & set(args.exclude))
+    if overlap:
+        problems.append('VM named both in --vm and --exclude: %s'
+                        % ', '.join(overlap))
+    if problems:
+        raise UsageError('; '.join(problems))
+
+
+def read_config(path):
+    """Given the config file's path, return Settings; raise UsageError naming
+    every bad key at once."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding='utf-8') as config_file:
+            parser.read_file(config_file)
+    except OSError as error:
+        raise UsageError('cannot read config file %s: %s'
+                         % (path, error.strerror or error)) from None
+    except (configparser.Error, UnicodeDecodeError) as error:
+        first_line = str(error).splitlines()[0]
+        raise UsageError('config file %s is not a valid INI file: %s'
+                         % (path, first_line)) from None
+    warn_if_readable_by_others(path)
+    base = os.path.dirname(os.path.abspath(path))
+    problems = []
+
+    def get(section, key, default=None, required=False):
+        value = parser.get(section, key, fallback=None)
+        value = value.strip() if value is not None else None
+        if not value:
+            if required:
+                if not parser.has_section(section):
+                    problems.append('[%s] section is missing (it needs %s)'
+                                    % (section, key))
+                else:
+                    problems.append('[%s] %s is %s' % (
+                        section, key,
+                        'empty' if value == '' else 'missing'))
+            return default
+        return value
+
+    def number(section, key, default, kind, allow_zero=False):
+        text = get(section, key)
+        if text is None:
+            return default
+        try:
+            value = kind(text)
+        except ValueError:
+            problems.append('[%s] %s = %r is not a %s' % (
+                section, key, text,
+                'whole number' if kind is int else 'number'))
+            return default
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            problems.append('[%s] %s = %s must be %s' % (
+                section, key, text, '0 or more' if allow_zero else 'more than 0'))
+            return default
+        return value
+
+    def path_key(section, key, default=None):
+        value = get(section, key)
+        if value is None:
+            return default
+        return os.path.join(base, os.path.expanduser(value))
+
+    for section in parser.sections():
+        known = KNOWN_KEYS.get(section)
+        if known is None:
+            log.warning('config file %s: unknown section [%s] ignored',
+                        path, section)
+            continue
+        for key in parser.options(section):
+            if key not in known:
+                log.warning('config file %s: unknown key [%s] %s ignored',
+                            path, section, key)
+
+    server = get('connection', 'server', required=True)
+    user_name = get('connection', 'user_name', required=True)
+    password = parser.get('connection', 'password', fallback=None)
+    if parser.has_section('connection'):
+        if password is None:
+            problems.append('[connection] password is missing')
+        elif password == '':
+            problems.append('[connection] password is empty')
+    insecure_text = get('connection', 'insecure', 'no')
+    insecure = False
+    if insecure_text.lower() in ('yes', 'true', 'on', '1'):
+        insecure = True
+    elif insecure_text.lower() not in ('no', 'false', 'off', '0'):
+        problems.append('[connection] insecure = %r must be yes or no'
+                        % insecure_text)
+    if server is not None:
+        server, problem = check_server_url(server, insecure)
+        if problem:
+            problems.append(problem)
+    ca_file = path_key('connection', 'ca_file')
+    if ca_file is not None and not insecure:
+        if not os.path.isfile(ca_file):
+            problems.append('[connection] ca_file %s does not exist' % ca_file)
+        elif not os.access(ca_file, os.R_OK):
+            problems.append('[connection] ca_file %s is not readable' % ca_file)
+
+    settings = Settings(
+        server=server, user_name=user_name, password=password or '',
+        ca_file=ca_file if not insecure else None, insecure=insecure,
+        timeout=number('connection', 'timeout', DEFAULT_REQUEST_TIMEOUT, int),
+        connections=number('connection', 'connections', DEFAULT_CONNECTIONS,
+                           int),
+        logger_conf=path_key('logging', 'logger_conf'),
+        wait_timeout=number('snapshot', 'wait_timeout', DEFAULT_WAIT_TIMEOUT,
+                            float),
+        poll_interval=number('snapshot', 'poll_interval',
+                             DEFAULT_POLL_INTERVAL, float),
+        glusterfs=path_key('gluster', 'glusterfs', DEFAULT_GLUSTERFS),
+        mount_log=path_key('gluster', 'mount_log', DEFAULT_MOUNT_LOG),
+        storage_domain=get('gluster', 'storage_domain'),
+        scheduler_grace=number('gluster', 'scheduler_grace',
+                               DEFAULT_SCHEDULER_GRACE, int, allow_zero=True),
+        cluster=get('event', 'cluster'),
+        lock_dir=path_key('lock', 'lock_dir', DEFAULT_LOCK_DIR),
+    )
+    if settings.logger_conf is not None and not os.path.isfile(settings.logger_conf):
+        problems.append('[logging] logger_conf %s does not exist'
+                        % settings.logger_conf)
+    settings.schedule_georep = find_scheduler(get('gluster', 'schedule_georep'),
+                                              problems)
+    if not is_executable(settings.glusterfs):
+        problems.append('[gluster] glusterfs %s is not an executable file '
+                        '(install glusterfs-fuse / glusterfs-client, or name '
+                        'the FUSE client)' % settings.glusterfs)
+    if not os.path.isdir(settings.lock_dir):
+        problems.append('[lock] lock_dir %s is not a directory'
+                        % settings.lock_dir)
+    if problems:
+        raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
+    return settings
+
+
+def check_server_url(server, insecure):
+    """Given [connection] server, return (the API URL to use, a problem or
+    None). A 2016 config's https://ENGINE/api is taken as the v4 API."""
+    url = urllib.parse.urlsplit(server)
+    if url.scheme not in ('https', 'http') or not url.hostname:
+        return server, ('[connection] server = %r is not an '
+                        'https://ENGINE/ovirt-engine/api URL' % server)
+    if url.scheme == 'http' and not insecure:
+        return server, ('[connection] server = %r is not https; the password '
+                        'would cross the network in clear (set insecure = yes '
+                        'to allow it)' % server)
+    path = url.path.rstrip('/')
+    if path in ('', '/api'):
+        path = '/ovirt-engine/api'
+    return urllib.parse.urlunsplit((url.scheme, url.netloc, path, '', '')), None
+
+
+def warn_if_readable_by_others(path):
+    """Given the config file, warn when users other than its owner's group
+    can read the engine password in it."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_mode & stat.S_IROTH:
+            log.warning('config file %s is readable by every user and holds '
+                        'the engine password: chmod 600 %s', path, path)
+
+
+def is_executable(path):
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def find_scheduler(configured, problems):
+    """Given [gluster] schedule_georep or None, return the scheduler's command
+    line as a list, or None after adding to problems."""
+    if configured is not None:
+        try:
+            command = shlex.split(configured)
+        except ValueError as error:
+            problems.append('[gluster] schedule_georep cannot be split: %s'
+                            % error)
+            return None
+        if not command:
+            problems.append('[gluster] schedule_georep is empty')
+            return None
+        program = command[0]
+        if os.sep in program:
+            if not os.path.isfile(program):
+                problems.append('[gluster] schedule_georep: %s does not exist'
+                                % program)
+                return None
+        elif shutil.which(program) is None:
+            problems.append('[gluster] schedule_georep: %s is not on PATH'
+                            % program)
+            return None
+        return command
+    for pattern in SCHEDULER_CANDIDATES:
+        found = sorted(glob.glob(pattern))
+        if found:
+            python = shutil.which('python3', path='/usr/bin:/bin') or 'python3'
+            return [python, found[0]]
+    problems.append('no schedule_georep.py found in %s; install gluster\'s '
+                    'geo-replication package or set [gluster] schedule_georep'
+                    % ', '.join(SCHEDULER_CANDIDATES))
+    return None
+
+
+def configure_logging(settings, args):
+    """Given the settings and the command line, set up logging; raise
+    UsageError when the logger_conf file is broken."""
+    if settings.logger_conf:
+        try:
+            logging.config.fileConfig(settings.logger_conf,
+                                      disable_existing_loggers=False)
+        except (OSError, KeyError, ValueError, TypeError,
+                configparser.Error, ImportError) as error:
+            raise UsageError('[logging] logger_conf %s cannot be used: %s'
+                             % (settings.logger_conf,
+                                str(error).splitlines()[0] if str(error)
+                                else type(error).__name__)) from None
+        for handler in list(log.handlers):
+            if getattr(handler, '_vmbackup_bootstrap', False):
+                log.removeHandler(handler)
+        log.propagate = True
+    if args.verbose:
+        log.setLevel(logging.DEBUG)
+    elif args.quiet:
+        log.setLevel(logging.WARNING)
+    elif settings.logger_conf:
+        log.setLevel(logging.NOTSET)     # the file's levels decide
+    else:
+        log.setLevel(logging.INFO)
+
+
+def bootstrap_logging():
+    """Log to stderr until the config says otherwise."""
+    if any(getattr(h, '_vmbackup_bootstrap', False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        '%(asctime)s %(levelname)s %(message)s'))
+    handler._vmbackup_bootstrap = True
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+# Step 2: the lock ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def take_lock(lock_dir, mastervol):
+    """Given the lock directory and the master volume, hold an exclusive
+    flock for the block; raise LockHeld when another run has it."""
+    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % mastervol)
+    try:
+        handle = open(path, 'a+')
+    except OSError as error:
+        raise UsageError('cannot open lock file %s: %s'
+                         % (path, error.strerror)) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or 'unknown'
+            raise LockHeld('another backup of volume %s is running (pid %s, '
+                           'lock %s); nothing done'
+                           % (mastervol, holder, path)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write('%d\n' % os.getpid())
+        handle.flush()
+        yield path
+
+
+# Step 3: the engine ------------------------------------------------------------
+
+class Engine:
+    """The connection to the engine: one sdk.Connection for the login and
+    the requests made one at a time, and, for requests sent in parallel, one
+    more connection per worker thread, sharing its token. (The SDK can't
+    wait on several requests of one connection safely: a network error is
+    raised from whichever request is waited on first, and the request that
+    failed then waits for ever.)"""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.main = None
+        self._local = threading.local()
+        self._workers = []
+        self._workers_lock = threading.Lock()
+        self._pool = None
+
+    def _connection(self, token=None):
+        settings = self.settings
+        return sdk.Connection(
+            url=settings.server,
+            username=settings.user_name,
+            password=settings.password,
+            token=token,
+            ca_file=settings.ca_file,
+            insecure=settings.insecure,
+            timeout=settings.timeout,
+            log=log if log.isEnabledFor(logging.DEBUG) else None,
+            debug=False,
+        )
+
+    def connect(self):
+        """Log in and check the API answers; raise sdk.Error with the reason.
+        The SDK's login has no timeout of its own: it gets the request
+        timeout here."""
+        if self.settings.insecure:
+            log.warning("insecure = yes: the engine's TLS certificate is NOT "
+                        'verified')
+        self.main = self._connection()
+        try:
+            with_deadline(lambda: self.main.test(raise_exception=True),
+                          self.settings.timeout, 'logging in')
+        except BaseException:
+            self.close(logout=False)
+            raise
+        log.info('connected to the engine at %s as %s', self.settings.server,
+                 self.settings.user_name)
+
+    @property
+    def system(self):
+        return self.main.system_service()
+
+    def _worker_system(self):
+        connection = getattr(self._local, 'connection', None)
+        if connection is None:
+            connection = self._connection(token=self.main.authenticate())
+            self._local.connection = connection
+            with self._workers_lock:
+                self._workers.append(connection)
+        return connection.system_service()
+
+    def map(self, calls):
+        """Given (key, function) pairs, call function(system_service) for
+        each, up to [connection] connections at a time; return {key: its
+        result, or the sdk.Error it raised}."""
+        if not calls:
+            return {}
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.settings.connections,
+                thread_name_prefix='engine')
+
+        def call(function):
+            try:
+                return function(self._worker_system())
+            except sdk.Error as error:
+                return error
+            except pycurl.error as error:
+                return sdk.Error(one_line(error))
+
+        futures = [(key, self._pool.submit(call, function))
+                   for key, function in calls]
+        return {key: future.result() for key, future in futures}
+
+    def close(self, logout=True):
+        """Log out (step 10) and release the connections; a failure is only
+        a warning."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for connection in self._workers:
+            with contextlib.suppress(sdk.Error, pycurl.error):
+                connection.close(logout=False)
+        if self.main is None:
+            return
+        try:
+            with_deadline(lambda: self.main.close(logout=logout),
+                          self.settings.timeout, 'logging out')
+        except (sdk.Error, pycurl.error) as error:
+            log.warning('could not log out of the engine: %s', one_line(error))
+            with contextlib.suppress(sdk.Error, pycurl.error):
+                self.main.close(logout=False)
+
+
+def with_deadline(function, seconds, what):
+    """Call function in a thread and return its result; raise sdk.Error when
+    it has not returned after `seconds` (the thread is left behind)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome['value'] = function()
+        except BaseException as error:   # handed over to the caller
+            outcome['error'] = error
+
+    thread = threading.Thread(target=target, name=what, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise sdk.Error('no answer after %d seconds while %s' % (seconds, what))
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome.get('value')
+
+
+def one_line(error):
+    """Given an exception, return its message on one line."""
+    text = ' '.join(str(error).split())
+    return text or type(error).__name__
+
+
+def describe_engine_error(error, settings):
+    """Given an sdk.Error from the first contact, return an actionable line."""
+    text = one_line(error)
+    lowered = text.lower()
+    if isinstance(error, sdk.AuthError) or 'authenticat' in lowered:
+        return ('the engine at %s refused the login of %s: %s'
+                % (settings.server, settings.user_name, text))
+    if 'certificate' in lowered or 'ssl' in lowered:
+        return ('cannot verify the TLS certificate of the engine at %s: %s; '
+                'set [connection] ca_file to the engine CA (https://ENGINE/'
+                'ovirt-engine/services/pki-resource?resource=ca-certificate&'
+                'format=X509-PEM-CA)' % (settings.server, text))
+    return 'cannot reach the engine at %s: %s' % (settings.server, text)
+
+
+def is_not_found(error):
+    return isinstance(error, sdk.NotFoundError) or getattr(error, 'code', None) == 404
+
+
+def is_conflict(error):
+    return getattr(error, 'code', None) == 409
+
+
+# Step 4: choose the VMs -----------------------------------------------------------
+
+def find_storage_domains(engine, mastervol, settings, run):
+    """Given the master volume, return {sd_id: name} of the storage domains it
+    backs: the one named in the config, or the GlusterFS domains whose path
+    names the volume. Empty when none matches (the caller falls back to every
+    running VM); None after run.fail when the choice is wrong."""
+    domains = engine.system.storage_domains_service().list()
+    if settings.storage_domain:
+        named = [sd for sd in domains if sd.name == settings.storage_domain]
+        if not named:
+            run.fail('storage domain %r ([gluster] storage_domain) does not '
+                     'exist in the engine', settings.storage_domain)
+            return None
+        return {sd.id: sd.name for sd in named}
+    matches = [sd for sd in domains if backs_volume(sd, mastervol)]
+    if len(matches) > 1:
+        run.fail('several GlusterFS storage domains use a volume named %s (%s); '
+                 'name the right one in [gluster] storage_domain', mastervol,
+                 ', '.join(sorted(sd.name for sd in matches)))
+        return None
+    if not matches:
+        log.warning('no GlusterFS storage domain uses volume %s: backing up '
+                    'every running VM with all its disks (set [gluster] '
+                    'storage_domain to choose one)', mastervol)
+        return {}
+    log.info('volume %s backs storage domain %s (%s)', mastervol,
+             matches[0].name, matches[0].id)
+    return {matches[0].id: matches[0].name}
+
+
+def backs_volume(domain, mastervol):
+    """Given a storage domain, tell whether it is GlusterFS on mastervol; its
+    path is /VOL, VOL or HOST:/VOL."""
+    storage = domain.storage
+    if storage is None or storage.type != types.StorageType.GLUSTERFS:
+        return False
+    path = (storage.path or '').rsplit(':', 1)[-1].strip('/')
+    return path == mastervol
+
+
+def list_vms(system, search, follow):
+    """Given a search, return every VM it finds, page after page (the engine
+    answers at most PAGE_SIZE at a time), with `follow` inlined."""
+    service = system.vms_service()
+    found = {}
+    page = 1
+    while True:
+        answer = service.list(search='%s page %d' % (search, page),
+                              max=PAGE_SIZE, follow=follow)
+        new = [vm for vm in answer if vm.id not in found]
+        for vm in new:
+            found[vm.id] = vm
+        if len(answer) < PAGE_SIZE or not new:
+            return list(found.values())
+        page += 1
+
+
+def choose_vms(engine, args, settings, run):
+    """Given the command line, return the Plan of step 4, or None after
+    run.fail when the VMs can't be chosen."""
+    domains = find_storage_domains(engine, args.mastervol, settings, run)
+    if domains is None:
+        return None
+    vms = list_vms(engine.system, 'status=up', FOLLOW)
+    log.debug('%d VMs are up', len(vms))
+    wanted = set(args.vm)
+    excluded = set(args.exclude)
+    backups = []
+    seen = set()
+    for vm in sorted(vms, key=lambda vm: vm.name or ''):
+        seen.add(vm.name)
+        if wanted and vm.name not in wanted:
+            continue
+        if vm.name in excluded:
+            log.info('VM %s left out (--exclude)', vm.name)
+            continue
+        if vm.name == HOSTED_ENGINE_NAME:
+            if vm.name in wanted:
+                run.fail('VM %s is the hosted engine and is never snapshotted',
+                         vm.name)
+            else:
+                log.debug('VM %s skipped: the hosted engine', vm.name)
+            continue
+        disks = disks_to_back_up(vm, domains)
+        if not disks:
+            message = 'VM %s has no disk that can be snapshotted on %s'
+            where = ('storage domain ' + ', '.join(domains.values())
+                     if domains else 'any storage domain')
+            if vm.name in wanted:
+                run.fail(message, vm.name, where)
+            else:
+                log.debug(message, vm.name, where)
+            continue
+        stale = [snapshot.id for snapshot in (vm.snapshots or [])
+                 if snapshot.description == SNAPSHOT_DESCRIPTION
+                 and snapshot.snapshot_type != types.SnapshotType.ACTIVE]
+        backups.append(VmBackup(vm_id=vm.id, name=vm.name, disks=disks,
+                                stale_snapshot_ids=stale))
+    for name in sorted(wanted - seen):
+        run.fail('VM %s named with --vm is not running (or does not exist)',
+                 name)
+    log.info('%d of %d running VMs chosen: %s', len(backups), len(vms),
+             ', '.join(backup.name for backup in backups) or 'none')
+    return Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms))
+
+
+def disks_to_back_up(vm, domains):
+    """Given a VM with its disk attachments inlined and the chosen storage
+    domains ({} for all), return a DiskRecord per disk to snapshot."""
+    records = []
+    for attachment in vm.disk_attachments or []:
+        disk = attachment.disk
+        if disk is None or disk.id is None:
+            continue
+        if disk.storage_type not in (None, types.DiskStorageType.IMAGE):
+            log.debug('VM %s: disk %s is not an image disk; left out',
+                      vm.name, disk.name or disk.id)
+            continue
+        sd_ids = [sd.id for sd in disk.storage_domains or []]
+        in_domain = [sd_id for sd_id in sd_ids if not domains or sd_id in domains]
+        if not in_domain:
+            continue
+        if disk.shareable:
+            log.warning('VM %s: disk %s is shareable and cannot be '
+                        'snapshotted; it is copied as it is', vm.name,
+                        disk.name or disk.id)
+            continue
+        records.append(DiskRecord(disk_id=disk.id, sd_id=in_domain[0],
+                                  base_id=disk.image_id))
+    return records
+
+
+def print_plan(args, settings, plan):
+    """--dry-run: print what steps 5 to 9 would do."""
+    out = sys.stdout
+    domains = (', '.join('%s (%s)' % (name, sd_id) for sd_id, name
+                         in plan.storage_domains.items())
+               or 'none matched: every running VM, all disks')
+    print('Dry run: nothing is changed.', file=out)
+    print('Storage domain on volume %s: %s' % (args.mastervol, domains), file=out)
+    print('VMs to snapshot (%d of %d running):' % (len(plan.backups),
+                                                  plan.up_vm_count), file=out)
+    for backup in plan.backups:
+        for snapshot_id in backup.stale_snapshot_ids:
+            print('  %s: would first remove snapshot %s left by an earlier run'
+                  % (backup.name, snapshot_id), file=out)
+        print('  %s: snapshot %r without memory, disks:' % (
+            backup.name, SNAPSHOT_DESCRIPTION), file=out)
+        for disk in backup.disks:
+            print('    %s on %s, base image %s' % (disk.disk_id, disk.sd_id,
+                                                   disk.base_id), file=out)
+    print('Would run: %s' % ' '.join(
+        shlex.quote(part) for part in scheduler_command(args, settings)),
+          file=out)
+    print('Would mount %s:%s with: %s' % (
+        slave_host(args.slave), args.slavevol, ' '.join(
+            shlex.quote(part) for part in mount_command(args, settings, 'DIR'))),
+          file=out)
+    print('and delete, for each disk above, only its new overlay:', file=out)
+    for backup in plan.backups:
+        for disk in backup.disks:
+            print('  DIR/%s/images/%s/<overlay id>{,.meta,.lease}'
+                  % (disk.sd_id, disk.disk_id), file=out)
+    print('Would then remove the %d snapshots (live merge) and post an event '
+          'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
+
+
+# Step 5: snapshots ------------------------------------------------------------------
+
+def remove_stale_snapshots(engine, plan, settings, run):
+    """Given the Plan, remove the snapshots with our description that an
+    earlier run left behind, before taking new ones. A VM whose stale
+    snapshot can't be removed is dropped from the plan."""
+    stale = [(backup, snapshot_id) for backup in plan.backups
+             for snapshot_id in backup.stale_snapshot_ids]
+    if not stale:
+        return
+    for backup, snapshot_id in stale:
+        log.warning('VM %s: removing snapshot %s %r left by an earlier run',
+                    backup.name, snapshot_id, SNAPSHOT_DESCRIPTION)
+    left = remove_and_wait(engine, stale, settings, plan.up_vm_count)
+    failed = {backup.vm_id for backup, _ in left}
+    for backup in plan.backups:
+        if backup.vm_id in failed:
+            run.fail('VM %s not backed up: the snapshot left by an earlier '
+                     'run could not be removed', backup.name)
+    plan.backups = [b for b in plan.backups if b.vm_id not in failed]
+
+
+def snapshot_vms(engine, plan, settings, run, stop):
+    """Given the Plan, create one snapshot per VM, all at once, and wait for
+    them together; return the VmBackups whose snapshot was created (ready or
+    not: all of them must be removed later)."""
+
+    def create(backup):
+        snapshot = types.Snapshot(
+            description=SNAPSHOT_DESCRIPTION,
+            persist_memorystate=False,
+            disk_attachments=[types.DiskAttachment(disk=types.Disk(id=disk.disk_id))
+                              for disk in backup.disks],
+        )
+        return lambda system: (system.vms_service().vm_service(backup.vm_id)
+                               .snapshots_service().add(snapshot))
+
+    log.info('creating snapshots of %d VMs', len(plan.backups))
+    results = engine.map([(backup.vm_id, create(backup))
+                          for backup in plan.backups])
+    created = []
+    unanswered = []
+    for backup in plan.backups:
+        result = results[backup.vm_id]
+        if isinstance(result, sdk.Error):
+            log.warning('VM %s: the snapshot request failed: %s', backup.name,
+                        one_line(result))
+            unanswered.append(backup)
+            continue
+        backup.snapshot_id = result.id
+        created.append(backup)
+        log.debug('VM %s: snapshot %s created (%s)', backup.name, result.id,
+                  result.snapshot_status)
+    created += adopt_lost_snapshots(engine, unanswered, plan, run)
+    wait_for_snapshots(engine, created, plan, settings, run, stop)
+    return created
+
+
+def adopt_lost_snapshots(engine, backups, plan, run):
+    """Given the VmBackups whose snapshot request failed, look again: a
+    request whose answer was lost may have created the snapshot all the
+    same, and it must not be left behind. Return the VmBackups that have
+    one (the stale ones were removed before, so it is this run's)."""
+    if not backups:
+        return []
+    states = fetch_vms(engine, [backup.vm_id for backup in backups],
+                       plan.up_vm_count)
+    adopted = []
+    for backup in backups:
+        state = states.get(backup.vm_id)
+        mine = [] if isinstance(state, sdk.Error) or state is None else [
+            snapshot for snapshot in state.snapshots or []
+            if snapshot.description == SNAPSHOT_DESCRIPTION
+            and snapshot.id not in backup.stale_snapshot_ids]
+        if mine:
+            log.warning('VM %s: the answer to the snapshot request was lost, '
+                        'but the snapshot %s was created; going on with it',
+                        backup.name, mine[0].id)
+            backup.snapshot_id = mine[0].id
+            adopted.append(backup)
+        elif isinstance(state, sdk.Error):
+            run.fail('VM %s: the snapshot request failed and the VM could not '
+                     'be checked: %s; look for a snapshot %r on it',
+                     backup.name, one_line(state), SNAPSHOT_DESCRIPTION)
+        else:
+            run.fail('VM %s: the engine refused the snapshot', backup.name)
+    return adopted
+
+
+def fetch_vms(engine, vm_ids, up_vm_count):
+    """Given VM ids, return {vm_id: types.Vm with snapshots and disks inlined,
+    or the sdk.Error of its look-up}, with as few requests as it takes: the
+    pages of the list of running VMs when they are fewer than the VMs, then
+    one GET per VM not found there."""
+    states = {}
+    pages = max(1, math.ceil(up_vm_count / PAGE_SIZE))
+    if len(vm_ids) > pages:
+        try:
+            listed = list_vms(engine.system, 'status=up', FOLLOW)
+        except sdk.Error as error:
+            log.debug('listing the VMs failed: %s', one_line(error))
+            listed = []
+        wanted = set(vm_ids)
+        states = {vm.id: vm for vm in listed if vm.id in wanted}
+    missing = [vm_id for vm_id in vm_ids if vm_id not in states]
+    states.update(engine.map([
+        (vm_id, lambda system, vm_id=vm_id:
+         system.vms_service().vm_service(vm_id).get(follow=FOLLOW))
+        for vm_id in missing]))
+    return states
+
+
+def poll_delays(settings):
+    """Yield the waits between checks: short at first, then 1.5 times longer
+    each time, up to poll_interval."""
+    delay = min(FIRST_POLL, settings.poll_interval)
+    while True:
+        yield delay
+        delay = min(delay * 1.5, settings.poll_interval)
+
+
+def wait_for_snapshots(engine, created, plan, settings, run, stop):
+    """Given the VmBackups with a new snapshot, wait until each is ok or
+    wait_timeout has passed, and record each disk's overlay id."""
+    pending = {backup.vm_id: backup for backup in created}
+    deadline = time.monotonic() + settings.wait_timeout * 60
+    delays = poll_delays(settings)
+    while pending and not stop.requested:
+        stop.sleep(next(delays))
+        if stop.requested:
+            break
+        states = fetch_vms(engine, list(pending), plan.up_vm_count)
+        for vm_id, state in states.items():
+            backup = pending[vm_id]
+            if isinstance(state, sdk.Error):
+                if is_not_found(state):
+                    run.fail('VM %s disappeared while its snapshot was being '
+                             'created', backup.name)
+                    del pending[vm_id]
+                else:
+                    log.warning('VM %s: could not check its snapshot: %s',
+                                backup.name, one_line(state))
+                continue
+            snapshot = find_snapshot(state, backup.snapshot_id)
+            if snapshot is None:
+                run.fail('VM %s: the snapshot failed (the engine dropped it)',
+                         backup.name)
+                backup.snapshot_id = None
+                del pending[vm_id]
+            elif snapshot.snapshot_status == types.SnapshotStatus.OK:
+                record_overlays(backup, state)
+                backup.snapshot_ready = True
+                del pending[vm_id]
+        if pending and time.monotonic() > deadline:
+            for backup in pending.values():
+                run.fail('VM %s: the snapshot was not ready after %s minutes '
+                         '([snapshot] wait_timeout)', backup.name,
+                         format_minutes(settings.wait_timeout))
+            return
+    ready = sum(1 for backup in created if backup.snapshot_ready)
+    log.info('%d of %d snapshots ready', ready, len(created))
+
+
+def find_snapshot(vm, snapshot_id):
+    for snapshot in vm.snapshots or []:
+        if snapshot.id == snapshot_id:
+            return snapshot
+    return None
+
+
+def record_overlays(backup, vm):
+    """Given a VmBackup whose snapshot is ready and the VM's current state,
+    set each disk's overlay id: the image id it has now."""
+    current = {attachment.disk.id: attachment.disk.image_id
+               for attachment in vm.disk_attachments or []
+               if attachment.disk is not None}
+    for disk in backup.disks:
+        image_id = current.get(disk.disk_id)
+        if image_id and image_id != disk.base_id:
+            disk.overlay_id = image_id
+            log.debug('VM %s: disk %s base %s overlay %s', backup.name,
+                      disk.disk_id, disk.base_id, image_id)
+        else:
+            log.warning('VM %s: the image of disk %s did not change with the '
+                        'snapshot; nothing of it will be deleted at the '
+                        'remote site', backup.name, disk.disk_id)
+
+
+def format_minutes(minutes):
+    return ('%g' % minutes)
+
+
+# Step 6: replicate ---------------------------------------------------------------------
+
+def scheduler_command(args, settings):
+    return settings.schedule_georep + [
+        args.mastervol, args.slave, args.slavevol,
+        '--interval', str(args.interval), '--timeout', str(args.timeout)]
+
+
+def log_output(stream, label):
+    """Log each line of a child's output as it comes, until it closes."""
+    with stream:
+        for raw in stream:
+            line = raw.decode('utf-8', 'replace').rstrip()
+            if line:
+                log.info('%s: %s', label, line)
+
+
+SCHEDULER_EXITS = {
+    1: 'the checkpoint was not reached within --timeout %(timeout)s minutes',
+    255: 'a gluster command failed (see its output above)',
+}
+
+
+def replicate(args, settings, run, stop):
+    """Run gluster's scheduler, logging its output as it comes; return True
+    when it reported the checkpoint complete."""
+    command = scheduler_command(args, settings)
+    log.info('replicating: %s', ' '.join(shlex.quote(part) for part in command))
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    except OSError as error:
+        run.fail('cannot run the scheduler %s: %s', command[0],
+                 error.strerror or error)
+        return False
+    stop.child = process
+    watchdog = None
+    expired = threading.Event()
+    if args.timeout > 0:
+        limit = args.timeout * 60 + settings.scheduler_grace
+
+        def expire():
+            expired.set()
+            log.error('the scheduler is still running %d seconds after its '
+                      '--timeout; stopping it', settings.scheduler_grace)
+            terminate_child(process)
+
+        watchdog = threading.Timer(limit, expire)
+        watchdog.daemon = True
+        watchdog.start()
+    reader = threading.Thread(target=log_output, name='scheduler-output',
+                              args=(process.stdout, 'schedule_georep'),
+                              daemon=True)
+    reader.start()
+    try:
+        if stop.requested:
+            terminate_child(process)
+        status = process.wait()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        if process.poll() is None:
+            terminate_child(process)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        stop.child = None
+        # a grandchild that kept the pipe open must not hold the run
+        reader.join(timeout=5)
+    status = process.returncode
+    if status == 0:
+        log.info('geo-replication reached its checkpoint')
+        return True
+    if expired.is_set():
+        run.fail('geo-replication: the scheduler did not end within --timeout '
+                 '%d minutes and %d seconds of grace; it was stopped',
+                 args.timeout, settings.scheduler_grace)
+    elif stop.requested:
+        run.fail('geo-replication: the scheduler was stopped by %s',
+                 stop.signal_name)
+    elif status < 0:
+        run.fail('geo-replication: the scheduler was killed by signal %s',
+                 signal.Signals(-status).name if -status in
+                 signal.valid_signals() else -status)
+    else:
+        reason = SCHEDULER_EXITS.get(status, 'it exited with status %(status)d')
+        run.fail('geo-replication failed: ' + reason
+                 % {'timeout': args.timeout, 'status': status})
+    log.warning('the geo-replication session %s -> %s::%s may be left running; '
+                'check with: gluster volume geo-replication %s %s::%s status',
+                args.mastervol, args.slave, args.slavevol, args.mastervol,
+                slave_host(args.slave), args.slavevol)
+    return False
+
+
+# Step 7: the overlays at the remote site -----------------------------------------------
+
+def slave_host(slave):
+    return slave.rsplit('@', 1)[-1]
+
+
+def mount_command(args, settings, directory):
+    return [settings.glusterfs, '--volfile-server', slave_host(args.slave),
+            '--volfile-id', args.slavevol, '--client-pid=-1',
+            '-l', settings.mount_log, directory]
+
+
+def overlay_paths(backups):
+    """Given the VmBackups, return the relative paths of every overlay file
+    this run created, three names per overlay; ids that are not UUIDs are
+    refused (they would name other files)."""
+    paths = []
+    for backup in backups:
+        if not backup.snapshot_ready:
+            continue
+        for disk in backup.disks:
+            if disk.overlay_id is None or disk.overlay_id == disk.base_id:
+                continue
+            ids = (disk.sd_id, disk.disk_id, disk.overlay_id)
+            if not all(UUID.match(value or '') for value in ids):
+                log.error('VM %s: the engine gave ids that are not UUIDs '
+                          '(%s); nothing of that disk is deleted', backup.name,
+                          ', '.join(map(str, ids)))
+                continue
+            for suffix in OVERLAY_SUFFIXES:
+                paths.append(os.path.join(disk.sd_id, 'images', disk.disk_id,
+                                          disk.overlay_id + suffix))
+    return paths
+
+
+@contextlib.contextmanager
+def slave_mounted(args, settings, run):
+    """Mount the slave volume in a fresh temporary directory for the block;
+    yield its path, or None after run.fail when it could not be mounted.
+    Unmount and remove the directory on every way out."""
+    directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % args.slavevol)
+    try:
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(settings.mount_log), exist_ok=True)
+        command = mount_command(args, settings, directory)
+        log.info('mounting %s:%s: %s', slave_host(args.slave), args.slavevol,
+                 ' '.join(shlex.quote(part) for part in command))
+        mounted = False
+        try:
+            result = subprocess.run(command, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT,
+                                    timeout=MOUNT_TIMEOUT)
+            output = result.stdout.decode('utf-8', 'replace').strip()
+            for line in output.splitlines():
+                log.info('glusterfs: %s', line)
+            if result.returncode != 0:
+                run.fail('cannot mount the slave volume %s:%s: glusterfs exited '
+                         'with status %d (see %s)', slave_host(args.slave),
+                         args.slavevol, result.returncode, settings.mount_log)
+            else:
+                mounted = wait_for_mount(directory)
+                if not mounted:
+                    run.fail('cannot mount the slave volume %s:%s: glusterfs '
+                             'succeeded but %s is not a mount point (see %s)',
+                             slave_host(args.slave), args.slavevol, directory,
+                             settings.mount_log)
+        except subprocess.TimeoutExpired:
+            run.fail('cannot mount the slave volume %s:%s: glusterfs did not '
+                     'finish within %d seconds', slave_host(args.slave),
+                     args.slavevol, MOUNT_TIMEOUT)
+        except OSError as error:
+            run.fail('cannot run %s: %s', settings.glusterfs,
+                     error.strerror or error)
+        yield directory if mounted else None
+    finally:
+        unmount_and_remove(directory, run)
+
+
+def is_mount_point(directory):
+    """Tell whether directory is a mount point, by the kernel's mount table
+    (os.path.ismount misses a bind mount within one file system)."""
+    target = os.path.realpath(directory)
+    if os.path.ismount(target):
+        return True
+    try:
+        with open('/proc/self/mountinfo', encoding='utf-8') as table:
+            for line in table:
+                point = line.split()[4]
+                point = re.sub(r'\\([0-7]{3})',
+                               lambda match: chr(int(match.group(1), 8)), point)
+                if point == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def wait_for_mount(directory, seconds=10):
+    deadline = time.monotonic() + seconds
+    while True:
+        if is_mount_point(directory):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def unmount_and_remove(directory, run):
+    """Unmount the directory if mounted (lazily when it stays busy), then
+    remove it; never remove anything inside it."""
+    if is_mount_point(directory):
+        for attempt, command in enumerate((['umount', directory],
+                                           ['umount', directory],
+                                           ['umount', '-l', directory])):
+            try:
+                result = subprocess.run(command, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT,
+                                        timeout=UMOUNT_TIMEOUT)
+                message = result.stdout.decode('utf-8', 'replace').strip()
+            except (OSError, subprocess.TimeoutExpired) as error:
+                message = one_line(error)
+            if not is_mount_point(directory):
+                break
+            log.warning('could not unmount %s: %s', directory,
+                        message or 'still mounted')
+            time.sleep(1 + attempt)
+        if is_mount_point(directory):
+            run.fail('the slave volume is still mounted at %s: unmount it by '
+                     'hand (umount %s)', directory, directory)
+            return
+        log.info('unmounted %s', directory)
+    try:
+        os.rmdir(directory)
+    except OSError as error:
+        log.warning('could not remove %s: %s', directory, error.strerror)
+
+
+def drop_remote_overlays(args, settings, backups, run):
+    """Mount the slave volume and delete the overlays this run created."""
+    paths = overlay_paths(backups)
+    if not paths:
+        log.info('no overlay to delete at the remote site')
+        return
+    with slave_mounted(args, settings, run) as root:
+        if root is not None:
+            delete_overlays(root, paths, run)
+
+
+def delete_overlays(root, paths, run):
+    """Given the slave volume's mount point and the overlay files' relative
+    paths, delete each regular file among them, by its exact path: never a
+    walk, never anything else. Return the number deleted."""
+    deleted = 0
+    for relative in paths:
+        target = os.path.join(root, relative)
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            if not relative.endswith(('.meta', '.lease')):
+                log.warning('overlay %s is not at the remote site', relative)
+            continue
+        except OSError as error:
+            run.fail('cannot check %s at the remote site: %s', relative,
+                     error.strerror)
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            run.fail('%s at the remote site is not a regular file; left '
+                     'alone', relative)
+            continue
+        try:
+            os.unlink(target)
+        except OSError as error:
+            run.fail('cannot delete %s at the remote site: %s', relative,
+                     error.strerror)
+            continue
+        deleted += 1
+        log.debug('deleted %s at the remote site', relative)
+    log.info('deleted %d overlay files at the remote site (%d paths looked up)',
+             deleted, len(paths))
+    return deleted
+
+
+# Step 8: remove the snapshots ------------------------------------------------------------
+
+def remove_snapshots(engine, created, plan, settings, run):
+    """Given the VmBackups whose snapshot this run created, remove them all
+    (live merge) and wait until they are gone."""
+    targets = [(backup, backup.snapshot_id) for backup in created
+               if backup.snapshot_id]
+    if not targets:
+        return
+    log.info('removing %d snapshots', len(targets))
+    left = remove_and_wait(engine, targets, settings,
+                           plan.up_vm_count if plan else 0)
+    for backup, snapshot_id in left:
+        run.fail('VM %s: snapshot %s %r is still there: remove it in the '
+                 'Administration Portal', backup.name, snapshot_id,
+                 SNAPSHOT_DESCRIPTION)
+    if not left:
+        log.info('all %d snapshots removed', len(targets))
+
+
+def remove_and_wait(engine, targets, settings, up_vm_count):
+    """Given (VmBackup, snapshot id) pairs, remove each snapshot and wait
+    until all are gone or wait_timeout has passed; return the pairs left.
+
+    A removal the engine refuses (409 while the VM is busy, e.g. its snapshot
+    is still being created, or any passing error) is sent again at the next
+    check; a merge that failed (the snapshot back to ok) is retried up to
+    REMOVE_ATTEMPTS times. A stop request does not cut this short."""
+    entries = {snapshot_id: {'backup': backup, 'state': 'to send',
+                             'attempts': 0, 'error': None}
+               for backup, snapshot_id in targets}
+    deadline = time.monotonic() + settings.wait_timeout * 60
+    delays = poll_delays(settings)
+    while True:
+        to_send = [(sid, entry) for sid, entry in entries.items()
+                   if entry['state'] == 'to send']
+        results = engine.map([
+            (sid, lambda system, sid=sid, vm_id=entry['backup'].vm_id:
+             system.vms_service().vm_service(vm_id).snapshots_service()
+             .snapshot_service(sid).remove())
+            for sid, entry in to_send])
+        for sid, entry in to_send:
+            result = results[sid]
+            if isinstance(result, sdk.Error) and is_not_found(result):
+                del entries[sid]
+            elif isinstance(result, sdk.Error):
+                entry['error'] = one_line(result)
+                log.debug('VM %s: removal of snapshot %s refused: %s',
+                          entry['backup'].name, sid, entry['error'])
+            else:
+                entry['state'] = 'merging'
+                entry['attempts'] += 1
+        active = [entry for entry in entries.values()
+                  if entry['state'] != 'given up']
+        if not active or time.monotonic() > deadline:
+            break
+        time.sleep(next(delays))
+        merging = {entry['backup'].vm_id for entry in active
+                   if entry['state'] == 'merging'}
+        if not merging:
+            continue
+        vms = fetch_vms(engine, list(merging), up_vm_count)
+        for sid, entry in list(entries.items()):
+            vm = vms.get(entry['backup'].vm_id)
+            if entry['state'] != 'merging' or vm is None:
+                continue
+            if isinstance(vm, sdk.Error):
+                if is_not_found(vm):
+                    del entries[sid]
+                continue
+            snapshot = find_snapshot(vm, sid)
+            if snapshot is None:
+                log.debug('VM %s: snapshot %s removed', entry['backup'].name,
+                          sid)
+                del entries[sid]
+            elif snapshot.snapshot_status == types.SnapshotStatus.OK:
+                if entry['attempts'] < REMOVE_ATTEMPTS:
+                    log.warning('VM %s: the merge of snapshot %s failed; '
+                                'removing it again', entry['backup'].name, sid)
+                    entry['state'] = 'to send'
+                else:
+                    entry['error'] = ('its merge failed %d times'
+                                      % entry['attempts'])
+                    entry['state'] = 'given up'
+    left = []
+    for sid, entry in entries.items():
+        reason = entry['error'] or ('not gone after %s minutes ([snapshot] '
+                                    'wait_timeout)'
+                                    % format_minutes(settings.wait_timeout))
+        log.error('VM %s: snapshot %s could not be removed: %s',
+                  entry['backup'].name, sid, reason)
+        left.append((entry['backup'], sid))
+    return left
+
+
+# Step 9: the event --------------------------------------------------------------------------
+
+def post_event(engine, args, settings, run):
+    """Post the run's outcome to the engine as an event; return True when
+    the engine took it."""
+    if run.failures:
+        severity = types.LogSeverity.ALERT
+        description = EVENT_FAILED.format(volume=args.mastervol)
+        description += ': ' + '; '.join(run.failures)
+        if len(description) > EVENT_DESCRIPTION_LIMIT:
+            description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
+    else:
+        severity = types.LogSeverity.NORMAL
+        description = EVENT_SUCCEEDED.format(
+            volume=args.mastervol, minutes='%g' % round(run.minutes(), 1))
+    system = engine.system
+    cluster = None
+    if settings.cluster:
+        try:
+            found = [c for c in system.clusters_service().list(
+                search='name=%s' % settings.cluster) if c.name == settings.cluster]
+        except sdk.Error as error:
+            log.warning('could not look up cluster %s: %s', settings.cluster,
+                        one_line(error))
+            found = []
+        if found:
+            cluster = types.Cluster(id=found[0].id)
+        else:
+            log.warning('cluster %r ([event] cluster) not found; the event is '
+                        'posted without it', settings.cluster)
+    chooser = random.SystemRandom()
+    for attempt in range(EVENT_ATTEMPTS):
+        event = types.Event(origin=EVENT_ORIGIN, severity=severity,
+                            custom_id=chooser.randint(1, 2**31 - 1),
+                            description=description, cluster=cluster)
+        try:
+            system.events_service().add(event)
+        except sdk.Error as error:
+            if is_conflict(error) and attempt + 1 < EVENT_ATTEMPTS:
+                log.debug('event refused (%s); trying another custom_id',
+                          one_line(error))
+                continue
+            log.error('could not post the event to the engine: %s',
+                      one_line(error))
+            return False
+        log.info('posted %s event: %s', severity.value, description)
+        return True
+    return False
+
+
+# The run ------------------------------------------------------------------------------------------
+
+def back_up(args, settings, stop):
+    """Given the command line and settings, with the lock held, do steps 3 to
+    10; return the exit status."""
+    run = Run(args.mastervol)
+    engine = Engine(settings)
+    try:
+        engine.connect()
+    except sdk.Error as error:
+        log.error('%s', describe_engine_error(error, settings))
+        log.error('backup of volume %s failed: nothing was changed',
+                  args.mastervol)
+        return EXIT_FAILED
+    try:
+        plan = None
+        created = []
+        try:
+            plan = choose_vms(engine, args, settings, run)
+            if args.dry_run:
+                if plan is not None:
+                    print_plan(args, settings, plan)
+                return EXIT_FAILED if run.failures else EXIT_OK
+            if plan is not None and not stop.requested:
+                remove_stale_snapshots(engine, plan, settings, run)
+            if plan is not None and not stop.requested:
+                created = snapshot_vms(engine, plan, settings, run, stop)
+            if plan is not None and not stop.requested:
+                if replicate(args, settings, run, stop) and not stop.requested:
+                    drop_remote_overlays(args, settings, created, run)
+                elif not stop.requested:
+                    log.warning('the overlays at the remote site are left as '
+                                'they are, since geo-replication did not '
+                                'complete')
+        except sdk.Error as error:
+            run.fail('the engine answered with an error: %s', one_line(error))
+        finally:
+            remove_snapshots(engine, created, plan, settings, run)
+        if stop.requested:
+            run.fail('the backup was interrupted by %s', stop.signal_name)
+        post_event(engine, args, settings, run)
+    finally:
+        engine.close()
+    if run.failures:
+        log.error('backup of volume %s failed after %.1f minutes: %d problem%s',
+                  args.mastervol, run.minutes(), len(run.failures),
+                  '' if len(run.failures) == 1 else 's')
+        return EXIT_FAILED
+    log.info('backup of volume %s to %s::%s done in %.1f minutes',
+             args.mastervol, args.slave, args.slavevol, run.minutes())
+    return EXIT_OK
+
+
+def main(argv=None):
+    """Run vmbackup.py with the given arguments; return the exit status."""
+    bootstrap_logging()
+    try:
+        args = parse_command_line(argv)
+        settings = read_config(args.config)
+        configure_logging(settings, args)
+    except UsageError as error:
+        log.error('%s', error)
+        return EXIT_USAGE
+    stop = Stop()
+    stop.install()
+    try:
+        with take_lock(settings.lock_dir, args.mastervol):
+            return back_up(args, settings, stop)
+    except LockHeld as error:
+        log.error('%s', error)
+        return EXIT_LOCKED
+    except UsageError as error:
+        log.error('%s', error)
+        return EXIT_USAGE
+
+
+if __name__ == '__main__':
+    sys.exit(main())
