@@ -24,21 +24,6 @@ from conftest import (DESCRIPTION, MASTER, PASSWORD, SLAVE, SLAVEVOL, USER,  # n
 from fake_engine import FakeEngine  # noqa: E402
 
 
-def describe_changes(before, after):
-    added = sorted(set(after) - set(before))
-    removed = sorted(set(before) - set(after))
-    changed = sorted(p for p in set(before) & set(after) if before[p] != after[p])
-    return added, removed, changed
-
-
-def show(title, before, after):
-    added, removed, changed = describe_changes(before, after)
-    print('  %s: %d files before, %d after' % (title, len(before), len(after)))
-    for label, paths in (('+', added), ('-', removed), ('~', changed)):
-        for path in paths:
-            print('    %s %s' % (label, path))
-
-
 def main():
     if os.geteuid() != 0:
         print('make demo mounts the fake slave volume (mount --bind): run it '
@@ -68,8 +53,24 @@ def main():
             sys.stdout.flush()
             code = subprocess.call(command, env=site.env())
             print('\n== What it did == (exit status %d)' % code)
-            show('master volume %s' % MASTER, master_before, tree(site.master))
-            show('slave volume %s (was empty)' % SLAVEVOL, {}, tree(site.slave))
+            master_after, slave_after = tree(site.master), tree(site.slave)
+            print('  master volume %s: %d files before, %d after (the overlays '
+                  'were merged away)' % (MASTER, len(master_before), len(master_after)))
+            print('  slave volume %s: was empty, now %d files' % (SLAVEVOL, len(slave_after)))
+            for name in ('web', 'db', 'mixed', 'on-nfs', 'stopped', 'HostedEngine'):
+                for disk in engine.vm(name)['disks']:
+                    if disk['sd'] != site.sd_id:
+                        state = 'on NFS: not on this volume'
+                    else:
+                        path = '%s/images/%s/%s' % (disk['sd'], disk['id'], disk['image_id'])
+                        same = slave_after.get(path) == master_before.get(path)
+                        state = 'base image %s at the slave, %s' % (
+                            disk['image_id'][:8],
+                            'byte-identical' if same else 'DIFFERENT')
+                    print('    %-12s disk %s: %s' % (name, disk['id'][:8], state))
+            strays = sorted(p for p in slave_after if p not in master_before)
+            print('  files at the slave that are not base images of the master: %s'
+                  % (strays or 'none: every overlay of this run was deleted there'))
             per_kind = collections.Counter(
                 '%s %s' % (r['method'], '/'.join(
                     'ID' if len(part) == 36 else part
@@ -80,18 +81,13 @@ def main():
             left = {name: [s['description'] for s in engine.vm(name)['snapshots']
                            if s['type'] != 'active']
                     for name in ('web', 'db', 'mixed')}
-            print('  snapshots left (only the user\'s should be): %s' % left)
+            print("  snapshots now (only the user's is left): %s" % left)
             assert all(DESCRIPTION not in snaps for snaps in left.values())
             for event in engine.events:
                 print('  event: [%s] %s' % (event['severity'], event['description']))
-            calls = site.calls()
-            for call in calls:
+            for call in site.calls():
                 print('  ran %s %s' % (call['program'], ' '.join(call['argv'])))
             print('  mounts left: %s' % (mounts_under(scratch) or 'none'))
-            overlays_at_slave = [p for p in tree(site.slave)
-                                 if p not in master_before]
-            print('  files at the slave that were not in the master before '
-                  'the snapshots: %s' % (overlays_at_slave or 'none'))
             return code
         finally:
             for point in reversed(mounts_under(scratch)):
