@@ -98,7 +98,7 @@ DEFAULT_POLL_INTERVAL = 5.0          # seconds, at most, between checks
 DEFAULT_CONNECTIONS = 4              # API requests in flight at once
 DEFAULT_SCHEDULER_GRACE = 300        # seconds past --timeout before we stop it
 FIRST_POLL = 0.25                    # seconds; each next wait is 1.5 times longer
-MOUNT_TIMEOUT = 120                  # seconds for the FUSE client to mount
+DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
 PAGE_SIZE = 100                      # the engine's cap on one search answer
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
@@ -122,7 +122,7 @@ KNOWN_KEYS = {
     'logging': {'logger_conf'},
     'snapshot': {'wait_timeout', 'poll_interval'},
     'gluster': {'schedule_georep', 'glusterfs', 'mount_log', 'storage_domain',
-                'scheduler_grace'},
+                'scheduler_grace', 'mount_timeout'},
     'event': {'cluster'},
     'lock': {'lock_dir'},
 }
@@ -156,6 +156,7 @@ class Settings:
     mount_log: str = DEFAULT_MOUNT_LOG
     storage_domain: str = None
     scheduler_grace: int = DEFAULT_SCHEDULER_GRACE
+    mount_timeout: int = DEFAULT_MOUNT_TIMEOUT
     cluster: str = None
     lock_dir: str = DEFAULT_LOCK_DIR
 
@@ -421,6 +422,8 @@ def read_config(path):
         glusterfs=path_key('gluster', 'glusterfs', DEFAULT_GLUSTERFS),
         mount_log=path_key('gluster', 'mount_log', DEFAULT_MOUNT_LOG),
         storage_domain=get('gluster', 'storage_domain'),
+        mount_timeout=number('gluster', 'mount_timeout', DEFAULT_MOUNT_TIMEOUT,
+                             int),
         scheduler_grace=number('gluster', 'scheduler_grace',
                                DEFAULT_SCHEDULER_GRACE, int, allow_zero=True),
         cluster=get('event', 'cluster'),
@@ -1169,6 +1172,10 @@ def replicate(args, settings, run, stop):
     if status == 0:
         log.info('geo-replication reached its checkpoint')
         return True
+    if status in SCHEDULER_EXITS:
+        run.fail('geo-replication failed: ' + SCHEDULER_EXITS[status]
+                 % {'timeout': args.timeout})
+        return False
     if expired.is_set():
         run.fail('geo-replication: the scheduler did not end within --timeout '
                  '%d minutes and %d seconds of grace; it was stopped',
@@ -1176,14 +1183,9 @@ def replicate(args, settings, run, stop):
     elif stop.requested:
         run.fail('geo-replication: the scheduler was stopped by %s',
                  stop.signal_name)
-    elif status < 0:
-        run.fail('geo-replication: the scheduler was killed by signal %s',
-                 signal.Signals(-status).name if -status in
-                 signal.valid_signals() else -status)
     else:
-        reason = SCHEDULER_EXITS.get(status, 'it exited with status %(status)d')
-        run.fail('geo-replication failed: ' + reason
-                 % {'timeout': args.timeout, 'status': status})
+        run.fail('geo-replication failed: the scheduler %s',
+                 describe_status(status))
     log.warning('the geo-replication session %s -> %s::%s may be left running; '
                 'check with: gluster volume geo-replication %s %s::%s status',
                 args.mastervol, args.slave, args.slavevol, args.mastervol,
@@ -1227,7 +1229,7 @@ def overlay_paths(backups):
 
 
 @contextlib.contextmanager
-def slave_mounted(args, settings, run):
+def slave_mounted(args, settings, run, stop):
     """Mount the slave volume in a fresh temporary directory for the block;
     yield its path, or None after run.fail when it could not be mounted.
     Unmount and remove the directory on every way out."""
@@ -1239,35 +1241,69 @@ def slave_mounted(args, settings, run):
         log.info('mounting %s:%s: %s', slave_host(args.slave), args.slavevol,
                  ' '.join(shlex.quote(part) for part in command))
         mounted = False
-        try:
-            result = subprocess.run(command, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT,
-                                    timeout=MOUNT_TIMEOUT)
-            output = result.stdout.decode('utf-8', 'replace').strip()
-            for line in output.splitlines():
-                log.info('glusterfs: %s', line)
-            if result.returncode != 0:
-                run.fail('cannot mount the slave volume %s:%s: glusterfs exited '
-                         'with status %d (see %s)', slave_host(args.slave),
-                         args.slavevol, result.returncode, settings.mount_log)
-            else:
-                mounted = wait_for_mount(directory)
-                if not mounted:
-                    run.fail('cannot mount the slave volume %s:%s: glusterfs '
-                             'succeeded but %s is not a mount point (see %s)',
-                             slave_host(args.slave), args.slavevol, directory,
-                             settings.mount_log)
-        except subprocess.TimeoutExpired:
-            run.fail('cannot mount the slave volume %s:%s: glusterfs did not '
-                     'finish within %d seconds', slave_host(args.slave),
-                     args.slavevol, MOUNT_TIMEOUT)
-        except OSError as error:
+        status, output = run_child(command, settings.mount_timeout, stop)
+        for line in output.splitlines():
+            log.info('glusterfs: %s', line)
+        where = '%s:%s' % (slave_host(args.slave), args.slavevol)
+        if isinstance(status, OSError):
             run.fail('cannot run %s: %s', settings.glusterfs,
-                     error.strerror or error)
+                     status.strerror or status)
+        elif status is None:
+            run.fail('cannot mount the slave volume %s: glusterfs did not '
+                     'finish within %d seconds ([gluster] mount_timeout)',
+                     where, settings.mount_timeout)
+        elif status != 0:
+            run.fail('cannot mount the slave volume %s: glusterfs %s (see %s)',
+                     where, describe_status(status), settings.mount_log)
+        else:
+            mounted = wait_for_mount(directory)
+            if not mounted:
+                run.fail('cannot mount the slave volume %s: glusterfs '
+                         'succeeded but %s is not a mount point (see %s)',
+                         where, directory, settings.mount_log)
         yield directory if mounted else None
     finally:
         unmount_and_remove(directory, run)
+
+
+def run_child(command, timeout, stop):
+    """Run a short-lived command in its own session, stopped by a stop
+    request or after `timeout` seconds; return (exit status, or None when it
+    was stopped for taking too long, or the OSError that prevented it; its
+    output)."""
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True)
+    except OSError as error:
+        return error, ''
+    stop.child = process
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        status = process.returncode
+    except subprocess.TimeoutExpired:
+        terminate_child(process)
+        try:
+            output, _ = process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+        status = None
+    finally:
+        stop.child = None
+    return status, output.decode('utf-8', 'replace').strip()
+
+
+def describe_status(status):
+    """Given a child's exit status, say it in words."""
+    if status < 0:
+        try:
+            return 'was killed by %s' % signal.Signals(-status).name
+        except ValueError:
+            return 'was killed by signal %d' % -status
+    return 'exited with status %d' % status
 
 
 def is_mount_point(directory):
@@ -1289,7 +1325,7 @@ def is_mount_point(directory):
     return False
 
 
-def wait_for_mount(directory, seconds=10):
+def wait_for_mount(directory, seconds=5):
     deadline = time.monotonic() + seconds
     while True:
         if is_mount_point(directory):
@@ -1330,14 +1366,14 @@ def unmount_and_remove(directory, run):
         log.warning('could not remove %s: %s', directory, error.strerror)
 
 
-def drop_remote_overlays(args, settings, backups, run):
+def drop_remote_overlays(args, settings, backups, run, stop):
     """Mount the slave volume and delete the overlays this run created."""
     paths = overlay_paths(backups)
     if not paths:
         log.info('no overlay to delete at the remote site')
         return
-    with slave_mounted(args, settings, run) as root:
-        if root is not None:
+    with slave_mounted(args, settings, run, stop) as root:
+        if root is not None and not stop.requested:
             delete_overlays(root, paths, run)
 
 
@@ -1549,7 +1585,7 @@ def back_up(args, settings, stop):
                 created = snapshot_vms(engine, plan, settings, run, stop)
             if plan is not None and not stop.requested:
                 if replicate(args, settings, run, stop) and not stop.requested:
-                    drop_remote_overlays(args, settings, created, run)
+                    drop_remote_overlays(args, settings, created, run, stop)
                 elif not stop.requested:
                     log.warning('the overlays at the remote site are left as '
                                 'they are, since geo-replication did not '
