@@ -21,5 +21,8 @@ test: venv
 demo: venv
 	$(PY) tests/demo.py
 
+bench: venv
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -30,7 +30,9 @@ The steps of a run:
      exactly <sd>/images/<disk>/<overlay> and its .meta and .lease for each
      overlay this run created; unmount.
   8. Remove the snapshots this run created (live merge), whatever happened
-     before, and wait until they are gone.
+     before, and wait until they are gone. (After a successful step 6 the
+     removals are sent before step 7, so the engine merges while the slave
+     is being cleaned.)
   9. Post an event to the engine: normal when all went well, alert naming
      what failed otherwise.
  10. Log out; exit 0 when every step succeeded, 1 otherwise.
@@ -97,7 +99,8 @@ DEFAULT_WAIT_TIMEOUT = 10.0          # minutes, snapshots to appear / to go
 DEFAULT_POLL_INTERVAL = 5.0          # seconds, at most, between checks
 DEFAULT_CONNECTIONS = 4              # API requests in flight at once
 DEFAULT_SCHEDULER_GRACE = 300        # seconds past --timeout before we stop it
-FIRST_POLL = 0.25                    # seconds; each next wait is 1.5 times longer
+FIRST_POLL = 0.25                    # seconds; each next wait is BACKOFF times longer
+BACKOFF = 1.25
 DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
 PAGE_SIZE = 100                      # the engine's cap on one search answer
@@ -916,7 +919,7 @@ def remove_stale_snapshots(engine, plan, settings, run):
     for backup, snapshot_id in stale:
         log.warning('VM %s: removing snapshot %s %r left by an earlier run',
                     backup.name, snapshot_id, SNAPSHOT_DESCRIPTION)
-    left = remove_and_wait(engine, stale, settings, plan.up_vm_count)
+    left = Removal(engine, stale, settings, plan.up_vm_count).wait()
     failed = {backup.vm_id for backup, _ in left}
     for backup in plan.backups:
         if backup.vm_id in failed:
@@ -969,7 +972,7 @@ def adopt_lost_snapshots(engine, backups, plan, run):
     if not backups:
         return []
     states = fetch_vms(engine, [backup.vm_id for backup in backups],
-                       plan.up_vm_count)
+                       plan.up_vm_count, 'snapshots')
     adopted = []
     for backup in backups:
         state = states.get(backup.vm_id)
@@ -992,49 +995,56 @@ def adopt_lost_snapshots(engine, backups, plan, run):
     return adopted
 
 
-def fetch_vms(engine, vm_ids, up_vm_count):
-    """Given VM ids, return {vm_id: types.Vm with snapshots and disks inlined,
-    or the sdk.Error of its look-up}, with as few requests as it takes: the
-    pages of the list of running VMs when they are fewer than the VMs, then
-    one GET per VM not found there."""
+def fetch_vms(engine, vm_ids, up_vm_count, follow):
+    """Given VM ids, return {vm_id: types.Vm with `follow` inlined, or the
+    sdk.Error of its look-up}, with as few requests as it takes: the pages of
+    the list of running VMs, fetched together, when they are fewer than the
+    VMs, then one GET per VM not found there."""
     states = {}
     pages = max(1, math.ceil(up_vm_count / PAGE_SIZE))
     if len(vm_ids) > pages:
-        try:
-            listed = list_vms(engine.system, 'status=up', FOLLOW)
-        except sdk.Error as error:
-            log.debug('listing the VMs failed: %s', one_line(error))
-            listed = []
+        answers = engine.map([
+            (page, lambda system, page=page: system.vms_service().list(
+                search='status=up page %d' % page, max=PAGE_SIZE,
+                follow=follow))
+            for page in range(1, pages + 1)])
         wanted = set(vm_ids)
-        states = {vm.id: vm for vm in listed if vm.id in wanted}
+        for page, answer in answers.items():
+            if isinstance(answer, sdk.Error):
+                log.debug('page %d of the VM list failed: %s', page,
+                          one_line(answer))
+                continue
+            states.update((vm.id, vm) for vm in answer if vm.id in wanted)
     missing = [vm_id for vm_id in vm_ids if vm_id not in states]
     states.update(engine.map([
         (vm_id, lambda system, vm_id=vm_id:
-         system.vms_service().vm_service(vm_id).get(follow=FOLLOW))
+         system.vms_service().vm_service(vm_id).get(follow=follow))
         for vm_id in missing]))
     return states
 
 
-def poll_delays(settings):
-    """Yield the waits between checks: short at first, then 1.5 times longer
-    each time, up to poll_interval."""
+def polls(settings, sleep=time.sleep):
+    """Yield before each check of the engine, timing the checks start to
+    start: the first after FIRST_POLL seconds, each next wait BACKOFF times
+    longer, up to poll_interval."""
     delay = min(FIRST_POLL, settings.poll_interval)
+    last = time.monotonic()
     while True:
-        yield delay
-        delay = min(delay * 1.5, settings.poll_interval)
+        sleep(max(0.0, last + delay - time.monotonic()))
+        last = time.monotonic()
+        yield
+        delay = min(delay * BACKOFF, settings.poll_interval)
 
 
 def wait_for_snapshots(engine, created, plan, settings, run, stop):
     """Given the VmBackups with a new snapshot, wait until each is ok or
-    wait_timeout has passed, and record each disk's overlay id."""
+    wait_timeout has passed, then record each disk's overlay id."""
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
-    delays = poll_delays(settings)
-    while pending and not stop.requested:
-        stop.sleep(next(delays))
-        if stop.requested:
+    for _ in polls(settings, stop.sleep):
+        if not pending or stop.requested:
             break
-        states = fetch_vms(engine, list(pending), plan.up_vm_count)
+        states = fetch_vms(engine, list(pending), plan.up_vm_count, 'snapshots')
         for vm_id, state in states.items():
             backup = pending[vm_id]
             if isinstance(state, sdk.Error):
@@ -1053,7 +1063,6 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
                 backup.snapshot_id = None
                 del pending[vm_id]
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
-                record_overlays(backup, state)
                 backup.snapshot_ready = True
                 del pending[vm_id]
         if pending and time.monotonic() > deadline:
@@ -1061,9 +1070,11 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
                 run.fail('VM %s: the snapshot was not ready after %s minutes '
                          '([snapshot] wait_timeout)', backup.name,
                          format_minutes(settings.wait_timeout))
-            return
-    ready = sum(1 for backup in created if backup.snapshot_ready)
-    log.info('%d of %d snapshots ready', ready, len(created))
+            break
+    ready = [backup for backup in created if backup.snapshot_ready]
+    log.info('%d of %d snapshots ready', len(ready), len(created))
+    if ready and not stop.requested:
+        record_overlays(engine, ready, plan, run)
 
 
 def find_snapshot(vm, snapshot_id):
@@ -1073,22 +1084,32 @@ def find_snapshot(vm, snapshot_id):
     return None
 
 
-def record_overlays(backup, vm):
-    """Given a VmBackup whose snapshot is ready and the VM's current state,
-    set each disk's overlay id: the image id it has now."""
-    current = {attachment.disk.id: attachment.disk.image_id
-               for attachment in vm.disk_attachments or []
-               if attachment.disk is not None}
-    for disk in backup.disks:
-        image_id = current.get(disk.disk_id)
-        if image_id and image_id != disk.base_id:
-            disk.overlay_id = image_id
-            log.debug('VM %s: disk %s base %s overlay %s', backup.name,
-                      disk.disk_id, disk.base_id, image_id)
-        else:
-            log.warning('VM %s: the image of disk %s did not change with the '
-                        'snapshot; nothing of it will be deleted at the '
-                        'remote site', backup.name, disk.disk_id)
+def record_overlays(engine, ready, plan, run):
+    """Given the VmBackups whose snapshot is ready, set each disk's overlay
+    id: the image id it has now. A VM whose disks can't be read keeps none:
+    nothing of it is deleted at the remote site."""
+    states = fetch_vms(engine, [backup.vm_id for backup in ready],
+                       plan.up_vm_count, 'disk_attachments.disk')
+    for backup in ready:
+        vm = states.get(backup.vm_id)
+        if vm is None or isinstance(vm, sdk.Error):
+            run.fail('VM %s: could not read its disks after the snapshot (%s); '
+                     'its overlays stay at the remote site', backup.name,
+                     one_line(vm) if vm is not None else 'not found')
+            continue
+        current = {attachment.disk.id: attachment.disk.image_id
+                   for attachment in vm.disk_attachments or []
+                   if attachment.disk is not None}
+        for disk in backup.disks:
+            image_id = current.get(disk.disk_id)
+            if image_id and image_id != disk.base_id:
+                disk.overlay_id = image_id
+                log.debug('VM %s: disk %s base %s overlay %s', backup.name,
+                          disk.disk_id, disk.base_id, image_id)
+            else:
+                log.warning('VM %s: the image of disk %s did not change with '
+                            'the snapshot; nothing of it will be deleted at '
+                            'the remote site', backup.name, disk.disk_id)
 
 
 def format_minutes(minutes):
@@ -1413,49 +1434,71 @@ def delete_overlays(root, paths, run):
 
 # Step 8: remove the snapshots ------------------------------------------------------------
 
-def remove_snapshots(engine, created, plan, settings, run):
-    """Given the VmBackups whose snapshot this run created, remove them all
-    (live merge) and wait until they are gone."""
+def start_removal(engine, created, plan, settings):
+    """Given the VmBackups whose snapshot this run created, send their
+    removals (live merge) now; return the Removal to wait on, or None."""
     targets = [(backup, backup.snapshot_id) for backup in created
                if backup.snapshot_id]
     if not targets:
-        return
+        return None
     log.info('removing %d snapshots', len(targets))
-    left = remove_and_wait(engine, targets, settings,
-                           plan.up_vm_count if plan else 0)
+    removal = Removal(engine, targets, settings,
+                      plan.up_vm_count if plan else 0)
+    removal.send()
+    return removal
+
+
+def remove_snapshots(engine, created, plan, settings, run, removal=None):
+    """Given the VmBackups whose snapshot this run created, and the Removal
+    already started if any, remove them all and wait until they are gone;
+    run.fail for each one left."""
+    removal = removal or start_removal(engine, created, plan, settings)
+    if removal is None:
+        return
+    left = removal.wait()
     for backup, snapshot_id in left:
         run.fail('VM %s: snapshot %s %r is still there: remove it in the '
                  'Administration Portal', backup.name, snapshot_id,
                  SNAPSHOT_DESCRIPTION)
     if not left:
-        log.info('all %d snapshots removed', len(targets))
+        log.info('all %d snapshots removed', len(removal.targets))
 
 
-def remove_and_wait(engine, targets, settings, up_vm_count):
-    """Given (VmBackup, snapshot id) pairs, remove each snapshot and wait
-    until all are gone or wait_timeout has passed; return the pairs left.
+class Removal:
+    """The removal of some snapshots, (VmBackup, snapshot id) pairs.
 
     A removal the engine refuses (409 while the VM is busy, e.g. its snapshot
     is still being created, or any passing error) is sent again at the next
     check; a merge that failed (the snapshot back to ok) is retried up to
-    REMOVE_ATTEMPTS times. A stop request does not cut this short."""
-    entries = {snapshot_id: {'backup': backup, 'state': 'to send',
-                             'attempts': 0, 'error': None}
-               for backup, snapshot_id in targets}
-    deadline = time.monotonic() + settings.wait_timeout * 60
-    delays = poll_delays(settings)
-    while True:
-        to_send = [(sid, entry) for sid, entry in entries.items()
-                   if entry['state'] == 'to send']
-        results = engine.map([
+    REMOVE_ATTEMPTS times. wait_timeout counts from the first send. A stop
+    request does not cut it short."""
+
+    def __init__(self, engine, targets, settings, up_vm_count):
+        self.engine = engine
+        self.targets = targets
+        self.settings = settings
+        self.up_vm_count = up_vm_count
+        self.entries = {snapshot_id: {'backup': backup, 'state': 'to send',
+                                      'attempts': 0, 'error': None}
+                        for backup, snapshot_id in targets}
+        self.deadline = None
+
+    def send(self):
+        """Send the removals that are due."""
+        if self.deadline is None:
+            self.deadline = (time.monotonic()
+                             + self.settings.wait_timeout * 60)
+        due = [(sid, entry) for sid, entry in self.entries.items()
+               if entry['state'] == 'to send']
+        results = self.engine.map([
             (sid, lambda system, sid=sid, vm_id=entry['backup'].vm_id:
              system.vms_service().vm_service(vm_id).snapshots_service()
              .snapshot_service(sid).remove())
-            for sid, entry in to_send])
-        for sid, entry in to_send:
+            for sid, entry in due])
+        for sid, entry in due:
             result = results[sid]
             if isinstance(result, sdk.Error) and is_not_found(result):
-                del entries[sid]
+                del self.entries[sid]
             elif isinstance(result, sdk.Error):
                 entry['error'] = one_line(result)
                 log.debug('VM %s: removal of snapshot %s refused: %s',
@@ -1463,29 +1506,28 @@ def remove_and_wait(engine, targets, settings, up_vm_count):
             else:
                 entry['state'] = 'merging'
                 entry['attempts'] += 1
-        active = [entry for entry in entries.values()
-                  if entry['state'] != 'given up']
-        if not active or time.monotonic() > deadline:
-            break
-        time.sleep(next(delays))
-        merging = {entry['backup'].vm_id for entry in active
-                   if entry['state'] == 'merging'}
+
+    def check(self):
+        """Look at the snapshots being merged: forget those gone, mark for
+        sending again those whose merge failed."""
+        merging = [entry['backup'].vm_id for entry in self.entries.values()
+                   if entry['state'] == 'merging']
         if not merging:
-            continue
-        vms = fetch_vms(engine, list(merging), up_vm_count)
-        for sid, entry in list(entries.items()):
+            return
+        vms = fetch_vms(self.engine, merging, self.up_vm_count, 'snapshots')
+        for sid, entry in list(self.entries.items()):
             vm = vms.get(entry['backup'].vm_id)
             if entry['state'] != 'merging' or vm is None:
                 continue
             if isinstance(vm, sdk.Error):
                 if is_not_found(vm):
-                    del entries[sid]
+                    del self.entries[sid]
                 continue
             snapshot = find_snapshot(vm, sid)
             if snapshot is None:
                 log.debug('VM %s: snapshot %s removed', entry['backup'].name,
                           sid)
-                del entries[sid]
+                del self.entries[sid]
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
                 if entry['attempts'] < REMOVE_ATTEMPTS:
                     log.warning('VM %s: the merge of snapshot %s failed; '
@@ -1495,15 +1537,31 @@ def remove_and_wait(engine, targets, settings, up_vm_count):
                     entry['error'] = ('its merge failed %d times'
                                       % entry['attempts'])
                     entry['state'] = 'given up'
-    left = []
-    for sid, entry in entries.items():
-        reason = entry['error'] or ('not gone after %s minutes ([snapshot] '
-                                    'wait_timeout)'
-                                    % format_minutes(settings.wait_timeout))
-        log.error('VM %s: snapshot %s could not be removed: %s',
-                  entry['backup'].name, sid, reason)
-        left.append((entry['backup'], sid))
-    return left
+
+    def pending(self):
+        return [entry for entry in self.entries.values()
+                if entry['state'] != 'given up']
+
+    def wait(self):
+        """Wait until every snapshot is gone, sending removals again where
+        due, or until the deadline; return the (VmBackup, snapshot id)
+        pairs left."""
+        if self.deadline is None:
+            self.send()
+        for _ in polls(self.settings):
+            self.check()
+            if not self.pending() or time.monotonic() > self.deadline:
+                break
+            self.send()
+        left = []
+        for sid, entry in self.entries.items():
+            reason = entry['error'] or ('not gone after %s minutes '
+                                        '([snapshot] wait_timeout)' % format_minutes(
+                                            self.settings.wait_timeout))
+            log.error('VM %s: snapshot %s could not be removed: %s',
+                      entry['backup'].name, sid, reason)
+            left.append((entry['backup'], sid))
+        return left
 
 
 # Step 9: the event --------------------------------------------------------------------------
@@ -1573,6 +1631,7 @@ def back_up(args, settings, stop):
     try:
         plan = None
         created = []
+        removal = None
         try:
             plan = choose_vms(engine, args, settings, run)
             if args.dry_run:
@@ -1585,6 +1644,9 @@ def back_up(args, settings, stop):
                 created = snapshot_vms(engine, plan, settings, run, stop)
             if plan is not None and not stop.requested:
                 if replicate(args, settings, run, stop) and not stop.requested:
+                    # the scheduler has stopped the session: the merges may
+                    # run while the slave is cleaned
+                    removal = start_removal(engine, created, plan, settings)
                     drop_remote_overlays(args, settings, created, run, stop)
                 elif not stop.requested:
                     log.warning('the overlays at the remote site are left as '
@@ -1593,7 +1655,7 @@ def back_up(args, settings, stop):
         except sdk.Error as error:
             run.fail('the engine answered with an error: %s', one_line(error))
         finally:
-            remove_snapshots(engine, created, plan, settings, run)
+            remove_snapshots(engine, created, plan, settings, run, removal)
         if stop.requested:
             run.fail('the backup was interrupted by %s', stop.signal_name)
         post_event(engine, args, settings, run)
