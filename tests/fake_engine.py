@@ -22,7 +22,8 @@ What it reproduces (see DESIGN.md, "Facts about the real systems"):
   expired token, a lost answer, an HTML error page; a snapshot that stays
   locked (``stick_snapshot``), a live merge that fails (``fail_merge``).
 
-Every request is logged in ``engine.requests``; accepted events are in
+Every request is logged in ``engine.requests`` (with ``fault``, the kind
+injected, when a fault rule took it); accepted events are in
 ``engine.events``; a bug of the fake itself is answered 500 and its traceback
 kept in ``engine.errors``.
 
@@ -159,6 +160,9 @@ class _Server(http.server.ThreadingHTTPServer):
             self.connections.add(request)
         try:
             try:
+                # headers and body leave in separate writes: without this,
+                # Nagle holds the body until the client's delayed ACK
+                request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 request.settimeout(10)
                 request.do_handshake()
                 request.settimeout(None)
@@ -416,8 +420,10 @@ class FakeEngine:
     """A fake oVirt engine on https://localhost:PORT/ovirt-engine/api."""
 
     def __init__(self, ca=None, user='admin@internal', password='secret',
-                 snapshot_delay=0.3, merge_delay=0.3, host='127.0.0.1', port=0):
+                 snapshot_delay=0.3, merge_delay=0.3, host='127.0.0.1', port=0,
+                 cert_names=('localhost', '127.0.0.1', '::1')):
         self.ca = ca or trustme.CA()
+        self.cert_names = tuple(cert_names)   # the names in the server certificate
         self.user = user
         self.password = password
         self.snapshot_delay = snapshot_delay
@@ -448,7 +454,7 @@ class FakeEngine:
     def start(self):
         """Serve in daemon threads; return self."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ca.issue_cert('localhost', '127.0.0.1', '::1').configure_cert(context)
+        self.ca.issue_cert(*self.cert_names).configure_cert(context)
         self._server = _Server((self.host, self.port), _Handler, self)
         self._server.socket = context.wrap_socket(
             self._server.socket, server_side=True, do_handshake_on_connect=False)
@@ -657,8 +663,12 @@ class FakeEngine:
 
     # -- faults on demand ----------------------------------------------------
 
-    def fail(self, method, path_regex, kind='fault', status=500, count=1):
+    def fail(self, method, path_regex, kind='fault', status=500, count=1, after=None):
         """The next `count` (None: all) matching requests fail the way `kind` says.
+
+        after: (method, path_regex) or None; when given, only the requests that
+        arrive after one matching it count (e.g. the VM look-ups that follow the
+        first snapshot removal).
 
         method: 'GET', 'POST', ... or None / '*' for any.
         kind: 'fault' (an XML fault, a JSON error on the SSO paths, with `status`),
@@ -670,10 +680,19 @@ class FakeEngine:
         """
         if kind not in FAULT_KINDS:
             raise ValueError('kind must be one of %s' % ', '.join(FAULT_KINDS))
+        if after is not None:
+            after_method, after_regex = after
+            after = dict(method=None if after_method in (None, '*') else after_method.upper(),
+                         regex=re.compile(after_regex))
         with self._lock:
             self._rules.append(dict(method=None if method in (None, '*') else method.upper(),
                                     regex=re.compile(path_regex), kind=kind, status=status,
-                                    count=count))
+                                    count=count, after=after, armed=after is None))
+
+    def forget_sessions(self):
+        """Invalidate every SSO token, as an engine restart does."""
+        with self._lock:
+            self._tokens.clear()
 
     def clear_faults(self):
         """Forget the fault rules not used up, and let hanging requests go on."""
@@ -691,17 +710,32 @@ class FakeEngine:
         """Log a request; return the fault rule that applies to it, if any."""
         with self._lock:
             self.requests.append(entry)
+            chosen = None
             for rule in self._rules:
-                if rule['method'] not in (None, entry['method']):
-                    continue
-                if not rule['regex'].search(entry['path']):
-                    continue
-                if rule['count'] is not None:
-                    if rule['count'] <= 0:
-                        continue
-                    rule['count'] -= 1
-                return rule
-            return None
+                if chosen is None and self._rule_applies(rule, entry):
+                    chosen = rule
+                after = rule['after']
+                if (not rule['armed'] and after['method'] in (None, entry['method'])
+                        and after['regex'].search(entry['path'])):
+                    rule['armed'] = True
+            if chosen is not None:
+                entry['fault'] = chosen['kind']
+            return chosen
+
+    @staticmethod
+    def _rule_applies(rule, entry):
+        """Tell whether a fault rule takes this request, counting it; under the lock."""
+        if not rule['armed']:
+            return False
+        if rule['method'] not in (None, entry['method']):
+            return False
+        if not rule['regex'].search(entry['path']):
+            return False
+        if rule['count'] is not None:
+            if rule['count'] <= 0:
+                return False
+            rule['count'] -= 1
+        return True
 
     def _hang(self):
         """Wait for release() or stop(); return True when the request should go on."""

@@ -39,10 +39,14 @@ def volume_dir(name):
 
 
 def hang_if_asked(settings):
-    """Sleep as told: {"hang": seconds} or {"hang": true} for ever."""
+    """Sleep as told: {"hang": seconds} or {"hang": true} for ever; and
+    {"gate": PATH} waits until PATH exists (the test opens the gate)."""
     hang = settings.get('hang')
     if hang is True:
         while True:
             time.sleep(3600)
     if hang:
         time.sleep(float(hang))
+    gate = settings.get('gate')
+    while gate and not os.path.exists(gate):
+        time.sleep(0.02)
