@@ -106,6 +106,7 @@ UMOUNT_TIMEOUT = 60
 PAGE_SIZE = 100                      # the engine's cap on one search answer
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
 EVENT_ATTEMPTS = 3
+EVENT_LOOKBACK = 100                 # latest events searched for our own
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -182,6 +183,7 @@ class VmBackup:
     stale_snapshot_ids: list = dataclasses.field(default_factory=list)
     snapshot_id: str = None
     snapshot_ready: bool = False
+    request_error: str = None   # why the snapshot request got no answer
 
 
 @dataclasses.dataclass
@@ -627,6 +629,11 @@ class Engine:
         try:
             with_deadline(lambda: self.main.test(raise_exception=True),
                           self.settings.timeout, 'logging in')
+        except Timeout:
+            # the login thread still holds the connection's lock: closing it
+            # would wait for ever; the process ends soon, and the socket with it
+            self.main = None
+            raise
         except BaseException:
             self.close(logout=False)
             raise
@@ -682,14 +689,22 @@ class Engine:
         try:
             with_deadline(lambda: self.main.close(logout=logout),
                           self.settings.timeout, 'logging out')
+        except Timeout as error:
+            # the logout still holds the connection: leave it to the exit
+            log.warning('could not log out of the engine: %s', one_line(error))
         except (sdk.Error, pycurl.error) as error:
             log.warning('could not log out of the engine: %s', one_line(error))
             with contextlib.suppress(sdk.Error, pycurl.error):
                 self.main.close(logout=False)
+        self.main = None
+
+
+class Timeout(sdk.Error):
+    """A call to the engine that did not return in time."""
 
 
 def with_deadline(function, seconds, what):
-    """Call function in a thread and return its result; raise sdk.Error when
+    """Call function in a thread and return its result; raise Timeout when
     it has not returned after `seconds` (the thread is left behind)."""
     outcome = {}
 
@@ -703,9 +718,12 @@ def with_deadline(function, seconds, what):
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise sdk.Error('no answer after %d seconds while %s' % (seconds, what))
-    if 'error' in outcome:
-        raise outcome['error']
+        raise Timeout('no answer after %d seconds while %s' % (seconds, what))
+    error = outcome.get('error')
+    if isinstance(error, pycurl.error):
+        raise sdk.Error(one_line(error)) from error
+    if error is not None:
+        raise error
     return outcome.get('value')
 
 
@@ -722,7 +740,15 @@ def describe_engine_error(error, settings):
     if isinstance(error, sdk.AuthError) or 'authenticat' in lowered:
         return ('the engine at %s refused the login of %s: %s'
                 % (settings.server, settings.user_name, text))
-    if 'certificate' in lowered or 'ssl' in lowered:
+    if 'subject name' in lowered or 'target host' in lowered:
+        # curl: "no alternative certificate subject name matches target host
+        # name", "certificate subject name ... does not match target host"
+        return ('cannot verify the TLS certificate of the engine at %s: %s; '
+                'the certificate is not issued to that host name: write '
+                '[connection] server with a name the certificate holds (the '
+                "engine's FQDN)" % (settings.server, text))
+    if 'certificate' in lowered or 'self signed' in lowered \
+            or 'self-signed' in lowered or 'issuer' in lowered:
         return ('cannot verify the TLS certificate of the engine at %s: %s; '
                 'set [connection] ca_file to the engine CA (https://ENGINE/'
                 'ovirt-engine/services/pki-resource?resource=ca-certificate&'
@@ -799,10 +825,18 @@ def list_vms(system, search, follow):
 def choose_vms(engine, args, settings, run):
     """Given the command line, return the Plan of step 4, or None after
     run.fail when the VMs can't be chosen."""
-    domains = find_storage_domains(engine, args.mastervol, settings, run)
+    try:
+        domains = find_storage_domains(engine, args.mastervol, settings, run)
+    except sdk.Error as error:
+        run.fail('could not list the storage domains: %s', one_line(error))
+        return None
     if domains is None:
         return None
-    vms = list_vms(engine.system, 'status=up', FOLLOW)
+    try:
+        vms = list_vms(engine.system, 'status=up', FOLLOW)
+    except sdk.Error as error:
+        run.fail('could not list the running VMs: %s', one_line(error))
+        return None
     log.debug('%d VMs are up', len(vms))
     wanted = set(args.vm)
     excluded = set(args.exclude)
@@ -951,8 +985,9 @@ def snapshot_vms(engine, plan, settings, run, stop):
     for backup in plan.backups:
         result = results[backup.vm_id]
         if isinstance(result, sdk.Error):
+            backup.request_error = one_line(result)
             log.warning('VM %s: the snapshot request failed: %s', backup.name,
-                        one_line(result))
+                        backup.request_error)
             unanswered.append(backup)
             continue
         backup.snapshot_id = result.id
@@ -976,23 +1011,61 @@ def adopt_lost_snapshots(engine, backups, plan, run):
     adopted = []
     for backup in backups:
         state = states.get(backup.vm_id)
-        mine = [] if isinstance(state, sdk.Error) or state is None else [
-            snapshot for snapshot in state.snapshots or []
-            if snapshot.description == SNAPSHOT_DESCRIPTION
-            and snapshot.id not in backup.stale_snapshot_ids]
+        mine = our_new_snapshots(state, backup)
         if mine:
             log.warning('VM %s: the answer to the snapshot request was lost, '
                         'but the snapshot %s was created; going on with it',
                         backup.name, mine[0].id)
             backup.snapshot_id = mine[0].id
+            backup.request_error = None
             adopted.append(backup)
-        elif isinstance(state, sdk.Error):
-            run.fail('VM %s: the snapshot request failed and the VM could not '
-                     'be checked: %s; look for a snapshot %r on it',
-                     backup.name, one_line(state), SNAPSHOT_DESCRIPTION)
+        elif isinstance(state, sdk.Error) or state is None:
+            run.fail('VM %s: the snapshot request failed (%s) and the VM '
+                     'could not be checked: %s', backup.name,
+                     backup.request_error,
+                     one_line(state) if state is not None else 'not found')
         else:
-            run.fail('VM %s: the engine refused the snapshot', backup.name)
+            run.fail('VM %s: no snapshot: the snapshot request failed: %s',
+                     backup.name, backup.request_error)
     return adopted
+
+
+def our_new_snapshots(vm, backup):
+    """Given a VM fetched with its snapshots (or the sdk.Error of its
+    look-up) and its VmBackup, return the snapshots with our description that
+    are not stale ones: this run's."""
+    if vm is None or isinstance(vm, sdk.Error):
+        return []
+    return [snapshot for snapshot in vm.snapshots or []
+            if snapshot.description == SNAPSHOT_DESCRIPTION
+            and snapshot.id not in backup.stale_snapshot_ids]
+
+
+def find_late_snapshots(engine, plan):
+    """Given the Plan, look again at the VMs whose snapshot request failed
+    with no snapshot found then: an engine that took the request past our
+    timeout may have made it since. Return their VmBackups that have one
+    now, to be removed with the others (their overlays are not known, so
+    nothing of them is deleted at the remote site)."""
+    unanswered = [backup for backup in plan.backups
+                  if backup.request_error and not backup.snapshot_id]
+    if not unanswered:
+        return []
+    states = fetch_vms(engine, [backup.vm_id for backup in unanswered],
+                       plan.up_vm_count, 'snapshots')
+    found = []
+    for backup in unanswered:
+        mine = our_new_snapshots(states.get(backup.vm_id), backup)
+        if mine:
+            log.warning('VM %s: the engine made snapshot %s after its request '
+                        'had failed; removing it', backup.name, mine[0].id)
+            backup.snapshot_id = mine[0].id
+            found.append(backup)
+        elif isinstance(states.get(backup.vm_id), sdk.Error):
+            log.warning('VM %s: could not look again for a snapshot %r: %s',
+                        backup.name, SNAPSHOT_DESCRIPTION,
+                        one_line(states[backup.vm_id]))
+    return found
 
 
 def fetch_vms(engine, vm_ids, up_vm_count, follow):
@@ -1437,7 +1510,8 @@ def delete_overlays(root, paths, run):
 def start_removal(engine, created, plan, settings):
     """Given the VmBackups whose snapshot this run created, send their
     removals (live merge) now; return the Removal to wait on, or None."""
-    targets = [(backup, backup.snapshot_id) for backup in created
+    late = find_late_snapshots(engine, plan) if plan else []
+    targets = [(backup, backup.snapshot_id) for backup in created + late
                if backup.snapshot_id]
     if not targets:
         return None
@@ -1498,7 +1572,12 @@ class Removal:
         for sid, entry in due:
             result = results[sid]
             if isinstance(result, sdk.Error) and is_not_found(result):
-                del self.entries[sid]
+                # gone already, or a proxy's 404: the next check tells
+                log.debug('VM %s: removal of snapshot %s answered: %s',
+                          entry['backup'].name, sid, one_line(result))
+                entry['state'] = 'merging'
+                entry['attempts'] += 1
+                entry['error'] = one_line(result)
             elif isinstance(result, sdk.Error):
                 entry['error'] = one_line(result)
                 log.debug('VM %s: removal of snapshot %s refused: %s',
@@ -1586,12 +1665,12 @@ def post_event(engine, args, settings, run):
             found = [c for c in system.clusters_service().list(
                 search='name=%s' % settings.cluster) if c.name == settings.cluster]
         except sdk.Error as error:
-            log.warning('could not look up cluster %s: %s', settings.cluster,
-                        one_line(error))
-            found = []
+            log.warning('could not look up cluster %s: %s; the event is '
+                        'posted without it', settings.cluster, one_line(error))
+            found = None
         if found:
             cluster = types.Cluster(id=found[0].id)
-        else:
+        elif found is not None:
             log.warning('cluster %r ([event] cluster) not found; the event is '
                         'posted without it', settings.cluster)
     chooser = random.SystemRandom()
@@ -1602,16 +1681,35 @@ def post_event(engine, args, settings, run):
         try:
             system.events_service().add(event)
         except sdk.Error as error:
-            if is_conflict(error) and attempt + 1 < EVENT_ATTEMPTS:
+            if is_conflict(error) and event_was_taken(system, event):
+                # our own request, sent again by libcurl after its answer
+                # was lost, was refused as a repeat: the event is there
+                log.debug('event %d: the engine has it already',
+                          event.custom_id)
+            elif is_conflict(error) and attempt + 1 < EVENT_ATTEMPTS:
                 log.debug('event refused (%s); trying another custom_id',
                           one_line(error))
                 continue
-            log.error('could not post the event to the engine: %s',
-                      one_line(error))
-            return False
+            else:
+                log.error('could not post the event to the engine: %s',
+                          one_line(error))
+                return False
         log.info('posted %s event: %s', severity.value, description)
         return True
     return False
+
+
+def event_was_taken(system, event):
+    """Given an event the engine refused as a repeat, return True when the
+    engine holds it: among its latest events (newest first), one of ours
+    with this custom_id."""
+    try:
+        latest = system.events_service().list(max=EVENT_LOOKBACK)
+    except sdk.Error as error:
+        log.debug('could not list the events: %s', one_line(error))
+        return False
+    return any(e.origin == event.origin and e.custom_id == event.custom_id
+               for e in latest)
 
 
 # The run ------------------------------------------------------------------------------------------
@@ -1658,9 +1756,14 @@ def back_up(args, settings, stop):
             remove_snapshots(engine, created, plan, settings, run, removal)
         if stop.requested:
             run.fail('the backup was interrupted by %s', stop.signal_name)
-        post_event(engine, args, settings, run)
+        posted = post_event(engine, args, settings, run)
     finally:
         engine.close()
+    if not posted and not run.failures:
+        log.error('backup of volume %s to %s::%s done in %.1f minutes, but '
+                  'the engine did not take its event', args.mastervol,
+                  args.slave, args.slavevol, run.minutes())
+        return EXIT_FAILED
     if run.failures:
         log.error('backup of volume %s failed after %.1f minutes: %d problem%s',
                   args.mastervol, run.minutes(), len(run.failures),
