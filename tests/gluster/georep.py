@@ -9,6 +9,21 @@
             assert proc.returncode == 0
             assert lab.read_slave('sd/images/disk/vol') == b'data'
 
+A pytest fixture on top of it (put it in the test module itself: a
+conftest.py in tests/gluster/ would shadow tests/conftest.py, which the other
+test modules import as `conftest`):
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent / 'gluster'))
+    import georep
+
+    @pytest.fixture(scope='module')
+    def lab(tmp_path_factory):
+        reason = georep.skip_reason()
+        if reason:
+            pytest.skip(reason)
+        with georep.GeoRepLab(tmp_path_factory.mktemp('lab')) as lab:
+            yield lab
+
 What it does (see /work/shared/gluster-notes.md for why each step is there):
 glusterd started by hand (`glusterd -N`, its own session), a master and a
 slave volume of one brick each under the work directory, passwordless root
@@ -23,8 +38,9 @@ Standard library only: it runs under any python3, inside or outside a venv.
 Every process it starts gets CLEAN_PATH (gsyncd runs `python3` from PATH, and
 a venv's python3 there breaks it).
 """
+import base64
 import contextlib
-import errno
+import json
 import glob
 import os
 import pathlib
@@ -51,12 +67,22 @@ SCHEDULER_CANDIDATES = (
     '/usr/lib/*/glusterfs/scripts/schedule_georep.py',
 )
 GLUSTERD_WORKDIR = pathlib.Path('/var/lib/glusterd')
+# run-time directories glusterd and gsyncd fill (sockets, pid files): what
+# the lab adds there is removed after glusterd has stopped
+RUNTIME_DIRS = (pathlib.Path('/run/gluster'),
+                pathlib.Path('/var/lib/misc/gluster'))
 HOSTS_FILE = pathlib.Path('/etc/hosts')
 HOSTS_MARK = '# added by vmbackup tests/gluster/georep.py'
+# what a lab changed on the machine, kept while it runs, so that the next lab
+# undoes it after a lab that was killed before its tear-down
+STATE_FILE = pathlib.Path('/var/tmp/georep-lab.state.json')
 SSH_DIR = pathlib.Path('/root/.ssh')
 # env variable that turns the real-gluster tests off on a machine that could
 # run them (e.g. a developer's laptop)
 SKIP_ENV = 'VMBACKUP_SKIP_GLUSTER'
+# set (to the work dir) in the environment of everything the lab starts, so
+# that what a lab killed before its tear-down left running can be found
+MARK_ENV = 'GEOREP_LAB'
 BRICK_INTERNAL = ('.glusterfs', '.trashcan')
 
 
@@ -210,6 +236,33 @@ def _alive(pid):
     return stat[stat.rfind(')') + 2:].split()[0] not in ('Z', 'X')
 
 
+def _lab_mark(pid):
+    """Value of MARK_ENV in the environment of process pid, or None."""
+    try:
+        with open('/proc/%d/environ' % pid, 'rb') as f:
+            environ = f.read().split(b'\0')
+    except OSError:
+        return None
+    prefix = MARK_ENV.encode() + b'='
+    for item in environ:
+        if item.startswith(prefix):
+            return item[len(prefix):].decode('utf-8', 'replace')
+    return None
+
+
+def _ancestors():
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open('/proc/%d/stat' % pid) as f:
+                stat = f.read()
+        except OSError:
+            break
+        pid = int(stat[stat.rfind(')') + 2:].split()[1])
+    return pids
+
+
 def _stop_pid(pid, timeout=10, popen=None):
     """SIGTERM pid, wait up to timeout, then SIGKILL. Reaps popen if given."""
     if popen is not None and popen.poll() is not None:
@@ -271,17 +324,21 @@ def _resolve(host):
 
 
 class GeoRepLab:
-    """Set up real geo-replication MASTER -> HOST::SLAVE on this machine.
+    """Real geo-replication MASTER -> HOST::SLAVE on this one machine.
 
-    Use as a context manager (or call setup() and teardown()). After setup:
+    Use as a context manager (or call setup() and teardown()). After set-up:
 
     - master, slave: volume names; host: the slave host (this machine's host
       name, resolving to a loopback address); slave_url: 'HOST::SLAVE'
     - master_mount: pathlib.Path of a FUSE mount of the master, to write into
     - master_brick, slave_brick: pathlib.Path of the bricks
     - scheduler: path of the packaged schedule_georep.py
-    - env: the clean environment to run the tool and the scheduler with
+    - env: the clean environment (PATH=CLEAN_PATH) to run the tool and the
+      scheduler with
     - timings: [(phase, seconds)] of set-up and tear-down
+
+    One lab per machine at a time: it owns glusterd, sshd on 127.0.0.1:22
+    (or uses one already listening there) and the volume names.
     """
 
     def __init__(self, workdir=None, master='georeplab-master',
@@ -291,8 +348,8 @@ class GeoRepLab:
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix='georep-lab-')
         self.workdir = pathlib.Path(workdir).resolve()
-        # a work dir we made is removed on the way out, one given is kept
-        # (only its bricks and mount points go)
+        # a work dir we made is removed on the way out; of one given, only
+        # the bricks and mount points go (its log/ stays)
         self.keep_workdir = (not self._own_workdir if keep_workdir is None
                              else keep_workdir)
         self.master = master
@@ -300,7 +357,7 @@ class GeoRepLab:
         self.host = host
         self.install = install
         self.log = log or (lambda message: None)
-        self.env = clean_env()
+        self.env = clean_env({MARK_ENV: str(self.workdir)})
         self.timings = []
         self.scheduler = None
         self.brick_dir = self.workdir / 'bricks'
@@ -311,18 +368,22 @@ class GeoRepLab:
         self.master_mount = self.mnt_dir / 'master'
         self._glusterd = None
         self._sshd = None
-        self._mounts = []          # [(path, popen-or-None)] mounted by us
-        self._hosts_line = None
-        self._ssh_backup = None    # {name: lines before} of files in ~/.ssh
-        self._ssh_dir_made = False
-        self._run_sshd_made = False
-        self._georep_files_before = None
-        self._pids_before = set()
+        self._mounts = []          # mount points of ours, in order
         self._session_created = False
         self._volumes_created = []
         self._broken = None
         self._hang_pidfile = self.workdir / 'hang-rsync.pids'
-        self._set_up = False
+        self._stale = None         # state of a lab killed before tear-down
+        # what the machine was like before (saved in STATE_FILE)
+        self._state = {'workdir': str(self.workdir),
+                       'own_workdir': self._own_workdir,
+                       'volumes': [master, slave],
+                       'hosts_line': None,
+                       'runtime_before': None,
+                       'ssh_dir_made': False,
+                       'ssh_before': None,
+                       'run_sshd_made': False,
+                       'georep_files_before': None}
 
     # ----------------------------------------------------------- plumbing
     @property
@@ -340,22 +401,28 @@ class GeoRepLab:
             self.timings.append((name, took))
             self.log('%s: %.1f s' % (name, took))
 
-    def run(self, cmd, check=True, timeout=180, **kwargs):
-        """Run cmd with the clean environment; CompletedProcess (text)."""
+    def run(self, cmd, check=True, timeout=180, verbose=False):
+        """Run cmd (a list) with the clean environment; CompletedProcess
+        with text stdout/stderr; GeoRepError on a non-zero exit if check."""
         return _run(cmd, env=self.env, timeout=timeout, check=check,
-                    log=self.log if kwargs.pop('verbose', False) else None,
-                    **kwargs)
+                    log=self.log if verbose else None)
 
     def gluster(self, *args, check=True, timeout=180):
         """`gluster --mode=script ARGS`."""
         return self.run(['gluster', '--mode=script'] + list(args),
                         check=check, timeout=timeout)
 
-    def georep(self, *args, check=True, timeout=180):
+    def georep(self, *args, check=True, timeout=180, master=None,
+               slave_url=None):
         """`gluster volume geo-replication MASTER HOST::SLAVE ARGS`."""
-        return self.gluster('volume', 'geo-replication', self.master,
-                            self.slave_url, *args, check=check,
-                            timeout=timeout)
+        return self.gluster('volume', 'geo-replication',
+                            master or self.master, slave_url or self.slave_url,
+                            *args, check=check, timeout=timeout)
+
+    def _save_state(self):
+        tmp = STATE_FILE.with_suffix('.tmp')
+        tmp.write_text(json.dumps(self._state, indent=1))
+        os.replace(tmp, STATE_FILE)
 
     # ------------------------------------------------------------- set-up
     def __enter__(self):
@@ -375,9 +442,8 @@ class GeoRepLab:
     def setup(self):
         start = time.monotonic()
         reason = skip_reason()
-        if reason and not (self.install and 'packages missing' in reason):
+        if reason:
             raise GeoRepError('this machine cannot run the lab: ' + reason)
-        self._pids_before = set(_proc_table())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self._phase('packages'):
             if self.install:
@@ -387,6 +453,9 @@ class GeoRepLab:
             self.scheduler = find_scheduler()
             if not self.scheduler:
                 raise GeoRepError('schedule_georep.py not found')
+        with self._phase('leftovers'):
+            self._adopt_stale_state()
+            self._recover_leftovers()
         with self._phase('host name'):
             self._setup_host()
         with self._phase('glusterd'):
@@ -401,16 +470,89 @@ class GeoRepLab:
         with self._phase('master mount'):
             self._mount(self.master, self.master_mount,
                         self.log_dir / 'master-mount.log')
-        self._set_up = True
-        self.timings.append(('set-up total', time.monotonic() - start))
-        self.log('set-up total: %.1f s' % (time.monotonic() - start))
+        took = time.monotonic() - start
+        self.timings.append(('set-up total', took))
+        self.log('set-up total: %.1f s' % took)
         return self
+
+    def _adopt_stale_state(self):
+        """Take over what a lab killed before its tear-down recorded, so
+        that our tear-down puts the machine back as it was before that one."""
+        try:
+            stale = json.loads(STATE_FILE.read_text())
+        except FileNotFoundError:
+            stale = None
+        except ValueError as exc:
+            self.log('ignoring unreadable %s: %s' % (STATE_FILE, exc))
+            stale = None
+        if stale and stale.get('workdir') != str(self.workdir):
+            self._stale = stale
+            self.log('an earlier lab (%s) was not torn down: taking over '
+                     'its clean-up' % stale.get('workdir'))
+            for key in ('hosts_line', 'runtime_before', 'ssh_before',
+                        'georep_files_before'):
+                if stale.get(key) is not None:
+                    self._state[key] = stale[key]
+            for key in ('ssh_dir_made', 'run_sshd_made'):
+                self._state[key] = bool(stale.get(key))
+        self._save_state()
+
+    def _lab_process(self, pid, cmd, names):
+        """True when process pid (cmdline cmd) was started, directly or not,
+        by a lab: MARK_ENV in its environment, a lab's sshd, or a gluster
+        process naming one of the lab volumes."""
+        if _lab_mark(pid):
+            return True
+        if 'sshd' in cmd and 'georep-lab-sshd.pid' in cmd:
+            return True
+        words = cmd.split()
+        program = os.path.basename(words[0]) if words else ''
+        gluster_like = program in ('glusterfs', 'glusterfsd', 'ssh', 'rsync') \
+            or 'gsyncd' in cmd
+        return gluster_like and any(name in cmd for name in names)
+
+    def _recover_leftovers(self):
+        """End what an earlier lab left running (it was killed before its
+        tear-down): unmount its FUSE mounts, stop its processes by PID."""
+        names = set(self._state['volumes'])
+        if self._stale:
+            names.update(self._stale.get('volumes') or [])
+        mine = _ancestors()
+        table = _proc_table()
+        left = {pid for pid, (_, state, cmd) in table.items()
+                if state != 'Z' and pid not in mine
+                and self._lab_process(pid, cmd, names)}
+        # and their descendants (an sshd's sessions, gsyncd's ssh)
+        grew = True
+        while grew:
+            more = {pid for pid, (ppid, state, _) in table.items()
+                    if ppid in left and pid not in left and state != 'Z'
+                    and pid not in mine}
+            left |= more
+            grew = bool(more)
+        if not left:
+            return
+        self.log('an earlier lab left %d process(es) running: ending them'
+                 % len(left))
+        for pid in sorted(left):
+            words = table[pid][2].split()
+            if words and os.path.basename(words[0]) == 'glusterfs' \
+                    and is_mount(words[-1]):
+                self.log('lazy unmount of %s' % words[-1])
+                self.run(['umount', '-l', words[-1]], check=False)
+        for pid in sorted(left):
+            self.log('ending %d: %s' % (pid, table[pid][2][:160]))
+            _stop_pid(pid, timeout=5)
 
     def _setup_host(self):
         host = self.host or socket.gethostname()
         if not host or host.split('.')[0] in ('localhost', 'localhost6'):
             # gluster refuses "localhost" as a brick or slave host
             host = 'georep-lab'
+        line = self._state['hosts_line']
+        if line and line not in HOSTS_FILE.read_text():
+            self._state['hosts_line'] = line = None
+            self._save_state()
         addresses = _resolve(host)
         if addresses and all(map(_is_loopback, addresses)):
             self.host = host
@@ -419,15 +561,16 @@ class GeoRepLab:
         line = '127.0.0.1\t%s\t%s\n' % (host, HOSTS_MARK)
         text = HOSTS_FILE.read_text()
         if addresses:
-            # resolves elsewhere: put ours first so it wins
+            # it resolves to another address: ours first, so that it wins
             new = line + text
         else:
             new = text + ('' if text.endswith('\n') or not text else '\n') \
                 + line
+        self._state['hosts_line'] = line
+        self._save_state()
         HOSTS_FILE.write_text(new)
-        self._hosts_line = line
-        addresses = _resolve(host)
         self.log('added to /etc/hosts: %s' % line.strip())
+        addresses = _resolve(host)
         if not addresses or not _is_loopback(addresses[0]):
             raise GeoRepError('%s still resolves to %s after editing '
                               '/etc/hosts' % (host, addresses))
@@ -438,8 +581,14 @@ class GeoRepLab:
             if state != 'Z' and os.path.basename(cmd.split(' ')[0]) \
                     == 'glusterd':
                 raise GeoRepError(
-                    'glusterd already runs (pid %d: %s); the lab must start '
-                    'its own: stop that one first' % (pid, cmd))
+                    'glusterd already runs (pid %d: %s), not started by a '
+                    'lab: stop it first, the lab must start its own'
+                    % (pid, cmd))
+        if self._state['runtime_before'] is None:
+            self._state['runtime_before'] = {
+                str(path): sorted(os.listdir(path)) if path.is_dir() else None
+                for path in RUNTIME_DIRS}
+            self._save_state()
         out = open(self.log_dir / 'glusterd.out', 'ab')
         self._glusterd = subprocess.Popen(
             [which('glusterd'), '-N'], env=self.env, stdin=subprocess.DEVNULL,
@@ -459,21 +608,76 @@ class GeoRepLab:
         proc = self.gluster('volume', 'list', check=False)
         return set(proc.stdout.split()) if proc.returncode == 0 else set()
 
+    def _sessions(self):
+        """{(master, slave volume)} of every geo-replication session."""
+        proc = self.gluster('volume', 'geo-replication', 'status', '--xml',
+                            check=False)
+        found = set()
+        try:
+            root = ET.fromstring(proc.stdout)
+        except ET.ParseError:
+            return found
+        for volume in root.iter('volume'):
+            name = volume.findtext('name')
+            for session in volume.iter('session'):
+                secondary = session.findtext('session_secondary') or ''
+                # e.g. ssh://vm::georeplab-slave:<uuid>
+                slave = secondary.split('::', 1)[-1].split(':')[0]
+                found.add((name, slave))
+        return found
+
+    def _remove_session(self, master, slave_url, timeout=90):
+        """stop force + delete reset-sync-time until the session is gone (a
+        glusterd that just started may restart a session it finds started,
+        and a delete then fails with 'still active')."""
+        slave = slave_url.split('::', 1)[1]
+
+        def gone():
+            if (master, slave) not in self._sessions():
+                return True
+            self.georep('stop', 'force', check=False, master=master,
+                        slave_url=slave_url)
+            proc = self.georep('delete', 'reset-sync-time', check=False,
+                               master=master, slave_url=slave_url)
+            return proc.returncode == 0
+        wait_until(gone, timeout, 'geo-replication session %s -> %s to go'
+                   % (master, slave_url), interval=2)
+
     def _purge_stale(self):
-        """Remove a session and volumes of this lab's names left by a run
-        that died before its tear-down."""
-        present = self._volume_names() & {self.master, self.slave}
-        if not present:
-            return
-        self.log('removing stale volumes of an earlier run: %s'
-                 % ', '.join(sorted(present)))
-        if self.master in present:
-            self.georep('stop', 'force', check=False)
-            self.georep('delete', 'reset-sync-time', check=False)
+        """Remove sessions and volumes of the lab's names left by a lab
+        killed before its tear-down, and that lab's bricks."""
+        names = set(self._state['volumes'])
+        if self._stale:
+            names.update(self._stale.get('volumes') or [])
+        for master, slave in sorted(self._sessions()):
+            if master in names or slave in names:
+                self.log('removing the stale session %s -> %s'
+                         % (master, slave))
+                self._remove_session(master, '%s::%s' % (self.host, slave))
+        present = self._volume_names() & names
         for volume in sorted(present):
+            self.log('removing the stale volume %s' % volume)
             self.gluster('volume', 'stop', volume, 'force', check=False)
-            self.gluster('volume', 'delete', volume, check=False)
-        self._wait_glusterd_children()
+            self.gluster('volume', 'delete', volume)
+        if present:
+            self._wait_glusterd_children()
+        stale_dir = (self._stale or {}).get('workdir')
+        if stale_dir and stale_dir != str(self.workdir):
+            subdirs = ([''] if self._stale.get('own_workdir')
+                       else ['bricks', 'mnt', 'hang-rsync', 'hang-rsync.pids'])
+            for sub in subdirs:
+                path = pathlib.Path(stale_dir, sub)
+                if not path.exists():
+                    continue
+                if path.is_dir():
+                    if any(is_mount(p) for p in [path] + list(path.glob('*'))
+                           + list(path.glob('*/*'))):
+                        self.log('%s still has a mount: kept' % path)
+                        continue
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+                self.log('removed %s of the earlier lab' % path)
 
     def _create_volumes(self):
         for volume, brick in ((self.master, self.master_brick),
@@ -504,30 +708,28 @@ class GeoRepLab:
 
     def _setup_ssh(self):
         # remember ~/.ssh as it is, to put it back
-        if not SSH_DIR.exists():
-            SSH_DIR.mkdir(mode=0o700)
-            self._ssh_dir_made = True
-        self._ssh_backup = {}
-        for name in os.listdir(SSH_DIR):
-            path = SSH_DIR / name
-            if path.is_file():
-                self._ssh_backup[name] = path.read_bytes()
+        if self._state['ssh_before'] is None:
+            if not SSH_DIR.exists():
+                SSH_DIR.mkdir(mode=0o700)
+                self._state['ssh_dir_made'] = True
+            self._state['ssh_before'] = {
+                name: base64.b64encode((SSH_DIR / name).read_bytes()).decode()
+                for name in os.listdir(SSH_DIR)
+                if (SSH_DIR / name).is_file()}
+            self._save_state()
+        SSH_DIR.mkdir(mode=0o700, exist_ok=True)
         keys = [SSH_DIR / n for n in ('id_ed25519', 'id_ecdsa', 'id_rsa')]
         if not any(k.exists() for k in keys):
             self.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '',
                       '-C', 'georep-lab', '-f', SSH_DIR / 'id_ed25519'])
-            key = SSH_DIR / 'id_ed25519'
-        else:
-            key = next(k for k in keys if k.exists())
+        key = next(k for k in keys if k.exists())
         pub = pathlib.Path(str(key) + '.pub').read_text().strip()
         authorized = SSH_DIR / 'authorized_keys'
-        lines = (authorized.read_text().splitlines()
-                 if authorized.exists() else [])
-        if pub not in lines:
+        text = authorized.read_text() if authorized.exists() else ''
+        if pub not in text.splitlines():
             with open(authorized, 'a') as f:
-                if lines and not authorized.read_text().endswith('\n'):
-                    f.write('\n')
-                f.write(pub + '\n')
+                f.write(('\n' if text and not text.endswith('\n') else '')
+                        + pub + '\n')
             os.chmod(authorized, 0o600)
         # sshd on loopback, unless one answers there already
         if self._port_open('127.0.0.1', 22):
@@ -536,13 +738,15 @@ class GeoRepLab:
             if not glob.glob('/etc/ssh/ssh_host_*_key'):
                 self.run(['ssh-keygen', '-A'])
             if not os.path.isdir('/run/sshd'):
+                self._state['run_sshd_made'] = True
+                self._save_state()
                 os.makedirs('/run/sshd', mode=0o755)
-                self._run_sshd_made = True
             out = open(self.log_dir / 'sshd.log', 'ab')
             self._sshd = subprocess.Popen(
                 [which('sshd'), '-D', '-e',
                  '-o', 'ListenAddress=127.0.0.1', '-o', 'Port=22',
-                 '-o', 'PidFile=%s' % (self.workdir / 'sshd.pid'),
+                 # the name tells a later lab whose sshd this is
+                 '-o', 'PidFile=%s' % (self.workdir / 'georep-lab-sshd.pid'),
                  '-o', 'PermitRootLogin=prohibit-password',
                  '-o', 'PasswordAuthentication=no',
                  '-o', 'UseDNS=no', '-o', 'MaxStartups=100',
@@ -575,8 +779,10 @@ class GeoRepLab:
 
     def _create_session(self):
         georep_dir = GLUSTERD_WORKDIR / 'geo-replication'
-        self._georep_files_before = set(os.listdir(georep_dir)) \
-            if georep_dir.is_dir() else set()
+        if self._state['georep_files_before'] is None:
+            self._state['georep_files_before'] = sorted(
+                os.listdir(georep_dir)) if georep_dir.is_dir() else []
+            self._save_state()
         self.gluster('system::', 'execute', 'gsec_create')
         self.georep('create', 'push-pem', 'force')
         self._session_created = True
@@ -589,10 +795,7 @@ class GeoRepLab:
         self._wait_glusterd_children()
         self.georep('config', 'secondary-access-mount', 'true')
         self.georep('config', 'change-detector', 'xsync')
-        state = self.session_state()
-        if state != 'Created':
-            raise GeoRepError('session is %r after create, not Created'
-                              % state)
+        self.wait_state('Created', timeout=30)
 
     def volume_option(self, volume, option):
         """Value of a volume option (`gluster volume get`), or None."""
@@ -625,11 +828,11 @@ class GeoRepLab:
         if client_pid is not None:
             cmd.append('--client-pid=%d' % client_pid)
         cmd += ['-l', str(log), str(path)]
+        self._mounts.append(path)
         self.run(cmd, timeout=60)
         wait_until(lambda: is_mount(path), 30, 'mount of %s at %s'
                    % (volume, path), interval=0.2)
-        self._mounts.append(path)
-        # the mount answers once the client is connected to the brick
+        # it answers once the client is connected to the brick
         wait_until(lambda: self._stat_ok(path), 30,
                    'mount of %s to answer' % volume, interval=0.2)
         return path
@@ -671,13 +874,14 @@ class GeoRepLab:
     @contextlib.contextmanager
     def mount_slave(self, client_pid=-1):
         """Mount the slave in a fresh directory, as vmbackup.py does
-        (--client-pid=-1 passes the slave's read-only), or as an ordinary
-        client with client_pid=None. Yields the mount's pathlib.Path."""
+        (--client-pid=-1 gets through the slave's read-only), or as an
+        ordinary client with client_pid=None. Yields the mount's Path;
+        unmounts and removes it on the way out."""
         path = pathlib.Path(tempfile.mkdtemp(prefix='slave-',
                                              dir=self.mnt_dir))
-        self._mount(self.slave, path, self.log_dir / 'slave-mount.log',
-                    client_pid=client_pid)
         try:
+            self._mount(self.slave, path, self.log_dir / 'slave-mount.log',
+                        client_pid=client_pid)
             yield path
         finally:
             self._umount(path)
@@ -685,7 +889,7 @@ class GeoRepLab:
     # -------------------------------------------------------------- files
     def write_master(self, relpath, data):
         """Write bytes to MASTER/relpath through the FUSE mount (parents
-        made, fsync'ed); return the path in the mount."""
+        made, fsync'ed); return its path in the mount."""
         path = self.master_mount / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, 'wb') as f:
@@ -695,7 +899,7 @@ class GeoRepLab:
         return path
 
     def master_tree(self):
-        """{relative path: bytes} of every file in the master (mount)."""
+        """{relative path: bytes} of every file in the master (its mount)."""
         return tree(self.master_mount)
 
     def slave_tree(self):
@@ -704,21 +908,21 @@ class GeoRepLab:
         return tree(self.slave_brick, skip=BRICK_INTERNAL)
 
     def read_slave(self, relpath):
-        """Bytes of SLAVE/relpath read from the slave brick, None if none."""
-        path = self.slave_brick / relpath
+        """Bytes of SLAVE/relpath read from the slave brick; None if none."""
         try:
-            return path.read_bytes()
+            return (self.slave_brick / relpath).read_bytes()
         except FileNotFoundError:
             return None
 
     def slave_exists(self, relpath):
-        return (self.slave_brick / relpath).exists()
+        return os.path.lexists(self.slave_brick / relpath)
 
     # -------------------------------------------------------------- status
     def status(self):
-        """Per-worker rows of `geo-replication MASTER HOST::SLAVE status
-        --xml`: a list of dicts (status, crawl_status, checkpoint_completed,
-        last_synced, checkpoint_time, failures, ...), [] if no session."""
+        """Per-worker rows of `gluster volume geo-replication MASTER
+        HOST::SLAVE status --xml`: a list of dicts of every field (status,
+        crawl_status, checkpoint_completed, checkpoint_time, last_synced,
+        failures, ...). GeoRepError when gluster cannot say."""
         proc = self.georep('status', '--xml', check=False)
         try:
             root = ET.fromstring(proc.stdout)
@@ -731,21 +935,23 @@ class GeoRepLab:
                 for pair in root.iter('pair')]
 
     def session_state(self):
-        """The workers' common status ('Created', 'Active', 'Stopped',
-        'Faulty', ...); several joined with ',' when they differ; None
-        when there is no session."""
+        """The workers' status: 'Created', 'Active', 'Passive', 'Stopped',
+        'Faulty', 'Initializing...', 'Paused'; several joined with ','
+        when they differ; None when there is no worker row."""
         states = sorted({row.get('status') for row in self.status()})
         return ','.join(states) if states else None
 
     def wait_state(self, state, timeout=60):
+        """Wait until session_state() == state."""
         return wait_until(lambda: self.session_state() == state, timeout,
-                          'session state %s (now %s)' % (
-                              state, self.session_state()), interval=1)
+                          'session state %s' % state, interval=1)
 
     # ----------------------------------------------------------- scheduler
     def scheduler_command(self, interval=5, timeout=5, no_color=True,
                           slave=None):
-        """The packaged scheduler's command line (run with python3)."""
+        """The packaged scheduler's command line, run with python3:
+        python3 schedule_georep.py [--no-color] --interval I --timeout T
+        MASTER SLAVE(=host) SLAVEVOL"""
         cmd = ['python3', self.scheduler]
         if no_color:
             cmd.append('--no-color')
@@ -754,10 +960,10 @@ class GeoRepLab:
         return cmd
 
     def run_scheduler(self, interval=5, timeout=5, limit=None, **kwargs):
-        """Run schedule_georep.py, wait at most limit seconds (default: its
-        own 60 s warm-up plus its timeout plus 3 minutes). Returns the
-        CompletedProcess with .elapsed (seconds) set; raises GeoRepError if
-        it outlives limit (after killing it)."""
+        """Run schedule_georep.py with lab.env, wait at most limit seconds
+        (default: its own 60 s warm-up + its timeout + 3 minutes). Returns
+        the CompletedProcess (its output is all on stderr) with .elapsed
+        in seconds; GeoRepError if it outlives limit (it is killed)."""
         if limit is None:
             limit = 60 + (timeout or 30) * 60 + interval + 180
         cmd = self.scheduler_command(interval, timeout, **kwargs)
@@ -784,12 +990,13 @@ class GeoRepLab:
     # ---------------------------------------------------- failure injection
     def break_replication(self, pending='.georep-lab-pending'):
         """Make geo-replication unable to complete until
-        repair_replication(): the session's rsync command becomes a script
-        that hangs, so a started worker turns Active but its data sync never
-        finishes and no checkpoint completes (the scheduler then waits for
-        its --timeout and exits 1). A file is written into the master at
-        `pending` (None to skip) so that there is data to sync: with xsync
-        a checkpoint needs no rsync when nothing changed."""
+        repair_replication(): the session's rsync-command becomes a script
+        that hangs, so a started worker turns Active and stays so, but its
+        data sync never ends and no checkpoint completes (the scheduler
+        waits for its --timeout, then stops the session and exits 1).
+        Writes a file into the master at `pending` (None: don't) so that
+        there is data to sync: with xsync, a checkpoint with nothing to
+        sync needs no rsync and would complete."""
         hang = self.workdir / 'hang-rsync'
         hang.write_text(
             '#!/bin/sh\n'
@@ -803,12 +1010,13 @@ class GeoRepLab:
             self.write_master(pending, os.urandom(4096))
 
     def repair_replication(self):
-        """Undo break_replication(): default rsync again, hung ones ended."""
+        """Undo break_replication(): the default rsync-command again, hung
+        ones ended. Does nothing when not broken."""
         if not self._broken:
             return
         self.georep('config', '!rsync-command', check=False)
-        if self.georep('config', 'rsync-command',
-                       check=False).stdout.strip() not in ('rsync', ''):
+        value = self.georep('config', 'rsync-command', check=False)
+        if value.stdout.strip() not in ('rsync', ''):
             self.georep('config', 'rsync-command', 'rsync')
         self._kill_hung()
         self._broken = None
@@ -825,6 +1033,7 @@ class GeoRepLab:
 
     @contextlib.contextmanager
     def broken_replication(self, **kwargs):
+        """with lab.broken_replication(): ... (break, then repair)."""
         self.break_replication(**kwargs)
         try:
             yield self
@@ -862,13 +1071,16 @@ class GeoRepLab:
         step('stray processes', self._sweep)
         step('ssh files', self._restore_ssh)
         step('gluster files', self._restore_glusterd_files)
+        step('run-time files', self._restore_runtime_dirs)
         step('bricks', self._remove_bricks)
         step('/etc/hosts', self._restore_hosts)
+        if not errors:
+            with contextlib.suppress(FileNotFoundError):
+                STATE_FILE.unlink()
         took = time.monotonic() - start
         self.timings.append(('tear-down total', took))
         self.log('tear-down total: %.1f s%s' % (
             took, ' with %d error(s)' % len(errors) if errors else ''))
-        self._set_up = False
         return errors
 
     def _teardown_mounts(self):
@@ -876,10 +1088,7 @@ class GeoRepLab:
             self._umount(path)
 
     def _teardown_session(self):
-        self.georep('stop', 'force', check=False)
-        proc = self.georep('delete', 'reset-sync-time', check=False)
-        if proc.returncode != 0:
-            self.georep('delete', check=False)
+        self._remove_session(self.master, self.slave_url, timeout=60)
         self._session_created = False
 
     def _teardown_volumes(self):
@@ -896,34 +1105,32 @@ class GeoRepLab:
             self._glusterd = None
 
     def _stop_sshd(self):
-        if self._sshd is None:
-            return
-        pid = self._sshd.pid
-        _stop_pid(pid, timeout=10, popen=self._sshd)
-        # sessions still open (gsyncd's ssh) were its children
-        for child, (ppid, state, cmd) in _proc_table().items():
-            if ppid == pid and state != 'Z':
+        if self._sshd is not None:
+            pid = self._sshd.pid
+            children = [child for child, (ppid, state, _)
+                        in _proc_table().items()
+                        if ppid == pid and state != 'Z']
+            _stop_pid(pid, timeout=10, popen=self._sshd)
+            # sessions still open (gsyncd's ssh) outlive the listener
+            for child in children:
                 _stop_pid(child, timeout=5)
-        self._sshd = None
-        if self._run_sshd_made:
+            self._sshd = None
+        if self._state['run_sshd_made']:
             with contextlib.suppress(OSError):
                 os.rmdir('/run/sshd')
-            self._run_sshd_made = False
-        with contextlib.suppress(FileNotFoundError):
-            (self.workdir / 'sshd.pid').unlink()
+            self._state['run_sshd_made'] = False
 
     def _sweep(self):
-        """End gluster processes this lab started that outlived it (bricks,
-        clients, gsyncd) - only ones not there before set-up and naming one
-        of our volumes or the work dir."""
-        marks = (self.master, self.slave, str(self.workdir))
-        stray = []
-        for pid, (_, state, cmd) in _proc_table().items():
-            if pid in self._pids_before or state == 'Z' or pid == os.getpid():
-                continue
-            if ('gluster' in cmd or 'gsyncd' in cmd or 'ssh' in cmd) and \
-                    any(m in cmd for m in marks):
-                stray.append((pid, cmd))
+        """End what this lab started (directly or not: bricks, clients,
+        gsyncd, ssh, a scheduler or tool run with lab.env) that outlived
+        the rest of the tear-down."""
+        names = set(self._state['volumes'])
+        mine = _ancestors()
+        stray = [(pid, cmd) for pid, (_, state, cmd) in _proc_table().items()
+                 if state != 'Z' and pid not in mine
+                 and (_lab_mark(pid) == str(self.workdir)
+                      or self._lab_process(pid, cmd, names)
+                      and not _lab_mark(pid))]
         for pid, cmd in stray:
             self.log('ending stray process %d: %s' % (pid, cmd[:200]))
             _stop_pid(pid, timeout=5)
@@ -932,37 +1139,65 @@ class GeoRepLab:
                 len(stray), ', '.join(str(p) for p, _ in stray)))
 
     def _restore_ssh(self):
-        if self._ssh_backup is None:
+        before = self._state['ssh_before']
+        if before is None:
             return
-        before = self._ssh_backup
+        before = {name: base64.b64decode(data)
+                  for name, data in before.items()}
         for name in os.listdir(SSH_DIR) if SSH_DIR.exists() else []:
             path = SSH_DIR / name
             if name not in before:
                 path.unlink()
             elif name in ('authorized_keys', 'known_hosts'):
-                # drop the lines added since (push-pem keys, our key, the
-                # host key of HOST), keep anything else
+                # drop the lines added since (our key, push-pem's keys, the
+                # host key of HOST), keep any other change
                 old = set(before[name].splitlines())
                 now = path.read_bytes().splitlines()
                 kept = [line for line in now if line in old]
-                path.write_bytes(b''.join(line + b'\n' for line in kept))
-        if self._ssh_dir_made:
-            shutil.rmtree(SSH_DIR, ignore_errors=True)
-        self._ssh_backup = None
+                if kept != now:
+                    path.write_bytes(b''.join(line + b'\n' for line in kept))
+        if self._state['ssh_dir_made'] and SSH_DIR.exists() \
+                and not os.listdir(SSH_DIR):
+            SSH_DIR.rmdir()
+        self._state['ssh_before'] = None
 
     def _restore_glusterd_files(self):
-        """Remove files this lab's session left in glusterd's geo-replication
-        directory (gsec_create's keys, the pushed pem)."""
-        if self._georep_files_before is None:
+        """Remove what the session left in glusterd's geo-replication
+        directory (gsec_create's keys, the pushed pem file)."""
+        before = self._state['georep_files_before']
+        if before is None:
             return
         georep_dir = GLUSTERD_WORKDIR / 'geo-replication'
-        for name in set(os.listdir(georep_dir)) - self._georep_files_before:
+        for name in set(os.listdir(georep_dir)) - set(before):
             path = georep_dir / name
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink()
-        self._georep_files_before = None
+        self._state['georep_files_before'] = None
+
+    def _restore_runtime_dirs(self):
+        """Remove what glusterd and gsyncd added to their run-time
+        directories (sockets, pid files), once glusterd is gone."""
+        runtime = self._state['runtime_before']
+        if runtime is None:
+            return
+        if self._glusterd is not None:
+            raise GeoRepError('glusterd still runs: run-time files kept')
+        for name, before in runtime.items():
+            path = pathlib.Path(name)
+            if not path.is_dir():
+                continue
+            if before is None:
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            for entry in set(os.listdir(path)) - set(before):
+                entry = path / entry
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+        self._state['runtime_before'] = None
 
     def _remove_bricks(self):
         for path in (self.brick_dir, self.mnt_dir):
@@ -977,11 +1212,13 @@ class GeoRepLab:
             shutil.rmtree(self.workdir)
 
     def _restore_hosts(self):
-        if self._hosts_line is None:
+        line = self._state['hosts_line']
+        if line is None:
             return
         text = HOSTS_FILE.read_text()
-        HOSTS_FILE.write_text(text.replace(self._hosts_line, '', 1))
-        self._hosts_line = None
+        if line in text:
+            HOSTS_FILE.write_text(text.replace(line, '', 1))
+        self._state['hosts_line'] = None
 
 
 if __name__ == '__main__':

@@ -18,13 +18,14 @@ import argparse
 import errno
 import os
 import pathlib
+import signal
 import sys
 import time
 import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from georep import GeoRepLab, skip_reason, wait_until  # noqa: E402
+from georep import GeoRepLab, skip_reason  # noqa: E402
 
 EXPECTED_USAGE = ('usage: schedule_georep.py [-h] [--interval INTERVAL] '
                   '[--timeout TIMEOUT]')
@@ -53,6 +54,9 @@ def main():
     parser.add_argument('--failure', action='store_true',
                         help='also check a geo-replication that cannot '
                         'complete')
+    parser.add_argument('--host', help='slave host name (default: this '
+                        "machine's; added to /etc/hosts if it does not "
+                        'resolve to a loopback address)')
     parser.add_argument('--interval', type=int, default=5)
     parser.add_argument('--timeout', type=int, default=5,
                         help="the scheduler's --timeout, minutes")
@@ -62,6 +66,14 @@ def main():
     if reason:
         print('SKIP: ' + reason)
         return 77
+
+    def terminated(signum, frame):
+        # tear down on SIGTERM/SIGHUP as on Ctrl-C; a second one is ignored
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGHUP, terminated)
 
     started = time.monotonic()
     phases = []
@@ -77,7 +89,7 @@ def main():
         if not ok:
             failures.append(what)
 
-    lab = GeoRepLab(args.workdir)
+    lab = GeoRepLab(args.workdir, host=args.host)
     with lab:
         # usage line, as the tool will rely on it
         proc = lab.run(['python3', lab.scheduler, '--help'])
@@ -179,7 +191,7 @@ def main():
         t0 = time.monotonic()
     phase('tear-down', t0)
     lab_phases = [(n, t) for n, t in lab.timings
-                  if n in ('packages', 'host name', 'glusterd', 'volumes',
+                  if n in ('packages', 'leftovers', 'host name', 'glusterd', 'volumes',
                            'ssh', 'geo-replication session', 'master mount',
                            'set-up total')]
     print('\nset-up phases: ' + ', '.join('%s %.1f s' % p
