@@ -15,8 +15,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# the tests mostly wait on the fake engine's delays: four workers; the
+# real-gluster tests (marked xdist_group gluster) stay together on one
+WORKERS ?= 4
+
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) tests/demo.py

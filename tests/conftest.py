@@ -45,6 +45,15 @@ def wait_for(condition, timeout=30, interval=0.05, message='condition'):
         time.sleep(interval)
 
 
+def alive(pid):
+    """Tell whether process pid exists and is no zombie."""
+    try:
+        with open('/proc/%d/stat' % pid) as stat:
+            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
 def mounts_under(path):
     """Return the mount points below path, from /proc/self/mountinfo."""
     path = os.path.realpath(str(path))
@@ -207,6 +216,33 @@ def assert_invariants(site, result):
     for call in site.calls():
         assert PASSWORD not in ' '.join(call['argv'])
     assert list(site.scratch.iterdir()) == []
+
+
+# the time the real-gluster tests take (set-up, call and tear-down), summed
+# from their reports, which xdist hands to the controller too
+_gluster_reports = []
+
+
+def pytest_runtest_logreport(report):
+    if 'gluster' in report.keywords:
+        _gluster_reports.append(report)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _gluster_reports:
+        return
+    calls = [r for r in _gluster_reports if r.when == 'call']
+    outcomes = {}
+    for report in _gluster_reports:
+        if report.when == 'call' or report.outcome != 'passed':
+            outcomes[report.nodeid] = report.outcome
+    counts = ', '.join('%d %s' % (list(outcomes.values()).count(outcome), outcome)
+                       for outcome in sorted(set(outcomes.values())))
+    terminalreporter.write_line(
+        'real-gluster tests: %s; they took %.0f s (%.0f s in the tests, the rest '
+        'in the lab set-up and tear-down)' % (
+            counts, sum(r.duration for r in _gluster_reports),
+            sum(r.duration for r in calls)))
 
 
 @pytest.fixture(scope='session')

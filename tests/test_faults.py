@@ -22,7 +22,7 @@ import threading
 
 import pytest
 
-from conftest import (MASTER, PASSWORD, USER, Result, assert_invariants, mounts_under,
+from conftest import (MASTER, PASSWORD, USER, Result, alive, assert_invariants, mounts_under,
                       needs_root, tree, wait_for)
 from fake_engine import FakeEngine
 
@@ -211,15 +211,6 @@ def run(site, *args, config=None, timeout=RUN_LIMIT):
 def request_seen(engine, method, regex):
     return lambda: any(r['method'] == method and re.search(regex, r['path'])
                        for r in list(engine.requests))
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open('/proc/%d/stat' % pid) as stat:
-        return stat.read().split()[2] != 'Z'
 
 
 # -- 1. the engine API, call by call, fault by fault ----------------------------

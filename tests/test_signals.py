@@ -1,21 +1,11 @@
 """SIGTERM and SIGINT: the run stops, and still removes its snapshots."""
-import os
 import signal
 
 import pytest
 
-from conftest import assert_invariants, needs_root, wait_for, Result
+from conftest import Result, alive, assert_invariants, needs_root, wait_for
 
 pytestmark = needs_root
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open('/proc/%d/stat' % pid) as stat:
-        return stat.read().split()[2] != 'Z'
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
