@@ -1117,7 +1117,9 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
     for _ in polls(settings, stop.sleep):
         if not pending or stop.requested:
             break
-        states = fetch_vms(engine, list(pending), plan.up_vm_count, 'snapshots')
+        # the disks come along: the answer that shows a snapshot ok also
+        # gives its overlays, with no look-up of their own
+        states = fetch_vms(engine, list(pending), plan.up_vm_count, FOLLOW)
         for vm_id, state in states.items():
             backup = pending[vm_id]
             if isinstance(state, sdk.Error):
@@ -1137,6 +1139,7 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
                 del pending[vm_id]
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
                 backup.snapshot_ready = True
+                record_overlays(backup, state)
                 del pending[vm_id]
         if pending and time.monotonic() > deadline:
             for backup in pending.values():
@@ -1146,8 +1149,6 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
             break
     ready = [backup for backup in created if backup.snapshot_ready]
     log.info('%d of %d snapshots ready', len(ready), len(created))
-    if ready and not stop.requested:
-        record_overlays(engine, ready, plan, run)
 
 
 def find_snapshot(vm, snapshot_id):
@@ -1157,32 +1158,24 @@ def find_snapshot(vm, snapshot_id):
     return None
 
 
-def record_overlays(engine, ready, plan, run):
-    """Given the VmBackups whose snapshot is ready, set each disk's overlay
-    id: the image id it has now. A VM whose disks can't be read keeps none:
-    nothing of it is deleted at the remote site."""
-    states = fetch_vms(engine, [backup.vm_id for backup in ready],
-                       plan.up_vm_count, 'disk_attachments.disk')
-    for backup in ready:
-        vm = states.get(backup.vm_id)
-        if vm is None or isinstance(vm, sdk.Error):
-            run.fail('VM %s: could not read its disks after the snapshot (%s); '
-                     'its overlays stay at the remote site', backup.name,
-                     one_line(vm) if vm is not None else 'not found')
-            continue
-        current = {attachment.disk.id: attachment.disk.image_id
-                   for attachment in vm.disk_attachments or []
-                   if attachment.disk is not None}
-        for disk in backup.disks:
-            image_id = current.get(disk.disk_id)
-            if image_id and image_id != disk.base_id:
-                disk.overlay_id = image_id
-                log.debug('VM %s: disk %s base %s overlay %s', backup.name,
-                          disk.disk_id, disk.base_id, image_id)
-            else:
-                log.warning('VM %s: the image of disk %s did not change with '
-                            'the snapshot; nothing of it will be deleted at '
-                            'the remote site', backup.name, disk.disk_id)
+def record_overlays(backup, vm):
+    """Given a VmBackup whose snapshot is ready and its VM fetched in the same
+    answer with its disks inlined, set each disk's overlay id: the image id
+    it has now. A disk whose id did not change (or can't be read) keeps
+    none: nothing of it is deleted at the remote site."""
+    current = {attachment.disk.id: attachment.disk.image_id
+               for attachment in vm.disk_attachments or []
+               if attachment.disk is not None}
+    for disk in backup.disks:
+        image_id = current.get(disk.disk_id)
+        if image_id and image_id != disk.base_id:
+            disk.overlay_id = image_id
+            log.debug('VM %s: disk %s base %s overlay %s', backup.name,
+                      disk.disk_id, disk.base_id, image_id)
+        else:
+            log.warning('VM %s: the image of disk %s did not change with '
+                        'the snapshot; nothing of it will be deleted at '
+                        'the remote site', backup.name, disk.disk_id)
 
 
 def format_minutes(minutes):
