@@ -1190,11 +1190,16 @@ def scheduler_command(args, settings):
         '--interval', str(args.interval), '--timeout', str(args.timeout)]
 
 
+# the scheduler colours its output even when it is no terminal's
+ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
 def log_output(stream, label):
-    """Log each line of a child's output as it comes, until it closes."""
+    """Log each line of a child's output as it comes, until it closes,
+    without terminal colour codes."""
     with stream:
         for raw in stream:
-            line = raw.decode('utf-8', 'replace').rstrip()
+            line = ANSI_ESCAPE.sub('', raw.decode('utf-8', 'replace')).rstrip()
             if line:
                 log.info('%s: %s', label, line)
 

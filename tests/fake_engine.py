@@ -432,6 +432,9 @@ class FakeEngine:
         self.port = port
         self.requests = []
         self.events = []
+        # every overlay the engine made, kept after its merge: dicts of vm,
+        # snapshot_id, description, disk_id, base, overlay
+        self.overlays = []
         self.errors = []          # tracebacks of the fake's own bugs (answered 500)
         self.logged_out = 0
         self._lock = threading.RLock()
@@ -583,7 +586,7 @@ class FakeEngine:
             snapshot = _Snapshot(str(uuid.uuid4()), description, 'regular', 'ok',
                                  persist_memorystate=False, disk_ids=disk_ids)
             vm.snapshots[snapshot.id] = snapshot
-            self._create_overlays(snapshot)
+            self._create_overlays(vm, snapshot)
             return snapshot.id
 
     def set_vm_status(self, vm_name, status):
@@ -766,15 +769,15 @@ class FakeEngine:
                 if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
                     continue
                 if snapshot.phase == 'creating':
-                    self._finish_creation(snapshot)
+                    self._finish_creation(vm, snapshot)
                 else:
                     self._finish_removal(vm, snapshot)
 
-    def _finish_creation(self, snapshot):
+    def _finish_creation(self, vm, snapshot):
         self._unlock_disks(snapshot)
         snapshot.phase = snapshot.deadline = None
         snapshot.status = 'ok'
-        self._create_overlays(snapshot)
+        self._create_overlays(vm, snapshot)
 
     def _finish_removal(self, vm, snapshot):
         self._unlock_disks(snapshot)
@@ -799,7 +802,7 @@ class FakeEngine:
         for disk_id in snapshot.disk_ids:
             self._disks[disk_id].locked_by.discard(snapshot.id)
 
-    def _create_overlays(self, snapshot):
+    def _create_overlays(self, vm, snapshot):
         for disk_id in snapshot.disk_ids:
             disk = self._disks[disk_id]
             base_id = disk.image_id
@@ -809,6 +812,10 @@ class FakeEngine:
             _edit_meta(self._volume_path(disk, base_id) + '.meta', VOLTYPE='INTERNAL')
             disk.chain.append(overlay_id)
             snapshot.volumes[disk_id] = (base_id, overlay_id)
+            self.overlays.append(dict(vm=vm.name, snapshot_id=snapshot.id,
+                                      description=snapshot.description,
+                                      disk_id=disk_id, base=base_id,
+                                      overlay=overlay_id))
 
     # -- files ---------------------------------------------------------------
 

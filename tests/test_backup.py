@@ -90,7 +90,10 @@ def test_scheduler_and_mount_client_get_exactly_the_documented_command_lines(sit
                         '--client-pid=-1', '-l', str(site.mount_log)]
     assert os.path.dirname(argv[7]) == str(site.scratch)
     assert [c['argv'] for c in site.calls('umount')] == [[argv[7]]]
+    # the scheduler's colours (it writes them to a pipe too) are dropped
     assert 'schedule_georep: [    OK] Set Checkpoint' in result.err
+    assert 'schedule_georep: [    OK] All Checkpoints COMPLETE' in result.err
+    assert '\x1b' not in result.output
 
 
 def test_the_scheduler_output_reaches_the_log_line_by_line(site):
