@@ -40,6 +40,7 @@ a venv's python3 there breaks it).
 """
 import base64
 import contextlib
+import fcntl
 import json
 import glob
 import os
@@ -76,6 +77,9 @@ HOSTS_MARK = '# added by vmbackup tests/gluster/georep.py'
 # what a lab changed on the machine, kept while it runs, so that the next lab
 # undoes it after a lab that was killed before its tear-down
 STATE_FILE = pathlib.Path('/var/tmp/georep-lab.state.json')
+# held (flock) by the lab that runs: a second lab must not take the first's
+# state file for a killed run's and tear the live lab down
+LOCK_FILE = pathlib.Path('/var/tmp/georep-lab.lock')
 SSH_DIR = pathlib.Path('/root/.ssh')
 # env variable that turns the real-gluster tests off on a machine that could
 # run them (e.g. a developer's laptop)
@@ -374,6 +378,7 @@ class GeoRepLab:
         self._broken = None
         self._hang_pidfile = self.workdir / 'hang-rsync.pids'
         self._stale = None         # state of a lab killed before tear-down
+        self._lock = None          # LOCK_FILE, open and flock'ed, while we run
         # what the machine was like before (saved in STATE_FILE)
         self._state = {'workdir': str(self.workdir),
                        'own_workdir': self._own_workdir,
@@ -444,6 +449,7 @@ class GeoRepLab:
         reason = skip_reason()
         if reason:
             raise GeoRepError('this machine cannot run the lab: ' + reason)
+        self._take_lock()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self._phase('packages'):
             if self.install:
@@ -474,6 +480,22 @@ class GeoRepLab:
         self.timings.append(('set-up total', took))
         self.log('set-up total: %.1f s' % took)
         return self
+
+    def _take_lock(self):
+        handle = open(LOCK_FILE, 'a+')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or 'unknown'
+            handle.close()
+            raise GeoRepError('another lab runs on this machine (pid %s, '
+                              'holds %s)' % (holder, LOCK_FILE))
+        handle.seek(0)
+        handle.truncate()
+        handle.write('%d\n' % os.getpid())
+        handle.flush()
+        self._lock = handle
 
     def _adopt_stale_state(self):
         """Take over what a lab killed before its tear-down recorded, so
@@ -1043,8 +1065,11 @@ class GeoRepLab:
     # ------------------------------------------------------------ tear-down
     def teardown(self):
         """Undo everything set-up did, in reverse; never raises. Returns
-        the list of what went wrong (also logged)."""
+        the list of what went wrong (also logged). A lab that did not get
+        the lock (another one runs) has nothing to undo."""
         errors = []
+        if self._lock is None:
+            return errors
         start = time.monotonic()
 
         def step(name, func, *args):
@@ -1081,6 +1106,8 @@ class GeoRepLab:
         self.timings.append(('tear-down total', took))
         self.log('tear-down total: %.1f s%s' % (
             took, ' with %d error(s)' % len(errors) if errors else ''))
+        self._lock.close()
+        self._lock = None
         return errors
 
     def _teardown_mounts(self):

@@ -1,0 +1,396 @@
+"""End to end: the real vmbackup.py through real GlusterFS geo-replication.
+
+The fake engine (HTTPS, the real ovirtsdk4 in the tool) has a GlusterFS
+storage domain whose files live in the master volume of a GeoRepLab (a real
+GlusterFS 10.3 geo-replication session on this machine, see georep.py and
+NOTES.md): the engine writes the VMs' disk files, and the overlays of every
+snapshot, through the lab's FUSE mount of the master, as vdsm would. The tool
+runs as a subprocess with the real packaged schedule_georep.py (its default
+search: no [gluster] schedule_georep in the config) and the real glusterfs
+FUSE client (its default /usr/sbin/glusterfs) to mount the slave.
+
+Each run of the tool takes about 65-75 s: the scheduler sleeps a fixed 60 s
+after starting the session. The lab is shared by the tests of this module
+(set-up ~20 s, tear-down ~5 s); the timings are printed on stderr at the end.
+"""
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))            # georep
+sys.path.insert(0, str(HERE.parent))     # conftest, fake_engine
+
+import georep  # noqa: E402
+from conftest import (DESCRIPTION, PASSWORD, USER, VMBACKUP,  # noqa: E402
+                      mounts_under, wait_for)
+
+# one lab per machine: under xdist (make test: --dist loadgroup) every test
+# of this module must run on the same worker, which sets the lab up once
+pytestmark = [pytest.mark.gluster, pytest.mark.xdist_group(name='gluster')]
+
+SUFFIXES = ('', '.meta', '.lease')
+# seconds before a run of the tool counts as hung and is stopped
+RUN_LIMIT = 400
+USER_SNAPSHOT = 'before upgrade'
+
+TIMINGS = []       # (what, seconds), printed when the lab is torn down
+
+
+def note_time(what, seconds):
+    TIMINGS.append((what, seconds))
+    print('[e2e] %s: %.1f s' % (what, seconds), file=sys.__stderr__,
+          flush=True)
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    reason = georep.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    start = time.monotonic()
+    lab = georep.GeoRepLab(tmp_path_factory.mktemp('lab'))
+    teardown_start = None
+    try:
+        with lab:
+            note_time('lab set-up', time.monotonic() - start)
+            yield lab
+            teardown_start = time.monotonic()
+    finally:
+        end = time.monotonic()
+        if teardown_start is not None:
+            note_time('lab tear-down', end - teardown_start)
+        note_time('module total (set-up to tear-down)', end - start)
+        lines = ['[e2e] timings of tests/gluster/test_real_georep.py:']
+        lines += ['  %-50s %6.1f s' % (phase, seconds)
+                  for phase, seconds in lab.timings
+                  if not phase.startswith('tear-down ')
+                  or phase == 'tear-down total']
+        lines += ['  %-50s %6.1f s' % item for item in TIMINGS]
+        print('\n'.join(lines), file=sys.__stderr__, flush=True)
+
+
+# --------------------------------------------------------------------- helpers
+
+def without_voltype(meta):
+    """A snapshot turns its parent's VOLTYPE from LEAF to INTERNAL (and a
+    merge back): the rest of a .meta file must not change."""
+    return [line for line in meta.splitlines()
+            if not line.startswith(b'VOLTYPE=')]
+
+
+def same_file(path, expected, found):
+    if found is None:
+        return False
+    if path.endswith('.meta'):
+        return without_voltype(found) == without_voltype(expected)
+    return found == expected
+
+
+def glusterfs_mounts_of(volume):
+    """Mount points of FUSE glusterfs clients of volume, in the kernel's
+    mount table (the tool's, gsyncd's aux mounts, anybody's)."""
+    found = []
+    with open('/proc/self/mountinfo') as info:
+        for line in info:
+            fields = line.split()
+            tail = fields[fields.index('-') + 1:]
+            fstype, source = tail[0], tail[1]
+            if fstype.startswith('fuse.glusterfs') and \
+                    re.split(r'[:/]', source)[-1] == volume:
+                found.append(fields[4])
+    return found
+
+
+class World:
+    """The fake engine's VMs on a storage domain in the lab's master."""
+
+    def __init__(self, lab, engine, tmp_path):
+        self.lab = lab
+        self.engine = engine
+        self.tmp = tmp_path
+        self.scratch = tmp_path / 'scratch'     # the tool's TMPDIR
+        self.scratch.mkdir()
+        (tmp_path / 'lock').mkdir()
+        self.mount_log = tmp_path / 'log' / 'dr_slave.mount.log'
+        self.sd_id = engine.add_storage_domain(
+            'georeplab-sd', str(lab.master_mount), type='glusterfs',
+            address=lab.host, path='/' + lab.master)
+        # a file of the domain that is not a disk image: must survive
+        lab.write_master('%s/dom_md/metadata' % self.sd_id,
+                         b'CLASS=Data\nSDUUID=%s\n' % self.sd_id.encode())
+        sizes = iter([300 * 1024, 512 * 1024 + 123, 200 * 1024 + 7,
+                      400 * 1024 + 4095])
+        self.add_vm('web', [next(sizes), next(sizes)])
+        self.add_vm('db', [next(sizes)])
+        self.add_vm('stopped', [next(sizes)], status='down')
+        # a user's own snapshot: its overlay must stay at the remote site
+        engine.add_snapshot('db', USER_SNAPSHOT)
+        self.up_vms = ('web', 'db')
+        self.run_overlays = {}     # of the last run, see run()
+
+    def add_vm(self, name, sizes, status='up'):
+        self.engine.add_vm(name, status=status, disks=[
+            dict(sd=self.sd_id, content=os.urandom(size)) for size in sizes])
+
+    def rel(self, disk_id, volume_id):
+        return '%s/images/%s/%s' % (self.sd_id, disk_id, volume_id)
+
+    def describe(self, relpath):
+        """relpath, and what it is: whose base image, overlay, ..."""
+        kinds = {}
+        for name in self.engine.vm_names():
+            for number, disk in enumerate(self.engine.vm(name)['disks'], 1):
+                kinds[self.rel(disk['id'], disk['chain'][0])] = \
+                    'base image of VM %s disk %d' % (name, number)
+                for snapshot in self.engine.vm(name)['snapshots']:
+                    volumes = snapshot['volumes'].get(disk['id'])
+                    if volumes:
+                        kinds[self.rel(disk['id'], volumes['overlay'])] = \
+                            'overlay of snapshot %r of VM %s disk %d' % (
+                                snapshot['description'], name, number)
+        for (name, disk), (base, overlay) in self.run_overlays.items():
+            kinds[self.rel(disk, overlay)] = (
+                "overlay of this run's snapshot of VM %s disk %s" % (name,
+                                                                    disk))
+        stem = relpath
+        for suffix in ('.meta', '.lease'):
+            if relpath.endswith(suffix):
+                stem = relpath[:-len(suffix)]
+        kind = kinds.get(stem, 'not a disk image of this test')
+        if stem != relpath:
+            kind = '%s of the %s' % (relpath[len(stem):], kind)
+        return '%s (%s)' % (relpath, kind)
+
+    def user_overlays(self):
+        """{disk id: overlay id} of the user's snapshot on db."""
+        (snapshot,) = [s for s in self.engine.vm('db')['snapshots']
+                       if s['description'] == USER_SNAPSHOT]
+        return {disk: v['overlay'] for disk, v in snapshot['volumes'].items()}
+
+    def our_snapshots(self):
+        return {name: [s['id'] for s in self.engine.vm(name)['snapshots']
+                       if s['description'] == DESCRIPTION]
+                for name in self.engine.vm_names()
+                if any(s['description'] == DESCRIPTION
+                       for s in self.engine.vm(name)['snapshots'])}
+
+    def config(self):
+        path = self.tmp / 'backup.cfg'
+        path.write_text(
+            '[connection]\n'
+            'server = %s\n'
+            'user_name = %s\n'
+            'password = %s\n'
+            'ca_file = %s\n'
+            'timeout = 30\n'
+            '[snapshot]\n'
+            'wait_timeout = 0.5\n'
+            'poll_interval = 0.2\n'
+            '[gluster]\n'
+            'mount_log = %s\n'
+            '[lock]\n'
+            'lock_dir = %s\n'
+            % (self.engine.url, USER, PASSWORD,
+               self.engine.ca_pem_path(str(self.tmp)), self.mount_log,
+               self.tmp / 'lock'))
+        path.chmod(0o600)
+        return str(path)
+
+    def run(self, timeout_minutes, what):
+        """Run the tool; return (exit status, its output (the tool drops the
+        scheduler's colours), {(vm, disk id): (base id, overlay id)} of the snapshots
+        with our description the engine made during the run)."""
+        made_before = len(self.engine.overlays)
+        command = [sys.executable, str(VMBACKUP), self.lab.master,
+                   self.lab.host, self.lab.slave, '-c', self.config(),
+                   '-i', '5', '-t', str(timeout_minutes)]
+        env = dict(self.lab.env, TMPDIR=str(self.scratch))
+        start = time.monotonic()
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        try:
+            output, _ = process.communicate(timeout=RUN_LIMIT)
+        except subprocess.TimeoutExpired:
+            # it hangs: SIGTERM lets it remove its snapshots; then SIGKILL
+            process.send_signal(signal.SIGTERM)
+            try:
+                output, _ = process.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                output, _ = process.communicate()
+            pytest.fail('vmbackup.py still ran after %d s: stopped\n%s'
+                        % (RUN_LIMIT, output.decode('utf-8', 'replace')))
+        finally:
+            note_time('vmbackup.py run (%s, exit %s)'
+                      % (what, process.returncode), time.monotonic() - start)
+        output = output.decode('utf-8', 'replace')
+        (self.tmp / 'vmbackup.out').write_text(output)
+        print(output, file=sys.stderr)     # shown with -s, or on failure
+        # the real scheduler colours its [    OK] marks even into a pipe:
+        # the tool's log has the text without the colours
+        assert '\x1b' not in output
+        # the overlays of the snapshots with our description that the engine
+        # made during the run (their merge took them off the VMs)
+        self.run_overlays = {
+            (made['vm'], made['disk_id']): (made['base'], made['overlay'])
+            for made in self.engine.overlays[made_before:]
+            if made['description'] == DESCRIPTION}
+        return process.returncode, output, self.run_overlays
+
+
+def scheduler_lines(output):
+    return [line.split('schedule_georep: ', 1)[1]
+            for line in output.splitlines() if 'schedule_georep: ' in line]
+
+
+def assert_nothing_left(world, output):
+    """What must hold after every run, whatever happened."""
+    assert 'Traceback' not in output, output
+    assert PASSWORD not in output
+    assert mounts_under(world.tmp) == []
+    assert list(world.scratch.iterdir()) == []
+    # gsyncd's own aux mounts of the slave go a moment after the session
+    # stopped; the tool's went before it exited (checked just above)
+    wait_for(lambda: not glusterfs_mounts_of(world.lab.slave), timeout=30,
+             interval=0.5, message='no glusterfs mount of %s left (%s)'
+             % (world.lab.slave, glusterfs_mounts_of(world.lab.slave)))
+    assert world.our_snapshots() == {}
+    # the user's snapshot is untouched
+    assert [s['description'] for s in world.engine.vm('db')['snapshots']
+            if s['type'] != 'active'] == [USER_SNAPSHOT]
+    assert world.engine.errors == []
+
+
+# ----------------------------------------------------------------------- tests
+
+def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_overlays(
+        lab, engine, tmp_path):
+    world = World(lab, engine, tmp_path)
+    user_overlays = world.user_overlays()
+    master_before = lab.master_tree()
+    # dom_md/metadata, 4 base images and the user's overlay, 3 files each
+    assert len([p for p in master_before
+                if p.startswith(world.sd_id + '/')]) == 1 + 3 * (4 + 1)
+
+    code, output, overlays = world.run(3, 'success')
+
+    assert code == 0, output
+    assert_nothing_left(world, output)
+    # the real scheduler saw the checkpoint complete and stopped the session
+    lines = scheduler_lines(output)
+    assert any(line.startswith('[    OK] All Checkpoints COMPLETE')
+               for line in lines), lines
+    assert 'geo-replication reached its checkpoint' in output
+    assert lab.session_state() == 'Stopped'
+    # one snapshot per running VM, an overlay for each of their disks
+    web_disks = [d['id'] for d in engine.vm('web')['disks']]
+    db_disks = [d['id'] for d in engine.vm('db')['disks']]
+    assert sorted(overlays) == sorted([('web', d) for d in web_disks]
+                                      + [('db', d) for d in db_disks])
+    for (name, disk), (base, overlay) in overlays.items():
+        assert overlay != base
+        # merged: the disk is on its base image again, at the master
+        (view,) = [d for d in engine.vm(name)['disks'] if d['id'] == disk]
+        assert view['image_id'] == base
+    # the tool found each of them at the slave, and deleted exactly those
+    assert ('deleted %d overlay files at the remote site (%d paths looked up)'
+            % (3 * len(overlays), 3 * len(overlays))) in output
+    # at the slave: every file the master had before the snapshots, byte for
+    # byte (.meta but for VOLTYPE); this run's overlays are not there
+    slave = lab.slave_tree()
+    missing = [world.describe(path) for path in master_before
+               if path not in slave]
+    assert not missing, 'missing at the slave:\n' + '\n'.join(missing)
+    differ = [world.describe(path) for path, content in master_before.items()
+              if not same_file(path, content, slave[path])]
+    assert not differ, ('not as the master had it, at the slave:\n'
+                        + '\n'.join(differ))
+    left = [world.describe(world.rel(disk, overlay) + suffix)
+            for (name, disk), (base, overlay) in overlays.items()
+            for suffix in SUFFIXES
+            if lab.slave_exists(world.rel(disk, overlay) + suffix)]
+    assert not left, ("this run's overlays left at the slave:\n"
+                      + '\n'.join(left))
+    extra = [world.describe(path) for path in set(slave) - set(master_before)]
+    assert not extra, ('at the slave but not in the master before the '
+                       'run:\n' + '\n'.join(extra))
+    # the base images in particular, and what is not a disk image
+    for name in ('web', 'db', 'stopped'):
+        for disk in engine.vm(name)['disks']:
+            base = world.rel(disk['id'], disk['chain'][0])
+            assert lab.read_slave(base) == master_before[base], base
+    assert lab.read_slave('%s/dom_md/metadata' % world.sd_id) == \
+        master_before['%s/dom_md/metadata' % world.sd_id]
+    # the user's snapshot overlay is at the slave, as the master had it
+    for disk, overlay in user_overlays.items():
+        for suffix in SUFFIXES:
+            path = world.rel(disk, overlay) + suffix
+            assert same_file(path, master_before[path],
+                             lab.read_slave(path)), path
+    # the down VM was not snapshotted
+    assert [s['type'] for s in engine.vm('stopped')['snapshots']] == ['active']
+    # the event
+    assert len(engine.events) == 1, engine.events
+    (event,) = engine.events
+    assert event['origin'] == 'ovirt-georep-backup'
+    assert event['severity'] == 'normal'
+    assert event['description'].startswith(
+        'Successfully backed up gluster volume %s to remote site. Backup '
+        'completed in ' % lab.master), event
+
+
+def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
+        lab, engine, tmp_path):
+    world = World(lab, engine, tmp_path)
+    master_before = lab.master_tree()
+    with lab.broken_replication():
+        slave_before = lab.slave_tree()
+        code, output, overlays = world.run(1, 'geo-replication broken')
+        state = lab.session_state()
+        slave_after = lab.slave_tree()
+
+    assert code == 1, output
+    assert_nothing_left(world, output)
+    # the real scheduler gave up on its --timeout and stopped the session
+    lines = scheduler_lines(output)
+    assert any(line.startswith('[NOT OK] Timed out, Stopping Geo-replication')
+               for line in lines), lines
+    assert ('geo-replication failed: the checkpoint was not reached within '
+            '--timeout 1 minutes') in output
+    assert state == 'Stopped'
+    # the slave was not even mounted: nothing deleted there
+    assert 'the overlays at the remote site are left as they are' in output
+    assert 'mounting ' not in output
+    assert not world.mount_log.exists()
+    deleted = [world.describe(path) for path in slave_before
+               if path not in slave_after]
+    assert not deleted, 'deleted at the slave:\n' + '\n'.join(deleted)
+    changed = [world.describe(path) for path, content in slave_before.items()
+               if not same_file(path, content, slave_after[path])]
+    assert not changed, 'changed at the slave:\n' + '\n'.join(changed)
+    # the snapshots were made, then removed: the disks are on their bases
+    assert len(overlays) == 3, overlays
+    for (name, disk), (base, overlay) in overlays.items():
+        (view,) = [d for d in engine.vm(name)['disks'] if d['id'] == disk]
+        assert view['image_id'] == base
+        assert not os.path.exists(lab.master_mount / world.rel(disk, overlay))
+    assert lab.master_tree().keys() >= master_before.keys()
+    # the alert
+    assert len(engine.events) == 1, engine.events
+    (event,) = engine.events
+    assert event['origin'] == 'ovirt-georep-backup'
+    assert event['severity'] == 'alert'
+    assert event['description'].startswith(
+        'Failed to backup gluster volume %s to remote site. Please check '
+        'backup log for details' % lab.master), event
+    assert 'geo-replication' in event['description']
+    # repaired on the way out of broken_replication(): rsync again
+    assert lab.georep('config', 'rsync-command').stdout.strip() == 'rsync'
