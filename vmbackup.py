@@ -808,18 +808,55 @@ def backs_volume(domain, mastervol):
 def list_vms(system, search, follow):
     """Given a search, return every VM it finds, page after page (the engine
     answers at most PAGE_SIZE at a time), with `follow` inlined."""
-    service = system.vms_service()
     found = {}
     page = 1
     while True:
-        answer = service.list(search='%s page %d' % (search, page),
-                              max=PAGE_SIZE, follow=follow)
+        answer = list_page(system, search, page, follow)
         new = [vm for vm in answer if vm.id not in found]
         for vm in new:
             found[vm.id] = vm
         if len(answer) < PAGE_SIZE or not new:
             return list(found.values())
         page += 1
+
+
+def list_page(system, search, page, follow):
+    """Given a search and a page number, return that page of VMs, with
+    `follow` inlined."""
+    answer = system.vms_service().list(search='%s page %d' % (search, page),
+                                       max=PAGE_SIZE, follow=follow)
+    return [fill_in(system, vm, follow) for vm in answer]
+
+
+def get_vm(system, vm_id, follow):
+    """Given a VM id, return the VM with `follow` inlined."""
+    vm = system.vms_service().vm_service(vm_id).get(follow=follow)
+    return fill_in(system, vm, follow)
+
+
+def fill_in(system, vm, follow):
+    """Given a VM asked for with `follow`, fetch what the engine did not
+    inline (an engine older than 4.2, or a proxy that drops the parameter,
+    answers with links only): a VM always has its "Active VM" snapshot, so
+    an empty snapshot list was not inlined; neither was a disk without an
+    image id. Return the VM."""
+    wanted = set(follow.split(','))
+    service = system.vms_service().vm_service(vm.id)
+    if 'snapshots' in wanted and not vm.snapshots:
+        log.debug('VM %s: snapshots not inlined; asking for them', vm.name)
+        vm.snapshots = service.snapshots_service().list()
+    if 'disk_attachments.disk' in wanted:
+        if not vm.disk_attachments:
+            vm.disk_attachments = service.disk_attachments_service().list(
+                follow='disk')
+        for attachment in vm.disk_attachments:
+            disk = attachment.disk
+            if disk is not None and disk.id and disk.image_id is None:
+                log.debug('VM %s: disk %s not inlined; asking for it',
+                          vm.name, disk.id)
+                attachment.disk = system.disks_service().disk_service(
+                    disk.id).get()
+    return vm
 
 
 def choose_vms(engine, args, settings, run):
@@ -876,6 +913,11 @@ def choose_vms(engine, args, settings, run):
                  name)
     log.info('%d of %d running VMs chosen: %s', len(backups), len(vms),
              ', '.join(backup.name for backup in backups) or 'none')
+    if not backups and not wanted:
+        log.warning('no running VM has a disk to snapshot on %s: the volume '
+                    'is replicated with no snapshot, as it is', 'storage '
+                    'domain ' + ', '.join(domains.values()) if domains
+                    else 'any storage domain')
     return Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms))
 
 
@@ -1077,9 +1119,8 @@ def fetch_vms(engine, vm_ids, up_vm_count, follow):
     pages = max(1, math.ceil(up_vm_count / PAGE_SIZE))
     if len(vm_ids) > pages:
         answers = engine.map([
-            (page, lambda system, page=page: system.vms_service().list(
-                search='status=up page %d' % page, max=PAGE_SIZE,
-                follow=follow))
+            (page, lambda system, page=page: list_page(system, 'status=up',
+                                                       page, follow))
             for page in range(1, pages + 1)])
         wanted = set(vm_ids)
         for page, answer in answers.items():
@@ -1090,8 +1131,7 @@ def fetch_vms(engine, vm_ids, up_vm_count, follow):
             states.update((vm.id, vm) for vm in answer if vm.id in wanted)
     missing = [vm_id for vm_id in vm_ids if vm_id not in states]
     states.update(engine.map([
-        (vm_id, lambda system, vm_id=vm_id:
-         system.vms_service().vm_service(vm_id).get(follow=follow))
+        (vm_id, lambda system, vm_id=vm_id: get_vm(system, vm_id, follow))
         for vm_id in missing]))
     return states
 
@@ -1168,7 +1208,8 @@ def record_overlays(backup, vm):
                if attachment.disk is not None}
     for disk in backup.disks:
         image_id = current.get(disk.disk_id)
-        if image_id and image_id != disk.base_id:
+        # no base id known: no proof the id changed, nothing is deleted
+        if image_id and disk.base_id and image_id != disk.base_id:
             disk.overlay_id = image_id
             log.debug('VM %s: disk %s base %s overlay %s', backup.name,
                       disk.disk_id, disk.base_id, image_id)

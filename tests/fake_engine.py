@@ -435,6 +435,7 @@ class FakeEngine:
         # every overlay the engine made, kept after its merge: dicts of vm,
         # snapshot_id, description, disk_id, base, overlay
         self.overlays = []
+        self.inline = True        # False: `follow` is accepted and ignored
         self.errors = []          # tracebacks of the fake's own bugs (answered 500)
         self.logged_out = 0
         self._lock = threading.RLock()
@@ -1062,26 +1063,32 @@ class FakeEngine:
                        ['diskattachments', 'snapshots'])
         return ElementTree.tostring(element, encoding='unicode')
 
+    def _follow(self, query, allowed):
+        """The links to inline: none when ``inline`` is off (an engine before
+        4.2, or a proxy that drops the parameter), after the same check."""
+        follow = _parse_follow(query, allowed)
+        return follow if self.inline else set()
+
     _VM_FOLLOWS = ('disk_attachments', 'disk_attachments.disk', 'snapshots')
 
     def _list_vms(self, query, body):
-        follow = _parse_follow(query, self._VM_FOLLOWS)
+        follow = self._follow(query, self._VM_FOLLOWS)
         vms = self._search(list(self._vms.values()), query,
                            {'name': _name_term, 'status': _status_term})
         return _xml_answer(200, self._vm_xml([self._vm_obj(vm, follow) for vm in vms], root='vms'))
 
     def _get_vm(self, query, body, vm):
-        follow = _parse_follow(query, self._VM_FOLLOWS)
+        follow = self._follow(query, self._VM_FOLLOWS)
         return _xml_answer(200, self._vm_xml(self._vm_obj(self._vm(vm), follow)))
 
     def _list_attachments(self, query, body, vm):
-        follow = _parse_follow(query, ('disk',))
+        follow = self._follow(query, ('disk',))
         vm = self._vm(vm)
         objs = [self._attachment_obj(vm, disk_id, 'disk' in follow) for disk_id in vm.disk_ids]
         return _xml_answer(200, Writer.write(objs, root='disk_attachments'))
 
     def _get_attachment(self, query, body, vm, disk):
-        follow = _parse_follow(query, ('disk',))
+        follow = self._follow(query, ('disk',))
         vm = self._vm(vm)
         if disk not in vm.disk_ids:
             raise not_found('disk attachment %s' % disk)
@@ -1095,7 +1102,7 @@ class FakeEngine:
         return _xml_answer(200, Writer.write(self._disk_obj(self._disk(disk))))
 
     def _list_snapshots(self, query, body, vm):
-        _parse_follow(query, ())
+        self._follow(query, ())
         vm = self._vm(vm)
         objs = [self._snapshot_obj(vm, s) for s in vm.snapshots.values()]
         limit = _parse_max(query)

@@ -123,6 +123,30 @@ def test_overlay_deletion_goes_by_exact_paths_and_spares_a_lookalike(site):
     assert (image_dir / disk['image_id']).exists()
 
 
+def test_an_engine_that_ignores_follow_gets_asked_for_the_rest_and_the_backup_is_the_same(site):
+    engine = site.engine
+    engine.inline = False          # links only, as an engine before 4.2 answers
+    site.add_vm('web', disks=2)
+    site.add_vm('db')
+    engine.add_snapshot('db', 'before upgrade')
+    master_before = tree(site.master)
+    result = site.run()
+    assert result.code == 0, result.output
+    assert_invariants(site, result)
+    made = [o for o in engine.overlays if o['description'] == DESCRIPTION]
+    assert len(made) == 3
+    slave = tree(site.slave)
+    for path, content in master_before.items():
+        if not path.endswith('.meta'):
+            assert slave.get(path) == content, path
+    for overlay in made:
+        volume = '%s/images/%s/%s' % (site.sd_id, overlay['disk_id'], overlay['overlay'])
+        assert not [p for p in slave if p.startswith(volume)], volume
+    paths = {r['path'] for r in engine.requests if r['method'] == 'GET'}
+    assert any(p.endswith('/snapshots') for p in paths)
+    assert any(p.startswith('/disks/') for p in paths)
+
+
 def test_dry_run_prints_the_plan_and_changes_nothing(site):
     site.add_vm('web', disks=2)
     site.add_vm('on-nfs', sd=site.nfs_id)
