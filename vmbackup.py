@@ -823,15 +823,28 @@ def list_vms(system, search, follow):
 def list_page(system, search, page, follow):
     """Given a search and a page number, return that page of VMs, with
     `follow` inlined."""
-    answer = system.vms_service().list(search='%s page %d' % (search, page),
-                                       max=PAGE_SIZE, follow=follow)
+    query = '%s page %d' % (search, page)
+    answer = following(lambda **follows: system.vms_service().list(
+        search=query, max=PAGE_SIZE, **follows), follow)
     return [fill_in(system, vm, follow) for vm in answer]
 
 
 def get_vm(system, vm_id, follow):
     """Given a VM id, return the VM with `follow` inlined."""
-    vm = system.vms_service().vm_service(vm_id).get(follow=follow)
-    return fill_in(system, vm, follow)
+    service = system.vms_service().vm_service(vm_id)
+    return fill_in(system, following(service.get, follow), follow)
+
+
+def following(call, follow):
+    """Return call(follow=follow); an engine that does not know `follow`
+    (or this use of it) answers 400, and then call() without it."""
+    try:
+        return call(follow=follow)
+    except sdk.Error as error:
+        if getattr(error, 'code', None) != 400:
+            raise
+        log.debug('the engine refused follow=%s: %s', follow, one_line(error))
+        return call()
 
 
 def fill_in(system, vm, follow):
@@ -847,11 +860,12 @@ def fill_in(system, vm, follow):
         vm.snapshots = service.snapshots_service().list()
     if 'disk_attachments.disk' in wanted:
         if not vm.disk_attachments:
-            vm.disk_attachments = service.disk_attachments_service().list(
-                follow='disk')
+            vm.disk_attachments = following(
+                service.disk_attachments_service().list, 'disk')
         for attachment in vm.disk_attachments:
             disk = attachment.disk
-            if disk is not None and disk.id and disk.image_id is None:
+            if (disk is not None and disk.id and disk.image_id is None
+                    and disk.storage_type in (None, types.DiskStorageType.IMAGE)):
                 log.debug('VM %s: disk %s not inlined; asking for it',
                           vm.name, disk.id)
                 attachment.disk = system.disks_service().disk_service(

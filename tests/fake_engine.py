@@ -435,7 +435,7 @@ class FakeEngine:
         # every overlay the engine made, kept after its merge: dicts of vm,
         # snapshot_id, description, disk_id, base, overlay
         self.overlays = []
-        self.inline = True        # False: `follow` is accepted and ignored
+        self.inline = True        # False: `follow` ignored; 'refuse': answered 400
         self.errors = []          # tracebacks of the fake's own bugs (answered 500)
         self.logged_out = 0
         self._lock = threading.RLock()
@@ -1064,9 +1064,12 @@ class FakeEngine:
         return ElementTree.tostring(element, encoding='unicode')
 
     def _follow(self, query, allowed):
-        """The links to inline: none when ``inline`` is off (an engine before
-        4.2, or a proxy that drops the parameter), after the same check."""
+        """The links to inline: none when ``inline`` is False (a proxy that
+        drops the parameter), after the same check; a 400 for any when it is
+        'refuse' (an engine that does not know it)."""
         follow = _parse_follow(query, allowed)
+        if follow and self.inline == 'refuse':
+            raise bad_request('Cannot follow link(s): %s' % ', '.join(sorted(follow)))
         return follow if self.inline else set()
 
     _VM_FOLLOWS = ('disk_attachments', 'disk_attachments.disk', 'snapshots')

@@ -123,9 +123,11 @@ def test_overlay_deletion_goes_by_exact_paths_and_spares_a_lookalike(site):
     assert (image_dir / disk['image_id']).exists()
 
 
-def test_an_engine_that_ignores_follow_gets_asked_for_the_rest_and_the_backup_is_the_same(site):
+@pytest.mark.parametrize('inline', [False, 'refuse'], ids=['ignored', 'refused'])
+def test_an_engine_without_follow_gets_asked_for_the_rest_and_the_backup_is_the_same(
+        site, inline):
     engine = site.engine
-    engine.inline = False          # links only, as an engine before 4.2 answers
+    engine.inline = inline         # links only, or a 400 to any follow
     site.add_vm('web', disks=2)
     site.add_vm('db')
     engine.add_snapshot('db', 'before upgrade')
