@@ -251,6 +251,16 @@ def scheduler_lines(output):
             for line in output.splitlines() if 'schedule_georep: ' in line]
 
 
+def the_event(engine, severity, start):
+    """The one event of the run, of this severity, its text starting so."""
+    assert len(engine.events) == 1, engine.events
+    (event,) = engine.events
+    assert event['origin'] == 'ovirt-georep-backup'
+    assert event['severity'] == severity, event
+    assert event['description'].startswith(start), event
+    return event
+
+
 def assert_nothing_left(world, output):
     """What must hold after every run, whatever happened."""
     assert 'Traceback' not in output, output
@@ -338,13 +348,8 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
     # the down VM was not snapshotted
     assert [s['type'] for s in engine.vm('stopped')['snapshots']] == ['active']
     # the event
-    assert len(engine.events) == 1, engine.events
-    (event,) = engine.events
-    assert event['origin'] == 'ovirt-georep-backup'
-    assert event['severity'] == 'normal'
-    assert event['description'].startswith(
-        'Successfully backed up gluster volume %s to remote site. Backup '
-        'completed in ' % lab.master), event
+    the_event(engine, 'normal', 'Successfully backed up gluster volume %s to '
+              'remote site. Backup completed in ' % lab.master)
 
 
 def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
@@ -384,13 +389,9 @@ def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
         assert not os.path.exists(lab.master_mount / world.rel(disk, overlay))
     assert lab.master_tree().keys() >= master_before.keys()
     # the alert
-    assert len(engine.events) == 1, engine.events
-    (event,) = engine.events
-    assert event['origin'] == 'ovirt-georep-backup'
-    assert event['severity'] == 'alert'
-    assert event['description'].startswith(
-        'Failed to backup gluster volume %s to remote site. Please check '
-        'backup log for details' % lab.master), event
+    event = the_event(engine, 'alert', 'Failed to backup gluster volume %s to '
+                      'remote site. Please check backup log for details'
+                      % lab.master)
     assert 'geo-replication' in event['description']
     # repaired on the way out of broken_replication(): rsync again
     assert lab.georep('config', 'rsync-command').stdout.strip() == 'rsync'
