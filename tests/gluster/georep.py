@@ -40,7 +40,6 @@ a venv's python3 there breaks it).
 """
 import base64
 import contextlib
-import fcntl
 import json
 import glob
 import os
@@ -77,9 +76,10 @@ HOSTS_MARK = '# added by vmbackup tests/gluster/georep.py'
 # what a lab changed on the machine, kept while it runs, so that the next lab
 # undoes it after a lab that was killed before its tear-down
 STATE_FILE = pathlib.Path('/var/tmp/georep-lab.state.json')
-# held (flock) by the lab that runs: a second lab must not take the first's
-# state file for a killed run's and tear the live lab down
-LOCK_FILE = pathlib.Path('/var/tmp/georep-lab.lock')
+# an abstract unix socket bound by the lab that runs: a second lab must not
+# take the first's state file for a killed run's and tear the live lab
+# down (the kernel frees the name when the process ends; no file is left)
+LOCK_NAME = '\0georep-lab.lock'
 SSH_DIR = pathlib.Path('/root/.ssh')
 # env variable that turns the real-gluster tests off on a machine that could
 # run them (e.g. a developer's laptop)
@@ -378,7 +378,7 @@ class GeoRepLab:
         self._broken = None
         self._hang_pidfile = self.workdir / 'hang-rsync.pids'
         self._stale = None         # state of a lab killed before tear-down
-        self._lock = None          # LOCK_FILE, open and flock'ed, while we run
+        self._lock = None          # the socket bound to LOCK_NAME, while we run
         # what the machine was like before (saved in STATE_FILE)
         self._state = {'workdir': str(self.workdir),
                        'own_workdir': self._own_workdir,
@@ -482,20 +482,14 @@ class GeoRepLab:
         return self
 
     def _take_lock(self):
-        handle = open(LOCK_FILE, 'a+')
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or 'unknown'
-            handle.close()
-            raise GeoRepError('another lab runs on this machine (pid %s, '
-                              'holds %s)' % (holder, LOCK_FILE))
-        handle.seek(0)
-        handle.truncate()
-        handle.write('%d\n' % os.getpid())
-        handle.flush()
-        self._lock = handle
+            lock.bind(LOCK_NAME)
+        except OSError:
+            lock.close()
+            raise GeoRepError('another lab runs on this machine (it holds '
+                              'the abstract socket @%s)' % LOCK_NAME[1:])
+        self._lock = lock
 
     def _adopt_stale_state(self):
         """Take over what a lab killed before its tear-down recorded, so
