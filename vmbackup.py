@@ -689,13 +689,13 @@ class Engine:
         try:
             with_deadline(lambda: self.main.close(logout=logout),
                           self.settings.timeout, 'logging out')
-        except Timeout as error:
-            # the logout still holds the connection: leave it to the exit
-            log.warning('could not log out of the engine: %s', one_line(error))
         except (sdk.Error, pycurl.error) as error:
             log.warning('could not log out of the engine: %s', one_line(error))
-            with contextlib.suppress(sdk.Error, pycurl.error):
-                self.main.close(logout=False)
+            # after a Timeout the logout still holds the connection: closing
+            # it would wait for ever; the exit releases it
+            if not isinstance(error, Timeout):
+                with contextlib.suppress(sdk.Error, pycurl.error):
+                    self.main.close(logout=False)
         self.main = None
 
 
@@ -1060,22 +1060,14 @@ def adopt_lost_snapshots(engine, backups, plan, run):
     request whose answer was lost may have created the snapshot all the
     same, and it must not be left behind. Return the VmBackups that have
     one (the stale ones were removed before, so it is this run's)."""
-    if not backups:
-        return []
-    states = fetch_vms(engine, [backup.vm_id for backup in backups],
-                       plan.up_vm_count, 'snapshots')
-    adopted = []
+    adopted, states = look_for_snapshots(
+        engine, backups, plan, 'the answer to the snapshot request was lost, '
+        'but the snapshot %s was created; going on with it')
     for backup in backups:
+        if backup in adopted:
+            continue
         state = states.get(backup.vm_id)
-        mine = our_new_snapshots(state, backup)
-        if mine:
-            log.warning('VM %s: the answer to the snapshot request was lost, '
-                        'but the snapshot %s was created; going on with it',
-                        backup.name, mine[0].id)
-            backup.snapshot_id = mine[0].id
-            backup.request_error = None
-            adopted.append(backup)
-        elif isinstance(state, sdk.Error) or state is None:
+        if isinstance(state, sdk.Error) or state is None:
             run.fail('VM %s: the snapshot request failed (%s) and the VM '
                      'could not be checked: %s', backup.name,
                      backup.request_error,
@@ -1086,17 +1078,6 @@ def adopt_lost_snapshots(engine, backups, plan, run):
     return adopted
 
 
-def our_new_snapshots(vm, backup):
-    """Given a VM fetched with its snapshots (or the sdk.Error of its
-    look-up) and its VmBackup, return the snapshots with our description that
-    are not stale ones: this run's."""
-    if vm is None or isinstance(vm, sdk.Error):
-        return []
-    return [snapshot for snapshot in vm.snapshots or []
-            if snapshot.description == SNAPSHOT_DESCRIPTION
-            and snapshot.id not in backup.stale_snapshot_ids]
-
-
 def find_late_snapshots(engine, plan):
     """Given the Plan, look again at the VMs whose snapshot request failed
     with no snapshot found then: an engine that took the request past our
@@ -1105,23 +1086,39 @@ def find_late_snapshots(engine, plan):
     nothing of them is deleted at the remote site)."""
     unanswered = [backup for backup in plan.backups
                   if backup.request_error and not backup.snapshot_id]
-    if not unanswered:
-        return []
-    states = fetch_vms(engine, [backup.vm_id for backup in unanswered],
-                       plan.up_vm_count, 'snapshots')
-    found = []
+    found, states = look_for_snapshots(
+        engine, unanswered, plan,
+        'the engine made snapshot %s after its request had failed; removing it')
     for backup in unanswered:
-        mine = our_new_snapshots(states.get(backup.vm_id), backup)
-        if mine:
-            log.warning('VM %s: the engine made snapshot %s after its request '
-                        'had failed; removing it', backup.name, mine[0].id)
-            backup.snapshot_id = mine[0].id
-            found.append(backup)
-        elif isinstance(states.get(backup.vm_id), sdk.Error):
+        if isinstance(states.get(backup.vm_id), sdk.Error):
             log.warning('VM %s: could not look again for a snapshot %r: %s',
                         backup.name, SNAPSHOT_DESCRIPTION,
                         one_line(states[backup.vm_id]))
     return found
+
+
+def look_for_snapshots(engine, backups, plan, found_message):
+    """Given VmBackups whose snapshot request failed, fetch their VMs; set
+    the snapshot id of each that has a snapshot with our description that is
+    not a stale one (this run's), saying found_message (% its id). Return
+    those VmBackups and {vm_id: the VM or the sdk.Error of its look-up}."""
+    if not backups:
+        return [], {}
+    states = fetch_vms(engine, [backup.vm_id for backup in backups],
+                       plan.up_vm_count, 'snapshots')
+    found = []
+    for backup in backups:
+        vm = states.get(backup.vm_id)
+        if vm is None or isinstance(vm, sdk.Error):
+            continue
+        mine = [snapshot for snapshot in vm.snapshots or []
+                if snapshot.description == SNAPSHOT_DESCRIPTION
+                and snapshot.id not in backup.stale_snapshot_ids]
+        if mine:
+            log.warning('VM %s: ' + found_message, backup.name, mine[0].id)
+            backup.snapshot_id = mine[0].id
+            found.append(backup)
+    return found, states
 
 
 def fetch_vms(engine, vm_ids, up_vm_count, follow):
@@ -1165,7 +1162,8 @@ def polls(settings, sleep=time.sleep):
 
 def wait_for_snapshots(engine, created, plan, settings, run, stop):
     """Given the VmBackups with a new snapshot, wait until each is ok or
-    wait_timeout has passed, then record each disk's overlay id."""
+    wait_timeout has passed, recording each disk's overlay id from the
+    answer that shows its snapshot ok."""
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
     for _ in polls(settings, stop.sleep):
