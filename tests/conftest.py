@@ -54,6 +54,24 @@ def alive(pid):
         return False
 
 
+def without_voltype(meta):
+    """Given a .meta file's bytes, its lines but VOLTYPE: a snapshot turns
+    its parent's VOLTYPE from LEAF to INTERNAL (and a merge back), the rest
+    must not change."""
+    return [line for line in meta.splitlines() if not line.startswith(b'VOLTYPE=')]
+
+
+def our_snapshots(engine):
+    """Return {vm name: [snapshot ids]} of the snapshots with our description."""
+    left = {}
+    for name in engine.vm_names():
+        ids = [s['id'] for s in engine.vm(name)['snapshots']
+               if s['description'] == DESCRIPTION]
+        if ids:
+            left[name] = ids
+    return left
+
+
 def mounts_under(path):
     """Return the mount points below path, from /proc/self/mountinfo."""
     path = os.path.realpath(str(path))
@@ -192,14 +210,7 @@ class Site:
             disks=[dict(sd=sd, **disk_options) for _ in range(disks)])
 
     def our_snapshots(self):
-        """Return {vm name: [snapshot ids]} of snapshots with our description."""
-        left = {}
-        for name in self.engine.vm_names():
-            ids = [s['id'] for s in self.engine.vm(name)['snapshots']
-                   if s['description'] == DESCRIPTION]
-            if ids:
-                left[name] = ids
-        return left
+        return our_snapshots(self.engine)
 
     def hold_lock(self):
         handle = open(self.lock_dir / ('vmbackup-%s.lock' % MASTER), 'a+')

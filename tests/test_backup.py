@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import (DESCRIPTION, MASTER, PASSWORD, SLAVE, SLAVE_HOST, SLAVEVOL,
-                      assert_invariants, needs_root, tree)
+                      assert_invariants, needs_root, tree, without_voltype)
 
 pytestmark = needs_root
 
@@ -14,10 +14,6 @@ pytestmark = needs_root
 def snapshot_posts(engine):
     return [r for r in engine.requests
             if r['method'] == 'POST' and re.fullmatch(r'/vms/[^/]+/snapshots', r['path'])]
-
-
-def without_voltype(meta):
-    return [line for line in meta.splitlines() if not line.startswith(b'VOLTYPE=')]
 
 
 def test_backup_of_running_vms_on_the_volume_copies_bases_and_drops_only_this_runs_overlays(site):

@@ -23,7 +23,7 @@ import threading
 import pytest
 
 from conftest import (MASTER, PASSWORD, USER, Result, alive, assert_invariants, mounts_under,
-                      needs_root, tree, wait_for)
+                      needs_root, tree, wait_for, without_voltype)
 from fake_engine import FakeEngine
 
 pytestmark = needs_root
@@ -88,10 +88,6 @@ def prepare(site, vms=('web',)):
         site.add_vm(name)
     shutil.copytree(site.master, site.slave, dirs_exist_ok=True)
     return Before(slave=tree(site.slave), events=len(site.engine.events))
-
-
-def without_voltype(meta):
-    return [line for line in meta.splitlines() if not line.startswith(b'VOLTYPE=')]
 
 
 def check(site, result, before, expect):

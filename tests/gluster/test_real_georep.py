@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))     # conftest, fake_engine
 
 import georep  # noqa: E402
 from conftest import (DESCRIPTION, PASSWORD, USER, VMBACKUP,  # noqa: E402
-                      mounts_under, wait_for)
+                      mounts_under, our_snapshots, wait_for, without_voltype)
 
 # one lab per machine: under xdist (make test: --dist loadgroup) every test
 # of this module must run on the same worker, which sets the lab up once
@@ -77,13 +77,6 @@ def lab(tmp_path_factory):
 
 
 # --------------------------------------------------------------------- helpers
-
-def without_voltype(meta):
-    """A snapshot turns its parent's VOLTYPE from LEAF to INTERNAL (and a
-    merge back): the rest of a .meta file must not change."""
-    return [line for line in meta.splitlines()
-            if not line.startswith(b'VOLTYPE=')]
-
 
 def same_file(path, expected, found):
     if found is None:
@@ -173,13 +166,6 @@ class World:
         (snapshot,) = [s for s in self.engine.vm('db')['snapshots']
                        if s['description'] == USER_SNAPSHOT]
         return {disk: v['overlay'] for disk, v in snapshot['volumes'].items()}
-
-    def our_snapshots(self):
-        return {name: [s['id'] for s in self.engine.vm(name)['snapshots']
-                       if s['description'] == DESCRIPTION]
-                for name in self.engine.vm_names()
-                if any(s['description'] == DESCRIPTION
-                       for s in self.engine.vm(name)['snapshots'])}
 
     def config(self):
         path = self.tmp / 'backup.cfg'
@@ -272,7 +258,7 @@ def assert_nothing_left(world, output):
     wait_for(lambda: not glusterfs_mounts_of(world.lab.slave), timeout=30,
              interval=0.5, message='no glusterfs mount of %s left (%s)'
              % (world.lab.slave, glusterfs_mounts_of(world.lab.slave)))
-    assert world.our_snapshots() == {}
+    assert our_snapshots(world.engine) == {}
     # the user's snapshot is untouched
     assert [s['description'] for s in world.engine.vm('db')['snapshots']
             if s['type'] != 'active'] == [USER_SNAPSHOT]
