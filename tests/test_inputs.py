@@ -2,13 +2,12 @@
 reached or trusted. Each gets one clear line and the documented exit code."""
 import os
 import subprocess
-import sys
 
 import pytest
 import trustme
 
-from conftest import (MASTER, PASSWORD, SLAVE, SLAVEVOL, USER, VMBACKUP,
-                      assert_invariants)
+from conftest import (MASTER, PASSWORD, PYTHON, SLAVE, SLAVEVOL, USER,
+                      VMBACKUP, assert_invariants)
 
 
 def one_error_line(result):
@@ -32,7 +31,7 @@ def one_error_line(result):
     ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '--frobnicate'], 'unrecognized arguments'),
 ])
 def test_a_bad_command_line_is_refused_with_exit_2(args, expected):
-    process = subprocess.run([sys.executable, str(VMBACKUP), *args],
+    process = subprocess.run([PYTHON, str(VMBACKUP), *args],
                              capture_output=True, text=True, timeout=60)
     assert process.returncode == 2
     assert expected in process.stderr
@@ -40,7 +39,7 @@ def test_a_bad_command_line_is_refused_with_exit_2(args, expected):
 
 
 def test_help_is_the_manual():
-    process = subprocess.run([sys.executable, str(VMBACKUP), '--help'],
+    process = subprocess.run([PYTHON, str(VMBACKUP), '--help'],
                              capture_output=True, text=True, timeout=60)
     assert process.returncode == 0
     assert 'The steps of a run' in process.stdout
