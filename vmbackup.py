@@ -49,10 +49,10 @@ where the engine could be reached); 2 usage or config error, nothing done;
 """
 
 import argparse
+import collections
 import concurrent.futures
 import configparser
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import glob
@@ -77,6 +77,8 @@ import ovirtsdk4 as sdk
 import pycurl
 import ovirtsdk4.types as types
 
+VERSION = '2.1.0'
+
 EVENT_ORIGIN = 'ovirt-georep-backup'
 SNAPSHOT_DESCRIPTION = 'GLUSTER-Geo-rep-snapshot'
 HOSTED_ENGINE_NAME = 'HostedEngine'
@@ -92,8 +94,18 @@ SCHEDULER_CANDIDATES = (
     '/usr/lib/*/glusterfs/scripts/schedule_georep.py',     # Debian, Ubuntu
 )
 DEFAULT_GLUSTERFS = '/usr/sbin/glusterfs'
+DEFAULT_GLUSTER = '/usr/sbin/gluster'
+DEFAULT_MASTER_SERVER = 'localhost'
+DEFAULT_QEMU_IMG = 'qemu-img'
 DEFAULT_MOUNT_LOG = '/var/log/glusterfs/geo-replication/dr_slave.mount.log'
-DEFAULT_LOCK_DIR = '/run/lock'
+# gluster's shared storage volume, mounted on every node of the pool with
+# cluster.enable-shared-storage: where cluster-wide locks and state live
+SHARED_STORAGE = '/run/gluster/shared_storage'
+FALLBACK_LOCK_DIR = '/run/lock'               # this node only
+FALLBACK_STATUS_DIR = '/var/lib/vmbackup'     # this node only
+DEFAULT_PING_TIMEOUT = 10.0          # seconds, one monitoring ping
+DEFAULT_CHECK_WARNING = 25.0         # hours since the last success: WARNING
+DEFAULT_CHECK_CRITICAL = 49.0        # hours since the last success: CRITICAL
 DEFAULT_REQUEST_TIMEOUT = 300        # seconds, one API request
 DEFAULT_WAIT_TIMEOUT = 10.0          # minutes, snapshots to appear / to go
 DEFAULT_POLL_INTERVAL = 5.0          # seconds, at most, between checks
@@ -124,12 +136,19 @@ KNOWN_KEYS = {
     'connection': {'server', 'user_name', 'password', 'ca_file', 'insecure',
                    'timeout', 'connections'},
     'logging': {'logger_conf'},
-    'snapshot': {'wait_timeout', 'poll_interval'},
-    'gluster': {'schedule_georep', 'glusterfs', 'mount_log', 'storage_domain',
-                'scheduler_grace', 'mount_timeout'},
+    'snapshot': {'wait_timeout', 'poll_interval', 'require_quiesce'},
+    'gluster': {'schedule_georep', 'glusterfs', 'gluster', 'master_server',
+                'mount_log', 'storage_domain', 'scheduler_grace',
+                'mount_timeout'},
+    'verify': {'qemu_img'},
     'event': {'cluster'},
     'lock': {'lock_dir'},
+    'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
 }
+
+# what a VM's copy is, by what the guest agent did at the snapshot
+QUIESCED = 'quiesced'
+CRASH_CONSISTENT = 'crash-consistent only'
 
 log = logging.getLogger('vmbackup')
 
@@ -142,65 +161,116 @@ class LockHeld(Exception):
     """Another run holds the lock of this master volume: exit 3."""
 
 
-@dataclasses.dataclass
-class Settings:
+class Record:
+    """A plain record: the class's DEFAULTS, then the keyword arguments.
+    (Not a dataclass: EL8's Python 3.6 has no dataclasses.)"""
+    DEFAULTS = {}
+    HIDDEN = ()
+
+    def __init__(self, **values):
+        unknown = set(values) - set(self.DEFAULTS)
+        if unknown:
+            raise TypeError('%s has no field %s' % (
+                type(self).__name__, ', '.join(sorted(unknown))))
+        for name, default in self.DEFAULTS.items():
+            value = values.get(name, default)
+            setattr(self, name, list(value) if isinstance(value, list) else value)
+
+    def __repr__(self):
+        return '%s(%s)' % (type(self).__name__, ', '.join(
+            '%s=%r' % (name, getattr(self, name)) for name in self.DEFAULTS
+            if name not in self.HIDDEN))
+
+
+class Settings(Record):
     """The config file, checked."""
-    server: str
-    user_name: str
-    password: str = dataclasses.field(repr=False)
-    ca_file: str = None
-    insecure: bool = False
-    timeout: int = DEFAULT_REQUEST_TIMEOUT
-    connections: int = DEFAULT_CONNECTIONS
-    logger_conf: str = None
-    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    schedule_georep: list = None
-    glusterfs: str = DEFAULT_GLUSTERFS
-    mount_log: str = DEFAULT_MOUNT_LOG
-    storage_domain: str = None
-    scheduler_grace: int = DEFAULT_SCHEDULER_GRACE
-    mount_timeout: int = DEFAULT_MOUNT_TIMEOUT
-    cluster: str = None
-    lock_dir: str = DEFAULT_LOCK_DIR
+    DEFAULTS = {
+        'server': None, 'user_name': None, 'password': None,
+        'ca_file': None, 'insecure': False,
+        'timeout': DEFAULT_REQUEST_TIMEOUT,
+        'connections': DEFAULT_CONNECTIONS,
+        'logger_conf': None,
+        'wait_timeout': DEFAULT_WAIT_TIMEOUT,
+        'poll_interval': DEFAULT_POLL_INTERVAL,
+        'require_quiesce': False,
+        'schedule_georep': None,
+        'glusterfs': DEFAULT_GLUSTERFS,
+        'gluster': DEFAULT_GLUSTER,
+        'master_server': DEFAULT_MASTER_SERVER,
+        'mount_log': DEFAULT_MOUNT_LOG,
+        'storage_domain': None,
+        'scheduler_grace': DEFAULT_SCHEDULER_GRACE,
+        'mount_timeout': DEFAULT_MOUNT_TIMEOUT,
+        'qemu_img': None,
+        'cluster': None,
+        'lock_dir': None,
+        'lock_is_shared': False,
+        'status_dir': None,
+        'textfile_dir': None,
+        'ping_url': None,
+        'ping_timeout': DEFAULT_PING_TIMEOUT,
+    }
+    HIDDEN = ('password',)
 
 
-@dataclasses.dataclass
-class DiskRecord:
-    """One disk of a VM in the backup: its ids before and after the snapshot."""
-    disk_id: str
-    sd_id: str
-    base_id: str
-    overlay_id: str = None
+class DiskRecord(Record):
+    """One disk of a VM in the backup: its ids before and after the snapshot,
+    and what became of its copy at the remote site (None: not done)."""
+    DEFAULTS = {
+        'disk_id': None, 'sd_id': None, 'base_id': None, 'overlay_id': None,
+        'name': None,
+        'confirmed': None,        # the slave's base is the master's
+        'overlay_dropped': None,  # the overlay's three files deleted
+        'chain_repaired': None,   # the base's .meta says LEAF again
+        'verified': None,         # the chain passed every check of verify
+        'problem': None,          # why it is not backed up, one line
+    }
 
 
-@dataclasses.dataclass
-class VmBackup:
+class VmBackup(Record):
     """One VM in the backup, and what this run did to it."""
-    vm_id: str
-    name: str
-    disks: list
-    stale_snapshot_ids: list = dataclasses.field(default_factory=list)
-    snapshot_id: str = None
-    snapshot_ready: bool = False
-    request_error: str = None   # why the snapshot request got no answer
+    DEFAULTS = {
+        'vm_id': None, 'name': None, 'disks': [],
+        'stale_snapshot_ids': [],
+        'snapshot_id': None,
+        'snapshot_ready': False,
+        'request_error': None,      # why the snapshot request got no answer
+        'consistency': None,        # QUIESCED or CRASH_CONSISTENT, when known
+        'snapshot_removed': None,
+    }
 
 
-@dataclasses.dataclass
-class Plan:
+class Plan(Record):
     """What step 4 chose: the storage domains and the VMs."""
-    storage_domains: dict       # id -> name; empty when none could be matched
-    backups: list
-    up_vm_count: int = 0
+    DEFAULTS = {
+        'storage_domains': {},      # id -> name; empty with --all-vms
+        'backups': [],
+        'up_vm_count': 0,
+    }
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM): the steps left are skipped,
+    the cleanup is not."""
 
 
 class Run:
-    """Given the master volume, collect what failed during one run."""
+    """One run: the command line, the settings, the stop request, what was
+    chosen and done, the time each step took and what failed."""
 
-    def __init__(self, mastervol):
-        self.mastervol = mastervol
+    def __init__(self, args, settings, stop):
+        self.args = args
+        self.settings = settings
+        self.stop = stop
+        self.mastervol = args.mastervol
         self.started = time.monotonic()
+        self.started_at = time.time()     # wall clock, for the status file
+        self.ended_at = None
         self.failures = []
+        self.step_seconds = collections.OrderedDict()   # step -> seconds
+        self.plan = None                  # Plan, once the VMs are chosen
+        self.created = []                 # VmBackups with a snapshot of ours
+        self.exit_status = None
 
     def fail(self, message, *args):
         """Log an error and remember it for the event and the exit status."""
@@ -210,6 +280,23 @@ class Run:
 
     def minutes(self):
         return (time.monotonic() - self.started) / 60
+
+    def check_stop(self):
+        """Raise Interrupted when a stop was requested."""
+        if self.stop.requested:
+            raise Interrupted(self.stop.signal_name)
+
+    @contextlib.contextmanager
+    def step(self, name):
+        """Time a step of the run (added to step_seconds under name); raise
+        Interrupted before it starts when a stop was requested."""
+        self.check_stop()
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.step_seconds[name] = (self.step_seconds.get(name, 0.0)
+                                       + time.monotonic() - began)
 
 
 class Stop:
@@ -256,17 +343,20 @@ def terminate_child(process):
 
 # Step 1: the command line and the config file ------------------------------
 
-def parse_command_line(argv):
-    """Given the arguments, return the argparse namespace; raise UsageError."""
+def build_parser():
+    """Return the argparse parser of the command line (its text is the man
+    page's too)."""
     parser = argparse.ArgumentParser(
-        prog='vmbackup.py', description=__doc__,
+        prog='vmbackup', description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('mastervol', metavar='MASTERVOL',
                         help='gluster volume that backs the oVirt storage domain')
-    parser.add_argument('slave', metavar='SLAVE',
-                        help='HOST, root@HOST or user@HOST of the remote site')
-    parser.add_argument('slavevol', metavar='SLAVEVOL',
-                        help='gluster volume at the remote site')
+    parser.add_argument('slave', metavar='SLAVE', nargs='?',
+                        help='HOST, root@HOST or user@HOST of the remote site '
+                             '(not needed by --status and --check)')
+    parser.add_argument('slavevol', metavar='SLAVEVOL', nargs='?',
+                        help='gluster volume at the remote site (not needed '
+                             'by --status and --check)')
     parser.add_argument('-c', '--config', required=True,
                         help='path to the config file')
     parser.add_argument('-i', '--interval', type=int, default=10,
@@ -274,25 +364,59 @@ def parse_command_line(argv):
                              '(default 10)')
     parser.add_argument('-t', '--timeout', type=int, default=0,
                         help='minutes before the scheduler gives up on the '
-                             'checkpoint; 0 waits for ever (default 0)')
+                             'checkpoint; 0 waits for ever (default 0; give '
+                             'one under cron)')
     parser.add_argument('--vm', action='append', default=[], metavar='NAME',
                         help='back up only this VM (repeatable)')
     parser.add_argument('--exclude', action='append', default=[],
                         metavar='NAME', help='leave this VM out (repeatable)')
-    parser.add_argument('--dry-run', action='store_true',
-                        help='choose the VMs and print what would be done, '
-                             'changing nothing')
+    parser.add_argument('--all-vms', action='store_true',
+                        help='the 2016 behaviour: every running VM with all '
+                             'its disks, even when no storage domain of '
+                             'MASTERVOL is found')
+    parser.add_argument('--require-quiesce', action='store_true',
+                        help='fail the backup of a VM whose guest could not be '
+                             'frozen (its copy is only crash-consistent)')
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument('--dry-run', action='store_true',
+                      help='check, choose the VMs and print what would be '
+                           'done, changing nothing')
+    mode.add_argument('--verify', action='store_true',
+                      help='check the copy at the remote site as a DR engine '
+                           'would import it; needs no engine, changes nothing')
+    mode.add_argument('--status', action='store_true',
+                      help="print the last run's result for MASTERVOL")
+    mode.add_argument('--check', action='store_true',
+                      help='Nagios-style check of the last run: exit 0 OK, '
+                           '1 WARNING, 2 CRITICAL, 3 UNKNOWN')
+    parser.add_argument('--warning', type=float, metavar='HOURS',
+                        default=DEFAULT_CHECK_WARNING,
+                        help='--check: WARNING when the last success is older '
+                             '(default %g)' % DEFAULT_CHECK_WARNING)
+    parser.add_argument('--critical', type=float, metavar='HOURS',
+                        default=DEFAULT_CHECK_CRITICAL,
+                        help='--check: CRITICAL when the last success is older '
+                             '(default %g)' % DEFAULT_CHECK_CRITICAL)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument('-v', '--verbose', action='store_true',
                            help='log debugging detail')
     verbosity.add_argument('-q', '--quiet', action='store_true',
                            help='log only warnings and errors')
+    parser.add_argument('--version', action='version',
+                        version='%(prog)s ' + VERSION)
+    return parser
+
+
+def parse_command_line(argv):
+    """Given the arguments, return the argparse namespace; raise UsageError."""
+    parser = build_parser()
 
     def error(message):
         raise UsageError(message)
 
     parser.error = error
     args = parser.parse_args(argv)
+    args.read_only = args.status or args.check
     check_arguments(args)
     return args
 
@@ -300,12 +424,19 @@ def parse_command_line(argv):
 def check_arguments(args):
     """Given the parsed arguments, raise UsageError for values that can't work."""
     problems = []
-    for label, value in (('MASTERVOL', args.mastervol),
-                         ('SLAVEVOL', args.slavevol)):
+    names = [('MASTERVOL', args.mastervol)]
+    if not args.read_only:
+        if args.slave is None or args.slavevol is None:
+            problems.append('SLAVE and SLAVEVOL are needed (only --status and '
+                            '--check do without)')
+        else:
+            names.append(('SLAVEVOL', args.slavevol))
+            if not SLAVE_NAME.match(args.slave):
+                problems.append('SLAVE %r is not HOST, root@HOST or user@HOST'
+                                % args.slave)
+    for label, value in names:
         if not VOLUME_NAME.match(value):
             problems.append('%s %r is not a gluster volume name' % (label, value))
-    if not SLAVE_NAME.match(args.slave):
-        problems.append('SLAVE %r is not HOST, root@HOST or user@HOST' % args.slave)
     if args.interval < 1:
         problems.append('--interval must be at least 1 second, not %d'
                         % args.interval)
@@ -316,13 +447,87 @@ def check_arguments(args):
     if overlap:
         problems.append('VM named both in --vm and --exclude: %s'
                         % ', '.join(overlap))
+    if not (0 < args.warning <= args.critical):
+        problems.append('--warning and --critical are hours, 0 < warning <= '
+                        'critical (not %g and %g)' % (args.warning, args.critical))
     if problems:
         raise UsageError('; '.join(problems))
 
 
-def read_config(path):
+class ConfigReader:
+    """Given a parsed config file, read its keys, collecting every problem
+    (with the key's name) in self.problems instead of stopping at the first."""
+
+    def __init__(self, parser, path):
+        self.parser = parser
+        self.base = os.path.dirname(os.path.abspath(path))
+        self.problems = []
+
+    def text(self, section, key, default=None, required=False):
+        value = self.parser.get(section, key, fallback=None)
+        value = value.strip() if value is not None else None
+        if not value:
+            if required:
+                if not self.parser.has_section(section):
+                    self.problems.append('[%s] section is missing (it needs %s)'
+                                         % (section, key))
+                else:
+                    self.problems.append('[%s] %s is %s' % (
+                        section, key, 'empty' if value == '' else 'missing'))
+            return default
+        return value
+
+    def number(self, section, key, default, kind, allow_zero=False):
+        text = self.text(section, key)
+        if text is None:
+            return default
+        try:
+            value = kind(text)
+        except ValueError:
+            self.problems.append('[%s] %s = %r is not a %s' % (
+                section, key, text,
+                'whole number' if kind is int else 'number'))
+            return default
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            self.problems.append('[%s] %s = %s must be %s' % (
+                section, key, text, '0 or more' if allow_zero else 'more than 0'))
+            return default
+        return value
+
+    def boolean(self, section, key, default=False):
+        text = self.text(section, key)
+        if text is None:
+            return default
+        if text.lower() in ('yes', 'true', 'on', '1'):
+            return True
+        if text.lower() not in ('no', 'false', 'off', '0'):
+            self.problems.append('[%s] %s = %r must be yes or no'
+                                 % (section, key, text))
+        return False
+
+    def path(self, section, key, default=None):
+        value = self.text(section, key)
+        if value is None:
+            return default
+        return os.path.join(self.base, os.path.expanduser(value))
+
+    def warn_unknown(self, path):
+        for section in self.parser.sections():
+            known = KNOWN_KEYS.get(section)
+            if known is None:
+                log.warning('config file %s: unknown section [%s] ignored',
+                            path, section)
+                continue
+            for key in self.parser.options(section):
+                if key not in known:
+                    log.warning('config file %s: unknown key [%s] %s ignored',
+                                path, section, key)
+
+
+def read_config(path, needs_engine=True):
     """Given the config file's path, return Settings; raise UsageError naming
-    every bad key at once."""
+    every bad key at once. Without needs_engine (--verify, --status,
+    --check) the engine's keys and the scheduler are not required."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding='utf-8') as config_file:
@@ -335,120 +540,123 @@ def read_config(path):
         raise UsageError('config file %s is not a valid INI file: %s'
                          % (path, first_line)) from None
     warn_if_readable_by_others(path)
-    base = os.path.dirname(os.path.abspath(path))
-    problems = []
+    config = ConfigReader(parser, path)
+    config.warn_unknown(path)
+    problems = config.problems
 
-    def get(section, key, default=None, required=False):
-        value = parser.get(section, key, fallback=None)
-        value = value.strip() if value is not None else None
-        if not value:
-            if required:
-                if not parser.has_section(section):
-                    problems.append('[%s] section is missing (it needs %s)'
-                                    % (section, key))
-                else:
-                    problems.append('[%s] %s is %s' % (
-                        section, key,
-                        'empty' if value == '' else 'missing'))
-            return default
-        return value
-
-    def number(section, key, default, kind, allow_zero=False):
-        text = get(section, key)
-        if text is None:
-            return default
-        try:
-            value = kind(text)
-        except ValueError:
-            problems.append('[%s] %s = %r is not a %s' % (
-                section, key, text,
-                'whole number' if kind is int else 'number'))
-            return default
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            problems.append('[%s] %s = %s must be %s' % (
-                section, key, text, '0 or more' if allow_zero else 'more than 0'))
-            return default
-        return value
-
-    def path_key(section, key, default=None):
-        value = get(section, key)
-        if value is None:
-            return default
-        return os.path.join(base, os.path.expanduser(value))
-
-    for section in parser.sections():
-        known = KNOWN_KEYS.get(section)
-        if known is None:
-            log.warning('config file %s: unknown section [%s] ignored',
-                        path, section)
-            continue
-        for key in parser.options(section):
-            if key not in known:
-                log.warning('config file %s: unknown key [%s] %s ignored',
-                            path, section, key)
-
-    server = get('connection', 'server', required=True)
-    user_name = get('connection', 'user_name', required=True)
+    server = config.text('connection', 'server', required=needs_engine)
+    user_name = config.text('connection', 'user_name', required=needs_engine)
     password = parser.get('connection', 'password', fallback=None)
-    if parser.has_section('connection'):
+    if needs_engine and parser.has_section('connection'):
         if password is None:
             problems.append('[connection] password is missing')
         elif password == '':
             problems.append('[connection] password is empty')
-    insecure_text = get('connection', 'insecure', 'no')
-    insecure = False
-    if insecure_text.lower() in ('yes', 'true', 'on', '1'):
-        insecure = True
-    elif insecure_text.lower() not in ('no', 'false', 'off', '0'):
-        problems.append('[connection] insecure = %r must be yes or no'
-                        % insecure_text)
+    insecure = config.boolean('connection', 'insecure')
     if server is not None:
         server, problem = check_server_url(server, insecure)
         if problem:
             problems.append(problem)
-    ca_file = path_key('connection', 'ca_file')
-    if ca_file is not None and not insecure:
+    ca_file = config.path('connection', 'ca_file')
+    if ca_file is not None and not insecure and needs_engine:
         if not os.path.isfile(ca_file):
             problems.append('[connection] ca_file %s does not exist' % ca_file)
         elif not os.access(ca_file, os.R_OK):
             problems.append('[connection] ca_file %s is not readable' % ca_file)
 
+    shared = shared_storage_dir()
+    lock_dir = config.path('lock', 'lock_dir')
+    status_dir = config.path('status', 'dir')
     settings = Settings(
         server=server, user_name=user_name, password=password or '',
         ca_file=ca_file if not insecure else None, insecure=insecure,
-        timeout=number('connection', 'timeout', DEFAULT_REQUEST_TIMEOUT, int),
-        connections=number('connection', 'connections', DEFAULT_CONNECTIONS,
-                           int),
-        logger_conf=path_key('logging', 'logger_conf'),
-        wait_timeout=number('snapshot', 'wait_timeout', DEFAULT_WAIT_TIMEOUT,
-                            float),
-        poll_interval=number('snapshot', 'poll_interval',
-                             DEFAULT_POLL_INTERVAL, float),
-        glusterfs=path_key('gluster', 'glusterfs', DEFAULT_GLUSTERFS),
-        mount_log=path_key('gluster', 'mount_log', DEFAULT_MOUNT_LOG),
-        storage_domain=get('gluster', 'storage_domain'),
-        mount_timeout=number('gluster', 'mount_timeout', DEFAULT_MOUNT_TIMEOUT,
-                             int),
-        scheduler_grace=number('gluster', 'scheduler_grace',
-                               DEFAULT_SCHEDULER_GRACE, int, allow_zero=True),
-        cluster=get('event', 'cluster'),
-        lock_dir=path_key('lock', 'lock_dir', DEFAULT_LOCK_DIR),
+        timeout=config.number('connection', 'timeout', DEFAULT_REQUEST_TIMEOUT,
+                              int),
+        connections=config.number('connection', 'connections',
+                                  DEFAULT_CONNECTIONS, int),
+        logger_conf=config.path('logging', 'logger_conf'),
+        wait_timeout=config.number('snapshot', 'wait_timeout',
+                                   DEFAULT_WAIT_TIMEOUT, float),
+        poll_interval=config.number('snapshot', 'poll_interval',
+                                    DEFAULT_POLL_INTERVAL, float),
+        require_quiesce=config.boolean('snapshot', 'require_quiesce'),
+        glusterfs=config.path('gluster', 'glusterfs', DEFAULT_GLUSTERFS),
+        gluster=config.path('gluster', 'gluster', DEFAULT_GLUSTER),
+        master_server=config.text('gluster', 'master_server',
+                                  DEFAULT_MASTER_SERVER),
+        mount_log=config.path('gluster', 'mount_log', DEFAULT_MOUNT_LOG),
+        storage_domain=config.text('gluster', 'storage_domain'),
+        mount_timeout=config.number('gluster', 'mount_timeout',
+                                    DEFAULT_MOUNT_TIMEOUT, int),
+        scheduler_grace=config.number('gluster', 'scheduler_grace',
+                                      DEFAULT_SCHEDULER_GRACE, int,
+                                      allow_zero=True),
+        qemu_img=config.text('verify', 'qemu_img', DEFAULT_QEMU_IMG),
+        cluster=config.text('event', 'cluster'),
+        lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
+                              else FALLBACK_LOCK_DIR),
+        lock_is_shared=bool(shared) if lock_dir is None else is_fuse(lock_dir),
+        status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
+                                  else FALLBACK_STATUS_DIR),
+        textfile_dir=config.path('status', 'textfile_dir'),
+        ping_url=config.text('status', 'ping_url'),
+        ping_timeout=config.number('status', 'ping_timeout',
+                                   DEFAULT_PING_TIMEOUT, float),
     )
+    if settings.ping_url is not None:
+        url = urllib.parse.urlsplit(settings.ping_url)
+        if url.scheme not in ('http', 'https') or not url.hostname:
+            problems.append('[status] ping_url = %r is not an http(s) URL'
+                            % settings.ping_url)
     if settings.logger_conf is not None and not os.path.isfile(settings.logger_conf):
         problems.append('[logging] logger_conf %s does not exist'
                         % settings.logger_conf)
-    settings.schedule_georep = find_scheduler(get('gluster', 'schedule_georep'),
-                                              problems)
-    if not is_executable(settings.glusterfs):
-        problems.append('[gluster] glusterfs %s is not an executable file '
-                        '(install glusterfs-fuse / glusterfs-client, or name '
-                        'the FUSE client)' % settings.glusterfs)
-    if not os.path.isdir(settings.lock_dir):
+    if needs_engine:
+        settings.schedule_georep = find_scheduler(
+            config.text('gluster', 'schedule_georep'), problems)
+        for key, package in (('glusterfs', 'glusterfs-fuse / glusterfs-client'),
+                             ('gluster', 'glusterfs-cli / glusterfs-cli')):
+            program = getattr(settings, key)
+            if not is_executable(program):
+                problems.append('[gluster] %s %s is not an executable file '
+                                '(install %s, or name it)'
+                                % (key, program, package))
+    if not os.path.isdir(settings.lock_dir) and lock_dir is not None:
         problems.append('[lock] lock_dir %s is not a directory'
                         % settings.lock_dir)
+    if settings.textfile_dir is not None and not os.path.isdir(settings.textfile_dir):
+        problems.append('[status] textfile_dir %s is not a directory'
+                        % settings.textfile_dir)
     if problems:
         raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
     return settings
+
+
+def shared_storage_dir():
+    """Return gluster's shared storage mount point when it is mounted (the
+    same file system on every node of the pool), else None."""
+    if is_mount_point(SHARED_STORAGE):
+        return SHARED_STORAGE
+    return None
+
+
+def is_fuse(path):
+    """Tell whether path is on a FUSE file system (a gluster mount: an flock
+    there is seen by every client of the volume)."""
+    with contextlib.suppress(OSError):
+        with open('/proc/self/mountinfo', encoding='utf-8') as table:
+            best = ('', '')
+            target = os.path.realpath(path)
+            for line in table:
+                fields = line.split()
+                point = unescape_mount_path(fields[4])
+                fstype = fields[fields.index('-') + 1]
+                inside = target == point or target.startswith(
+                    point.rstrip('/') + '/')
+                if inside and len(point) >= len(best[0]):
+                    best = (point, fstype)
+            return best[1].startswith('fuse')
+    return False
 
 
 def check_server_url(server, insecure):
@@ -1460,14 +1668,17 @@ def is_mount_point(directory):
     try:
         with open('/proc/self/mountinfo', encoding='utf-8') as table:
             for line in table:
-                point = line.split()[4]
-                point = re.sub(r'\\([0-7]{3})',
-                               lambda match: chr(int(match.group(1), 8)), point)
-                if point == target:
+                if unescape_mount_path(line.split()[4]) == target:
                     return True
     except OSError:
         pass
     return False
+
+
+def unescape_mount_path(field):
+    """Given a mount point as /proc/self/mountinfo writes it, return it."""
+    return re.sub(r'\\([0-7]{3})', lambda match: chr(int(match.group(1), 8)),
+                  field)
 
 
 def wait_for_mount(directory, seconds=5):
@@ -1768,7 +1979,7 @@ def event_was_taken(system, event):
 def back_up(args, settings, stop):
     """Given the command line and settings, with the lock held, do steps 3 to
     10; return the exit status."""
-    run = Run(args.mastervol)
+    run = Run(args, settings, stop)
     engine = Engine(settings)
     try:
         engine.connect()
@@ -1830,8 +2041,11 @@ def main(argv=None):
     bootstrap_logging()
     try:
         args = parse_command_line(argv)
-        settings = read_config(args.config)
+        settings = read_config(args.config, needs_engine=not (
+            args.verify or args.read_only))
         configure_logging(settings, args)
+        if args.verify or args.read_only:
+            raise UsageError('--verify, --status and --check are not there yet')
     except UsageError as error:
         log.error('%s', error)
         return EXIT_USAGE

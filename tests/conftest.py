@@ -123,6 +123,8 @@ class Site:
         self.scratch.mkdir()
         self.lock_dir = tmp_path / 'lock'
         self.lock_dir.mkdir()
+        self.status_dir = tmp_path / 'status'
+        self.status_dir.mkdir()
         self.mount_log = tmp_path / 'log' / 'dr_slave.mount.log'
         self.ca_file = engine.ca_pem_path(str(tmp_path))
         self.sd_id = engine.add_storage_domain(
@@ -163,8 +165,10 @@ class Site:
                 'gluster': {'schedule_georep': '%s %s' % (
                     sys.executable, FAKEBIN / 'schedule_georep'),
                     'glusterfs': str(FAKEBIN / 'glusterfs'),
+                    'gluster': str(FAKEBIN / 'gluster'),
                     'mount_log': str(self.mount_log)},
                 'lock': {'lock_dir': str(self.lock_dir)},
+                'status': {'dir': str(self.status_dir)},
             }
             for section, keys in sections.items():
                 values.setdefault(section, {}).update(keys)

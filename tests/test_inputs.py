@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import trustme
 
-from conftest import (MASTER, PASSWORD, PYTHON, SLAVE, SLAVEVOL, USER,
+from conftest import (FAKEBIN, MASTER, PASSWORD, PYTHON, SLAVE, SLAVEVOL, USER,
                       VMBACKUP, assert_invariants)
 
 
@@ -135,9 +135,10 @@ def test_a_config_of_the_2016_tool_works_unchanged(site):
     # with its v3-style URL; [gluster] and [lock] only point at the fakes
     text = ('[connection]\nserver=%s\nuser_name=%s\npassword=%s\nca_file=%s\n\n'
             '[logging]\n\n[snapshot]\n#timeout value in minutes\nwait_timeout=10\n'
-            '[gluster]\nschedule_georep=%s\nglusterfs=%s\n[lock]\nlock_dir=%s\n'
+            '[gluster]\nschedule_georep=%s\nglusterfs=%s\ngluster=%s\n[lock]\nlock_dir=%s\n'
             % (site.engine.url.replace('/ovirt-engine/api', '/api'), USER,
-               PASSWORD, site.ca_file, VMBACKUP, '/bin/true', site.lock_dir))
+               PASSWORD, site.ca_file, VMBACKUP, '/bin/true',
+               FAKEBIN / 'gluster', site.lock_dir))
     site.add_vm('web')
     result = site.run('--dry-run', config=site.config(text=text))
     assert result.code == 0, result.output
