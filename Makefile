@@ -37,7 +37,7 @@ test: venv
 # tool is on 3.6 (VMBACKUP_PYTHON). Not the real-gluster tests, the bench or
 # the packaging, which make test covers.
 test-py36: venv $(VENV36)/.installed
-	$(VENV36)/bin/python -c "import py_compile, sys; py_compile.compile('vmbackup.py', cfile='/dev/null', doraise=True)"
+	$(VENV36)/bin/python -m py_compile vmbackup.py
 	VMBACKUP_PYTHON=$(abspath $(VENV36))/bin/python $(PY) -m pytest \
 	    -n $(WORKERS) -m 'not gluster' --ignore=tests/gluster \
 	    --ignore=tests/test_bench_smoke.py --ignore=tests/test_packaging.py \
