@@ -49,9 +49,13 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
-man: venv
+# the man page imports vmbackup.py, so it needs ovirtsdk4: the venv's, or
+# e.g. MAN_PYTHON=python3 on EL with python3-ovirt-engine-sdk4 installed
+MAN_PYTHON ?= $(PY)
+
+man: $(if $(filter $(PY),$(MAN_PYTHON)),venv)
 	mkdir -p $(BUILD)
-	$(PY) dist/manpage.py vmbackup.py > $(BUILD)/vmbackup.8.tmp
+	$(MAN_PYTHON) dist/manpage.py vmbackup.py > $(BUILD)/vmbackup.8.tmp
 	mv $(BUILD)/vmbackup.8.tmp $(BUILD)/vmbackup.8
 
 rpm: man
