@@ -28,6 +28,21 @@ def source_version():
     return match.group(1)
 
 
+def needs_command(command, package):
+    """Make sure command is on PATH: make test installs what it tests with
+    (Debian's package, with apt-get) on a machine that lacks it."""
+    if shutil.which(command):
+        return
+    if not shutil.which('apt-get'):
+        pytest.fail('%s is missing and there is no apt-get to install %s'
+                    % (command, package))
+    env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+    process = run(['apt-get', '-o', 'DPkg::Lock::Timeout=600', 'install',
+                   '-y', '-q', '--no-install-recommends', package], env=env)
+    assert process.returncode == 0 and shutil.which(command), \
+        'apt-get install %s: %s' % (package, process.stderr[-2000:])
+
+
 def run(command, **kwargs):
     return subprocess.run([str(part) for part in command],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -45,6 +60,7 @@ def man_roff(tmp_path_factory):
 
 def render(roff, directory):
     """Given roff text, return what `man -l` shows of it (and its stderr)."""
+    needs_command('man', 'man-db')
     page = directory / 'vmbackup.8'
     page.write_text(roff)
     env = dict(os.environ, MANWIDTH='100', COLUMNS='100', LC_ALL='C.UTF-8',
@@ -131,6 +147,7 @@ def verify_units(directory, texts):
     checks that the command exists and is executable) and the environment
     file at directory/vmstore.env; return what systemd-analyze verify says
     about the instance vmstore (nothing when all is well)."""
+    needs_command('systemd-analyze', 'systemd')
     for name, text in texts.items():
         text = text.replace('/usr/bin/vmbackup', str(VMBACKUP))
         text = text.replace('/etc/vmbackup/%i.env', str(directory / '%i.env'))
@@ -149,17 +166,10 @@ def shipped_units():
     return {name: (DIST / name).read_text() for name in UNITS}
 
 
-needs_systemd_analyze = pytest.mark.skipif(
-    shutil.which('systemd-analyze') is None,
-    reason='systemd-analyze is not installed')
-
-
-@needs_systemd_analyze
 def test_the_shipped_units_pass_systemd_analyze_verify(tmp_path):
     assert verify_units(tmp_path, shipped_units()) == ''
 
 
-@needs_systemd_analyze
 @pytest.mark.parametrize('unit, old, new, expected', [
     ('vmbackup@.service', 'KillMode=mixed', 'KilMode=mixed', "Unknown key 'KilMode'"),
     ('vmbackup@.service', 'ExecStart=/usr/bin/vmbackup',
@@ -290,6 +300,7 @@ def test_the_rpm_is_noarch_and_has_the_version_of_vmbackup_py(rpm):
 
 
 def test_the_packaged_command_is_vmbackup_py_on_the_system_python(rpm, tmp_path):
+    needs_command('cpio', 'cpio')
     cpio = subprocess.Popen(['rpm2cpio', str(rpm)], stdout=subprocess.PIPE)
     extract = subprocess.run(['cpio', '-idm', '--quiet'], stdin=cpio.stdout,
                              cwd=str(tmp_path), timeout=60)
