@@ -578,14 +578,16 @@ class FakeEngine:
             self._vms[vm.id] = vm
             return vm.id
 
-    def add_snapshot(self, vm_name, description):
-        """Add a finished snapshot (status ok) with its overlay files; return its id."""
+    def add_snapshot(self, vm_name, description, age=0):
+        """Add a finished snapshot (status ok) with its overlay files, taken
+        age seconds ago; return its id."""
         with self._lock:
             self._advance()
             vm = self._vm_by_name(vm_name)
             disk_ids = [d for d in vm.disk_ids if not self._disks[d].shareable]
             snapshot = _Snapshot(str(uuid.uuid4()), description, 'regular', 'ok',
                                  persist_memorystate=False, disk_ids=disk_ids)
+            snapshot.date -= datetime.timedelta(seconds=age)
             vm.snapshots[snapshot.id] = snapshot
             self._create_overlays(vm, snapshot)
             return snapshot.id
