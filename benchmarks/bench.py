@@ -421,7 +421,7 @@ def cleanup_against_walk(file_count, seed=4):
               % (3 * len(volumes), len({d for d, _ in volumes}), len(volumes),
                  built, len(picked), len(paths)), flush=True)
 
-        run = vmbackup.Run('vol')
+        run = vmbackup.Run(argparse.Namespace(mastervol='vol'), None, None)
         began = time.perf_counter()
         deleted = vmbackup.delete_overlays(base, paths, run)
         ours = time.perf_counter() - began
