@@ -1411,9 +1411,11 @@ class Polls:
     """The checks of the engine, timed start to start: the first after
     FIRST_POLL seconds, each next wait BACKOFF times longer, up to
     poll_interval; after hurry(), FIRST_POLL again (the engine is finishing
-    what the run waits for)."""
+    what the run waits for). Given `since` (a time.monotonic()), the first
+    check is due FIRST_POLL seconds after it, at once if that has passed."""
 
-    def __init__(self, settings, sleep=time.sleep):
+    def __init__(self, settings, sleep=time.sleep, since=None):
+        self.since = since
         self.first = min(FIRST_POLL, settings.poll_interval)
         self.interval = settings.poll_interval
         self.sleep = sleep
@@ -1424,7 +1426,7 @@ class Polls:
         self.hurried = True
 
     def __iter__(self):
-        last = time.monotonic()
+        last = time.monotonic() if self.since is None else self.since
         while True:
             self.sleep(max(0.0, last + self.delay - time.monotonic()))
             last = time.monotonic()
@@ -2090,14 +2092,15 @@ class Removal:
         self.entries = {snapshot_id: RemovalEntry(backup)
                         for backup, snapshot_id in targets}
         self.deadline = None
+        self.sent = None            # time.monotonic() of the first send
         self.feed = Feed(engine, 'snapshot removal', REMOVAL_ENDS)
         self.watch = None
 
     def send(self):
         """Send the removals that are due."""
         if self.deadline is None:
-            self.deadline = (time.monotonic()
-                             + self.settings.wait_timeout * 60)
+            self.sent = time.monotonic()
+            self.deadline = self.sent + self.settings.wait_timeout * 60
             self.feed.start()
             self.watch = Watch(self.feed, self.deadline)
         due = [(sid, entry) for sid, entry in self.entries.items()
@@ -2173,7 +2176,9 @@ class Removal:
         return the (VmBackup, snapshot id) pairs left."""
         if self.deadline is None:
             self.send()
-        pace = Polls(self.settings)
+        # the merges went on while the slave was cleaned: the first check
+        # is due FIRST_POLL after the removals were sent
+        pace = Polls(self.settings, since=self.sent)
         for _ in pace:
             final = time.monotonic() > self.deadline
             if self.check():
