@@ -118,6 +118,7 @@ BACKOFF = 1.25
 DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
 PAGE_SIZE = 100                      # the engine's cap on one search answer
+LOOK_PAGE_SIZE = 20                  # VMs per page when looking again at some
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
 EVENT_ATTEMPTS = 3
 EVENT_LOOKBACK = 100                 # latest events searched for our own
@@ -284,7 +285,7 @@ class Plan(Record):
         'storage_domains': {},      # id -> name; empty with --all-vms
         'backups': [],
         'up_vm_count': 0,
-        'vm_pages': {},             # vm id -> its page of the list of running VMs
+        'vm_positions': {},         # vm id -> its place in the list of running VMs
     }
 
 
@@ -1055,10 +1056,10 @@ def backs_volume(domain, mastervol):
     return path == mastervol
 
 
-def list_vms(system, search, follow, pages=None):
+def list_vms(system, search, follow, positions=None):
     """Given a search, return every VM it finds, page after page (the engine
-    answers at most PAGE_SIZE at a time), with `follow` inlined; fill pages,
-    when given, with {vm id: the page it was on}."""
+    answers at most PAGE_SIZE at a time), with `follow` inlined; fill
+    positions, when given, with {vm id: its place in the answer, from 0}."""
     found = {}
     page = 1
     while True:
@@ -1066,19 +1067,19 @@ def list_vms(system, search, follow, pages=None):
         new = [vm for vm in answer if vm.id not in found]
         for vm in new:
             found[vm.id] = vm
-            if pages is not None:
-                pages[vm.id] = page
+            if positions is not None:
+                positions[vm.id] = len(positions)
         if len(answer) < PAGE_SIZE or not new:
             return list(found.values())
         page += 1
 
 
-def list_page(system, search, page, follow):
-    """Given a search and a page number, return that page of VMs, with
-    `follow` inlined."""
+def list_page(system, search, page, follow, size=PAGE_SIZE):
+    """Given a search and a page number (of `size` VMs), return that page of
+    VMs, with `follow` inlined."""
     query = '%s page %d' % (search, page)
     answer = following(lambda **follows: system.vms_service().list(
-        search=query, max=PAGE_SIZE, **follows), follow)
+        search=query, max=size, **follows), follow)
     return [fill_in(system, vm, follow) for vm in answer]
 
 
@@ -1137,8 +1138,8 @@ def choose_vms(engine, args, settings, run):
     if domains is None:
         return None
     try:
-        vm_pages = {}
-        vms = list_vms(engine.system, 'status=up', FOLLOW, vm_pages)
+        vm_positions = {}
+        vms = list_vms(engine.system, 'status=up', FOLLOW, vm_positions)
     except sdk.Error as error:
         run.fail('could not list the running VMs: %s', one_line(error))
         return None
@@ -1187,7 +1188,7 @@ def choose_vms(engine, args, settings, run):
                     'domain ' + ', '.join(domains.values()) if domains
                     else 'any storage domain')
     return Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms),
-                vm_pages=vm_pages)
+                vm_positions=vm_positions)
 
 
 def disks_to_back_up(vm, domains):
@@ -1382,16 +1383,17 @@ def look_for_snapshots(engine, backups, plan, found_message):
 
 def fetch_vms(engine, vm_ids, plan, follow):
     """Given VM ids, return {vm_id: types.Vm with `follow` inlined, or the
-    sdk.Error of its look-up}, with as few requests as it takes: the pages of
-    the list of running VMs that held them at step 4, fetched together, when
-    they are fewer than the VMs, then one GET per VM not found there."""
+    sdk.Error of its look-up}, with as few requests as it takes: the pages
+    (of LOOK_PAGE_SIZE) of the list of running VMs that held them at step 4,
+    fetched together, when they are fewer than the VMs, then one GET per VM
+    not found there."""
     states = {}
-    vm_pages = plan.vm_pages if plan is not None else {}
-    pages = sorted({vm_pages[vm_id] for vm_id in vm_ids if vm_id in vm_pages})
+    pages = sorted({page for page in (look_page(plan, vm_id) for vm_id in vm_ids)
+                    if page is not None})
     if pages and len(pages) < len(vm_ids):
         answers = engine.map([
-            (page, lambda system, page=page: list_page(system, 'status=up',
-                                                       page, follow))
+            (page, lambda system, page=page: list_page(
+                system, 'status=up', page, follow, LOOK_PAGE_SIZE))
             for page in pages])
         wanted = set(vm_ids)
         for page, answer in answers.items():
@@ -1405,6 +1407,13 @@ def fetch_vms(engine, vm_ids, plan, follow):
         (vm_id, lambda system, vm_id=vm_id: get_vm(system, vm_id, follow))
         for vm_id in missing]))
     return states
+
+
+def look_page(plan, vm_id):
+    """Given the Plan and a VM id, return the page (of LOOK_PAGE_SIZE) of the
+    list of running VMs that held it at step 4, or None."""
+    position = plan.vm_positions.get(vm_id) if plan is not None else None
+    return None if position is None else position // LOOK_PAGE_SIZE + 1
 
 
 class Polls:
@@ -1506,6 +1515,8 @@ class Feed:
             if (event.code in NOT_FROZEN and event.correlation_id
                     in (None, self.correlation_id)):
                 self.not_frozen.setdefault(vm_id, NOT_FROZEN[event.code])
+        log.debug('%s: %d events since %s, %d VMs done', self.what, len(events),
+                  self.last_event, len(changed))
         if numbers:
             self.last_event = max(numbers)
         if len(events) >= FEED_MAX:
@@ -1539,18 +1550,24 @@ def event_number(event):
 
 class Watch:
     """Which of the VMs a wait is on to look at, check by check: those the
-    feed names, those whose last look failed, and all of them when the feed
-    can't tell, at the safety net's looks (NET_FIRST seconds, then twice as
-    long each time, up to NET_LAST, and at most a quarter of the wait; a job
-    count that matches skips it), and at the deadline."""
+    feed names, a page of the VM list at a time (a page once all its VMs
+    awaited are named, or once the first named has waited `hold` seconds:
+    one look at a page serves all its VMs), those whose last look failed,
+    and all of them when the feed can't tell, at the safety net's looks
+    (NET_FIRST seconds, then twice as long each time, up to NET_LAST, and
+    at most a quarter of the wait; a job count that matches skips it), and
+    at the deadline."""
 
-    def __init__(self, feed, deadline):
+    def __init__(self, feed, deadline, plan, hold):
         self.feed = feed
         self.deadline = deadline
+        self.plan = plan
+        self.hold = hold
         self.retry = set()          # VMs whose last look failed
+        self.named = {}             # vm id -> when the feed named it, not looked at
         self.net_every = min(NET_FIRST, max(0.0, deadline - time.monotonic()) / 4)
         self.net_due = time.monotonic() + self.net_every
-        self.busy = False           # the feed named some of them
+        self.busy = False           # the feed named some of them this time
 
     def to_look_at(self, awaited):
         """Given {vm id: actions awaited on it}, return the ids to look at."""
@@ -1558,21 +1575,40 @@ class Watch:
         now = time.monotonic()
         if changes is None or now > self.deadline:
             self.busy = False
+            self.named.clear()
             return set(awaited)
-        named = set(changes) & set(awaited)
-        self.busy = bool(named)
-        wanted = named | (self.retry & set(awaited))
+        self.busy = False
+        for vm_id in changes:
+            if vm_id in awaited:
+                self.busy = True
+                self.named.setdefault(vm_id, now)
+        self.named = {vm_id: when for vm_id, when in self.named.items()
+                      if vm_id in awaited}
+        wanted = self.retry & set(awaited)
+        members = collections.defaultdict(list)
+        for vm_id in awaited:
+            members[look_page(self.plan, vm_id) or vm_id].append(vm_id)
+        for page_members in members.values():
+            named = [vm_id for vm_id in page_members if vm_id in self.named]
+            if named and (len(named) == len(page_members) or
+                          now - min(self.named[vm_id] for vm_id in named) >= self.hold):
+                wanted.update(named)
         if now >= self.net_due:
             self.net_every = min(self.net_every * 2, NET_LAST)
             self.net_due = now + self.net_every
             running = self.feed.running_jobs()
             expected = sum(count for vm_id, count in awaited.items()
-                           if vm_id not in wanted)
+                           if vm_id not in self.named and vm_id not in wanted)
             if running is None or running < expected:
                 log.debug('%s: %s jobs running for %d actions awaited; looking '
                           'at every VM', self.feed.what,
                           'unknown' if running is None else running, expected)
-                return set(awaited)
+                wanted = set(awaited)
+        for vm_id in wanted:
+            self.named.pop(vm_id, None)
+        if wanted:
+            log.debug('%s: looking at %d of the %d VMs awaited', self.feed.what,
+                      len(wanted), len(awaited))
         return wanted
 
 
@@ -1582,7 +1618,7 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop, feed=None):
     guest's consistency from the answer that shows its snapshot ok."""
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
-    watch = Watch(feed, deadline)
+    watch = Watch(feed, deadline, plan, settings.poll_interval)
     pace = Polls(settings, stop.sleep)
     for _ in pace:
         if not pending or stop.requested:
@@ -2102,7 +2138,8 @@ class Removal:
             self.sent = time.monotonic()
             self.deadline = self.sent + self.settings.wait_timeout * 60
             self.feed.start()
-            self.watch = Watch(self.feed, self.deadline)
+            self.watch = Watch(self.feed, self.deadline, self.plan,
+                               self.settings.poll_interval)
         due = [(sid, entry) for sid, entry in self.entries.items()
                if entry.state is RemovalState.TO_SEND]
         query = self.feed.query()

@@ -972,12 +972,12 @@ class FakeEngine:
                 if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
                     continue
                 phase, failed = snapshot.phase, snapshot.merge_fails
-                at = time.time() - (now - snapshot.deadline)   # when it was due
                 if snapshot.phase == 'creating':
                     self._finish_creation(vm, snapshot)
                 else:
                     self._finish_removal(vm, snapshot)
-                self._feed_finished(vm, snapshot, phase, failed, at)
+                # done now, its files written: the time of its event and job
+                self._feed_finished(vm, snapshot, phase, failed, time.time())
 
     def _finish_creation(self, vm, snapshot):
         self._unlock_disks(snapshot)
