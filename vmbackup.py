@@ -53,6 +53,7 @@ import collections
 import concurrent.futures
 import configparser
 import contextlib
+import enum
 import errno
 import fcntl
 import glob
@@ -75,6 +76,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+import uuid
 import xml.etree.ElementTree as ElementTree
 
 try:
@@ -128,6 +130,7 @@ DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
 GLUSTER_CLI_TIMEOUT = 120            # seconds for one gluster CLI call
 PAGE_SIZE = 100                      # the engine's cap on one search answer
+LOOK_PAGE_SIZE = 20                  # VMs per page when looking again at some
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
 EVENT_ATTEMPTS = 3
 EVENT_LOOKBACK = 100                 # latest events searched for our own
@@ -143,6 +146,41 @@ UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
                   r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')
 OVERLAY_SUFFIXES = ('', '.meta', '.lease')
 FOLLOW = 'disk_attachments.disk,snapshots'   # what a VM look-up inlines
+
+# What the engine logs about this run's snapshots: ovirt-engine's AuditLogType
+# (backend/manager/modules/common/src/main/java/org/ovirt/engine/core/common/
+# AuditLogType.java). The events only say which VMs to look at; what the run
+# acts on is always read from the VM.
+USER_CREATE_SNAPSHOT_FINISHED_SUCCESS = 68
+USER_CREATE_SNAPSHOT_FINISHED_FAILURE = 69
+USER_FAILED_CREATE_SNAPSHOT = 117
+USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE = 170   # "might cause data inconsistency"
+USER_FAILED_REMOVE_SNAPSHOT = 343
+USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS = 356
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE = 357
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_PARTIAL_SNAPSHOT = 359
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_BASE_IMAGE_NOT_FOUND = 362
+FAILED_TO_FREEZE_VM = 10764
+NOT_FROZEN = {      # event code -> why the guest's filesystems were not frozen
+    FAILED_TO_FREEZE_VM: 'the engine could not freeze its filesystems '
+                         '(event FAILED_TO_FREEZE_VM)',
+    USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE:
+        'the live snapshot failed on the host (event '
+        'USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE)',
+}
+CREATION_ENDS = frozenset((
+    USER_CREATE_SNAPSHOT_FINISHED_SUCCESS, USER_CREATE_SNAPSHOT_FINISHED_FAILURE,
+    USER_FAILED_CREATE_SNAPSHOT, USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE))
+REMOVAL_ENDS = frozenset((
+    USER_FAILED_REMOVE_SNAPSHOT, USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS,
+    USER_REMOVE_SNAPSHOT_FINISHED_FAILURE,
+    USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_PARTIAL_SNAPSHOT,
+    USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_BASE_IMAGE_NOT_FOUND))
+NO_GUEST_AGENT = ('no guest agent reports from it (the engine shows no guest '
+                  'operating system), so nothing froze its filesystems')
+FEED_MAX = 1000                      # events asked for at once
+NET_FIRST = 30.0                     # seconds to the safety net's first look,
+NET_LAST = 300.0                     # then twice as long each time, up to this
 
 KNOWN_KEYS = {
     'connection': {'server', 'user_name', 'password', 'ca_file', 'insecure',
@@ -250,6 +288,7 @@ class VmBackup(Record):
         'snapshot_ready': False,
         'request_error': None,      # why the snapshot request got no answer
         'consistency': None,        # QUIESCED or CRASH_CONSISTENT, when known
+        'consistency_reason': None,  # why it is CRASH_CONSISTENT, one line
         'snapshot_removed': None,
     }
 
@@ -260,6 +299,7 @@ class Plan(Record):
         'storage_domains': {},      # id -> name; empty with --all-vms
         'backups': [],
         'up_vm_count': 0,
+        'vm_positions': {},         # vm id -> its place in the list of running VMs
     }
 
 
@@ -952,6 +992,9 @@ class Engine:
         self._workers = []
         self._workers_lock = threading.Lock()
         self._pool = None
+        # what this engine refused of its progress feed, found out once
+        self.events_from = True       # GET /events?from=ID
+        self.job_search = True        # GET /jobs?search=correlation_id=X
 
     def _connection(self, token=None):
         settings = self.settings
@@ -1221,9 +1264,10 @@ def backs_volume(domain, mastervol):
     return path == mastervol
 
 
-def list_vms(system, search, follow):
+def list_vms(system, search, follow, positions=None):
     """Given a search, return every VM it finds, page after page (the engine
-    answers at most PAGE_SIZE at a time), with `follow` inlined."""
+    answers at most PAGE_SIZE at a time), with `follow` inlined; fill
+    positions, when given, with {vm id: its place in the answer, from 0}."""
     found = {}
     page = 1
     while True:
@@ -1231,17 +1275,19 @@ def list_vms(system, search, follow):
         new = [vm for vm in answer if vm.id not in found]
         for vm in new:
             found[vm.id] = vm
+            if positions is not None:
+                positions[vm.id] = len(positions)
         if len(answer) < PAGE_SIZE or not new:
             return list(found.values())
         page += 1
 
 
-def list_page(system, search, page, follow):
-    """Given a search and a page number, return that page of VMs, with
-    `follow` inlined."""
+def list_page(system, search, page, follow, size=PAGE_SIZE):
+    """Given a search and a page number (of `size` VMs), return that page of
+    VMs, with `follow` inlined."""
     query = '%s page %d' % (search, page)
     answer = following(lambda **follows: system.vms_service().list(
-        search=query, max=PAGE_SIZE, **follows), follow)
+        search=query, max=size, **follows), follow)
     return [fill_in(system, vm, follow) for vm in answer]
 
 
@@ -1302,7 +1348,8 @@ def check_and_choose(run, engine):
         run.fail('could not list the storage domains: %s', one_line(error))
         raise Failed() from None
     try:
-        vms = list_vms(engine.system, 'status=up', FOLLOW)
+        vm_positions = {}
+        vms = list_vms(engine.system, 'status=up', FOLLOW, vm_positions)
     except sdk.Error as error:
         run.fail('could not list the running VMs: %s', one_line(error))
         raise Failed() from None
@@ -1329,7 +1376,8 @@ def check_and_choose(run, engine):
                     'is replicated with no snapshot, as it is', 'storage '
                     'domain ' + ', '.join(domains.values()) if domains
                     else 'any storage domain')
-    plan = Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms))
+    plan = Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms),
+                vm_positions=vm_positions)
     check_stale_snapshots(run, plan, vms)
     return plan
 
@@ -1504,7 +1552,7 @@ def remove_stale_snapshots(engine, plan, settings, run):
     for backup, snapshot_id in stale:
         log.warning('VM %s: removing snapshot %s %r left by an earlier run',
                     backup.name, snapshot_id, SNAPSHOT_DESCRIPTION)
-    left = Removal(engine, stale, settings, plan.up_vm_count).wait()
+    left = Removal(engine, stale, settings, plan).wait()
     failed = {backup.vm_id for backup, _ in left}
     for backup in plan.backups:
         if backup.vm_id in failed:
@@ -1517,6 +1565,7 @@ def snapshot_vms(engine, plan, settings, run, stop):
     """Given the Plan, create one snapshot per VM, all at once, and wait for
     them together; return the VmBackups whose snapshot was created (ready or
     not: all of them must be removed later)."""
+    feed = Feed(engine, 'snapshot creation', CREATION_ENDS)
 
     def create(backup):
         snapshot = types.Snapshot(
@@ -1526,9 +1575,11 @@ def snapshot_vms(engine, plan, settings, run, stop):
                               for disk in backup.disks],
         )
         return lambda system: (system.vms_service().vm_service(backup.vm_id)
-                               .snapshots_service().add(snapshot))
+                               .snapshots_service().add(snapshot,
+                                                        query=feed.query()))
 
     log.info('creating snapshots of %d VMs', len(plan.backups))
+    feed.start()
     results = engine.map([(backup.vm_id, create(backup))
                           for backup in plan.backups])
     created = []
@@ -1546,7 +1597,8 @@ def snapshot_vms(engine, plan, settings, run, stop):
         log.debug('VM %s: snapshot %s created (%s)', backup.name, result.id,
                   result.snapshot_status)
     created += adopt_lost_snapshots(engine, unanswered, plan, run)
-    wait_for_snapshots(engine, created, plan, settings, run, stop)
+    wait_for_snapshots(engine, created, plan, settings, run, stop, feed)
+    report_consistency(created, settings, run)
     return created
 
 
@@ -1599,8 +1651,8 @@ def look_for_snapshots(engine, backups, plan, found_message):
     those VmBackups and {vm_id: the VM or the sdk.Error of its look-up}."""
     if not backups:
         return [], {}
-    states = fetch_vms(engine, [backup.vm_id for backup in backups],
-                       plan.up_vm_count, 'snapshots')
+    states = fetch_vms(engine, [backup.vm_id for backup in backups], plan,
+                       'snapshots')
     found = []
     for backup in backups:
         vm = states.get(backup.vm_id)
@@ -1616,18 +1668,20 @@ def look_for_snapshots(engine, backups, plan, found_message):
     return found, states
 
 
-def fetch_vms(engine, vm_ids, up_vm_count, follow):
+def fetch_vms(engine, vm_ids, plan, follow):
     """Given VM ids, return {vm_id: types.Vm with `follow` inlined, or the
-    sdk.Error of its look-up}, with as few requests as it takes: the pages of
-    the list of running VMs, fetched together, when they are fewer than the
-    VMs, then one GET per VM not found there."""
+    sdk.Error of its look-up}, with as few requests as it takes: the pages
+    (of LOOK_PAGE_SIZE) of the list of running VMs that held them at step 4,
+    fetched together, when they are fewer than the VMs, then one GET per VM
+    not found there."""
     states = {}
-    pages = max(1, math.ceil(up_vm_count / PAGE_SIZE))
-    if len(vm_ids) > pages:
+    pages = sorted({page for page in (look_page(plan, vm_id) for vm_id in vm_ids)
+                    if page is not None})
+    if pages and len(pages) < len(vm_ids):
         answers = engine.map([
-            (page, lambda system, page=page: list_page(system, 'status=up',
-                                                       page, follow))
-            for page in range(1, pages + 1)])
+            (page, lambda system, page=page: list_page(
+                system, 'status=up', page, follow, LOOK_PAGE_SIZE))
+            for page in pages])
         wanted = set(vm_ids)
         for page, answer in answers.items():
             if isinstance(answer, sdk.Error):
@@ -1642,31 +1696,228 @@ def fetch_vms(engine, vm_ids, up_vm_count, follow):
     return states
 
 
-def polls(settings, sleep=time.sleep):
-    """Yield before each check of the engine, timing the checks start to
-    start: the first after FIRST_POLL seconds, each next wait BACKOFF times
-    longer, up to poll_interval."""
-    delay = min(FIRST_POLL, settings.poll_interval)
-    last = time.monotonic()
-    while True:
-        sleep(max(0.0, last + delay - time.monotonic()))
-        last = time.monotonic()
-        yield
-        delay = min(delay * BACKOFF, settings.poll_interval)
+def look_page(plan, vm_id):
+    """Given the Plan and a VM id, return the page (of LOOK_PAGE_SIZE) of the
+    list of running VMs that held it at step 4, or None."""
+    position = plan.vm_positions.get(vm_id) if plan is not None else None
+    return None if position is None else position // LOOK_PAGE_SIZE + 1
 
 
-def wait_for_snapshots(engine, created, plan, settings, run, stop):
+class Polls:
+    """The checks of the engine, timed start to start: the first after
+    FIRST_POLL seconds, each next wait BACKOFF times longer, up to
+    poll_interval; after hurry(), FIRST_POLL again (the engine is finishing
+    what the run waits for). Given `since` (a time.monotonic()), the first
+    check is due FIRST_POLL seconds after it, at once if that has passed."""
+
+    def __init__(self, settings, sleep=time.sleep, since=None):
+        self.since = since
+        self.first = min(FIRST_POLL, settings.poll_interval)
+        self.interval = settings.poll_interval
+        self.sleep = sleep
+        self.delay = self.first
+        self.hurried = False
+
+    def hurry(self):
+        self.hurried = True
+
+    def __iter__(self):
+        last = time.monotonic() if self.since is None else self.since
+        while True:
+            self.sleep(max(0.0, last + self.delay - time.monotonic()))
+            last = time.monotonic()
+            yield
+            self.delay = (self.first if self.hurried
+                          else min(self.delay * BACKOFF, self.interval))
+            self.hurried = False
+
+
+class Feed:
+    """What the engine says changed during one wait on this run's actions,
+    all tagged with one correlation id: its events since the wait began
+    (GET /events?from=ID: only newer ones) and its jobs (GET
+    /jobs?search=correlation_id=X). The feed only tells which VMs to look at
+    now; what the run acts on is read from the VMs. An engine that refuses
+    `from` or the job search (or ignores `from`) is asked the old way: every
+    pending VM at every check."""
+
+    def __init__(self, engine, what, ends):
+        self.engine = engine
+        self.what = what
+        self.ends = ends            # the event codes that end an action
+        self.correlation_id = str(uuid.uuid4())
+        self.last_event = None      # the newest event id seen; None: no feed
+        self.not_frozen = {}        # vm id -> why its guest was not frozen
+
+    def query(self):
+        """The query parameters that tag an action as this wait's."""
+        return {'correlation_id': self.correlation_id}
+
+    def _refused(self, what, error):
+        """Given the feed an engine refused and its error, say so once."""
+        if getattr(self.engine, what):
+            setattr(self.engine, what, False)
+            log.debug('the engine refused %s (%s): waiting on the VMs themselves',
+                      'events?from=' if what == 'events_from' else
+                      'jobs?search=correlation_id=', one_line(error))
+
+    def start(self):
+        """Before the actions are sent: note the newest event."""
+        if not self.engine.events_from:
+            return
+        try:
+            latest = self.engine.system.events_service().list(max=1)
+        except sdk.Error as error:
+            log.debug('could not read the latest event: %s', one_line(error))
+            return
+        self.last_event = event_number(latest[0]) if latest else 0
+
+    def changes(self):
+        """Return {vm_id: event codes} of the events since the last call, or
+        None when the feed cannot tell (the caller then looks at every VM)."""
+        if self.last_event is None or not self.engine.events_from:
+            return None
+        try:
+            events = self.engine.system.events_service().list(
+                from_=self.last_event, max=FEED_MAX)
+        except sdk.Error as error:
+            if getattr(error, 'code', None) in (400, 404):
+                self._refused('events_from', error)
+                self.last_event = None
+            else:
+                log.debug('could not read the events: %s', one_line(error))
+            return None
+        numbers = [event_number(event) for event in events]
+        if any(number is None or number <= self.last_event for number in numbers):
+            self._refused('events_from', 'it answered with older events')
+            self.last_event = None
+            return None
+        changed = {}
+        for event in events:
+            vm_id = event.vm.id if event.vm is not None else None
+            if vm_id is None:
+                continue
+            if event.code in self.ends:
+                changed.setdefault(vm_id, set()).add(event.code)
+            if (event.code in NOT_FROZEN and event.correlation_id
+                    in (None, self.correlation_id)):
+                self.not_frozen.setdefault(vm_id, NOT_FROZEN[event.code])
+        log.debug('%s: %d events since %s, %d VMs done', self.what, len(events),
+                  self.last_event, len(changed))
+        if numbers:
+            self.last_event = max(numbers)
+        if len(events) >= FEED_MAX:
+            return None     # older ones may be missing
+        return changed
+
+    def running_jobs(self):
+        """Return how many of this wait's jobs the engine still runs, or
+        None when it cannot tell."""
+        if not self.engine.job_search:
+            return None
+        try:
+            jobs = self.engine.system.jobs_service().list(
+                search='correlation_id=%s' % self.correlation_id)
+        except sdk.Error as error:
+            if getattr(error, 'code', None) in (400, 404):
+                self._refused('job_search', error)
+            else:
+                log.debug('could not read the jobs: %s', one_line(error))
+            return None
+        return sum(1 for job in jobs if job.status == types.JobStatus.STARTED)
+
+
+def event_number(event):
+    """Given an event, return its id as a number (None if it is none)."""
+    try:
+        return int(event.id)
+    except (TypeError, ValueError):
+        return None
+
+
+class Watch:
+    """Which of the VMs a wait is on to look at, check by check: those the
+    feed names, a page of the VM list at a time (a page once all its VMs
+    awaited are named, or once the first named has waited `hold` seconds:
+    one look at a page serves all its VMs), those whose last look failed,
+    and all of them when the feed can't tell, at the safety net's looks
+    (NET_FIRST seconds, then twice as long each time, up to NET_LAST, and
+    at most a quarter of the wait; a job count that matches skips it), and
+    at the deadline."""
+
+    def __init__(self, feed, deadline, plan, hold):
+        self.feed = feed
+        self.deadline = deadline
+        self.plan = plan
+        self.hold = hold
+        self.retry = set()          # VMs whose last look failed
+        self.named = {}             # vm id -> when the feed named it, not looked at
+        self.net_every = min(NET_FIRST, max(0.0, deadline - time.monotonic()) / 4)
+        self.net_due = time.monotonic() + self.net_every
+        self.busy = False           # the feed named some of them this time
+
+    def to_look_at(self, awaited):
+        """Given {vm id: actions awaited on it}, return the ids to look at."""
+        changes = self.feed.changes() if self.feed is not None else None
+        now = time.monotonic()
+        if changes is None or now > self.deadline:
+            self.busy = False
+            self.named.clear()
+            return set(awaited)
+        self.busy = False
+        for vm_id in changes:
+            if vm_id in awaited:
+                self.busy = True
+                self.named.setdefault(vm_id, now)
+        self.named = {vm_id: when for vm_id, when in self.named.items()
+                      if vm_id in awaited}
+        wanted = self.retry & set(awaited)
+        members = collections.defaultdict(list)
+        for vm_id in awaited:
+            members[look_page(self.plan, vm_id) or vm_id].append(vm_id)
+        for page_members in members.values():
+            named = [vm_id for vm_id in page_members if vm_id in self.named]
+            if named and (len(named) == len(page_members) or
+                          now - min(self.named[vm_id] for vm_id in named) >= self.hold):
+                wanted.update(named)
+        if now >= self.net_due:
+            self.net_every = min(self.net_every * 2, NET_LAST)
+            self.net_due = now + self.net_every
+            running = self.feed.running_jobs()
+            expected = sum(count for vm_id, count in awaited.items()
+                           if vm_id not in self.named and vm_id not in wanted)
+            if running is None or running < expected:
+                log.debug('%s: %s jobs running for %d actions awaited; looking '
+                          'at every VM', self.feed.what,
+                          'unknown' if running is None else running, expected)
+                wanted = set(awaited)
+        for vm_id in wanted:
+            self.named.pop(vm_id, None)
+        if wanted:
+            log.debug('%s: looking at %d of the %d VMs awaited', self.feed.what,
+                      len(wanted), len(awaited))
+        return wanted
+
+
+def wait_for_snapshots(engine, created, plan, settings, run, stop, feed=None):
     """Given the VmBackups with a new snapshot, wait until each is ok or
-    wait_timeout has passed, recording each disk's overlay id from the
-    answer that shows its snapshot ok."""
+    wait_timeout has passed, recording each disk's overlay id and the
+    guest's consistency from the answer that shows its snapshot ok."""
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
-    for _ in polls(settings, stop.sleep):
+    watch = Watch(feed, deadline, plan, settings.poll_interval)
+    pace = Polls(settings, stop.sleep)
+    for _ in pace:
         if not pending or stop.requested:
             break
+        final = time.monotonic() > deadline
+        look = watch.to_look_at({vm_id: 1 for vm_id in pending})
+        if watch.busy:
+            pace.hurry()
         # the disks come along: the answer that shows a snapshot ok also
         # gives its overlays, with no look-up of their own
-        states = fetch_vms(engine, list(pending), plan.up_vm_count, FOLLOW)
+        states = fetch_vms(engine, sorted(look), plan, FOLLOW) if look else {}
+        watch.retry.clear()
         for vm_id, state in states.items():
             backup = pending[vm_id]
             if isinstance(state, sdk.Error):
@@ -1677,6 +1928,7 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
                 else:
                     log.warning('VM %s: could not check its snapshot: %s',
                                 backup.name, one_line(state))
+                    watch.retry.add(vm_id)
                 continue
             snapshot = find_snapshot(state, backup.snapshot_id)
             if snapshot is None:
@@ -1687,8 +1939,9 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
                 backup.snapshot_ready = True
                 record_overlays(backup, state)
+                record_consistency(backup, state, feed)
                 del pending[vm_id]
-        if pending and time.monotonic() > deadline:
+        if pending and final:
             for backup in pending.values():
                 run.fail('VM %s: the snapshot was not ready after %s minutes '
                          '([snapshot] wait_timeout)', backup.name,
@@ -1696,6 +1949,45 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
             break
     ready = [backup for backup in created if backup.snapshot_ready]
     log.info('%d of %d snapshots ready', len(ready), len(created))
+
+
+def record_consistency(backup, vm, feed):
+    """Given a VmBackup whose snapshot is ready and its VM as fetched then,
+    set what its copy is: crash-consistent only when the engine said the
+    guest was not frozen, or when no guest agent reports from the VM (the
+    engine of 4.4 and later leaves the freeze to vdsm, which goes on without
+    it and logs no event)."""
+    reason = feed.not_frozen.get(backup.vm_id) if feed is not None else None
+    if reason is None and vm.guest_operating_system is None:
+        reason = NO_GUEST_AGENT
+    backup.consistency = CRASH_CONSISTENT if reason else QUIESCED
+    backup.consistency_reason = reason
+
+
+def report_consistency(created, settings, run):
+    """Given the VmBackups of step 5, say which copies are crash-consistent
+    only: a warning, or with require_quiesce a failure of that VM (its
+    snapshot is still removed; nothing of it is changed at the slave)."""
+    required = settings.require_quiesce or getattr(run.args, 'require_quiesce',
+                                                   False)
+    crash = [backup for backup in created
+             if backup.snapshot_ready and backup.consistency == CRASH_CONSISTENT]
+    for backup in crash:
+        if required:
+            run.fail('VM %s not backed up: its snapshot is %s: %s; '
+                     '--require-quiesce / [snapshot] require_quiesce asks for '
+                     'a quiesced one', backup.name, CRASH_CONSISTENT,
+                     backup.consistency_reason)
+            for disk in backup.disks:
+                disk.problem = 'its snapshot is %s' % CRASH_CONSISTENT
+        else:
+            log.warning('VM %s: its snapshot is %s: %s', backup.name,
+                        CRASH_CONSISTENT, backup.consistency_reason)
+    ready = [backup for backup in created if backup.snapshot_ready]
+    if ready:
+        log.info('%d of %d snapshots quiesced%s', len(ready) - len(crash),
+                 len(ready), '; %s: %s' % (CRASH_CONSISTENT, ', '.join(
+                     backup.name for backup in crash)) if crash else '')
 
 
 def find_snapshot(vm, snapshot_id):
@@ -1855,6 +2147,8 @@ def overlay_paths(backups):
             continue
         for disk in backup.disks:
             if disk.overlay_id is None or disk.overlay_id == disk.base_id:
+                continue
+            if disk.problem:        # not backed up: nothing of it is changed
                 continue
             ids = (disk.sd_id, disk.disk_id, disk.overlay_id)
             if not all(UUID.match(value or '') for value in ids):
@@ -2065,8 +2359,7 @@ def start_removal(engine, created, plan, settings):
     if not targets:
         return None
     log.info('removing %d snapshots', len(targets))
-    removal = Removal(engine, targets, settings,
-                      plan.up_vm_count if plan else 0)
+    removal = Removal(engine, targets, settings, plan)
     removal.send()
     return removal
 
@@ -2089,108 +2382,144 @@ def remove_snapshots(engine, created, plan, settings, run, removal=None):
     return left
 
 
+class RemovalState(enum.Enum):
+    """Where the removal of one snapshot stands."""
+    TO_SEND = 'to send'         # not sent yet, or refused: sent at the next check
+    MERGING = 'merging'         # sent: the engine merges it away
+    GIVEN_UP = 'given up'       # its merge failed REMOVE_ATTEMPTS times
+
+
+class RemovalEntry:
+    """One snapshot being removed: its VmBackup, state, attempts, last error."""
+
+    def __init__(self, backup):
+        self.backup = backup
+        self.state = RemovalState.TO_SEND
+        self.attempts = 0
+        self.error = None
+
+
 class Removal:
     """The removal of some snapshots, (VmBackup, snapshot id) pairs.
 
     A removal the engine refuses (409 while the VM is busy, e.g. its snapshot
     is still being created, or any passing error) is sent again at the next
     check; a merge that failed (the snapshot back to ok) is retried up to
-    REMOVE_ATTEMPTS times. wait_timeout counts from the first send. A stop
-    request does not cut it short."""
+    REMOVE_ATTEMPTS times. The removals carry one correlation id, and the
+    checks look at the VMs the engine's feed names (see Watch). wait_timeout
+    counts from the first send. A stop request does not cut it short."""
 
-    def __init__(self, engine, targets, settings, up_vm_count):
+    def __init__(self, engine, targets, settings, plan):
         self.engine = engine
         self.targets = targets
         self.settings = settings
-        self.up_vm_count = up_vm_count
-        self.entries = {snapshot_id: {'backup': backup, 'state': 'to send',
-                                      'attempts': 0, 'error': None}
+        self.plan = plan
+        self.entries = {snapshot_id: RemovalEntry(backup)
                         for backup, snapshot_id in targets}
         self.deadline = None
+        self.sent = None            # time.monotonic() of the first send
+        self.feed = Feed(engine, 'snapshot removal', REMOVAL_ENDS)
+        self.watch = None
 
     def send(self):
         """Send the removals that are due."""
         if self.deadline is None:
-            self.deadline = (time.monotonic()
-                             + self.settings.wait_timeout * 60)
+            self.sent = time.monotonic()
+            self.deadline = self.sent + self.settings.wait_timeout * 60
+            self.feed.start()
+            self.watch = Watch(self.feed, self.deadline, self.plan,
+                               self.settings.poll_interval)
         due = [(sid, entry) for sid, entry in self.entries.items()
-               if entry['state'] == 'to send']
+               if entry.state is RemovalState.TO_SEND]
+        query = self.feed.query()
         results = self.engine.map([
-            (sid, lambda system, sid=sid, vm_id=entry['backup'].vm_id:
+            (sid, lambda system, sid=sid, vm_id=entry.backup.vm_id:
              system.vms_service().vm_service(vm_id).snapshots_service()
-             .snapshot_service(sid).remove())
+             .snapshot_service(sid).remove(query=dict(query)))
             for sid, entry in due])
         for sid, entry in due:
             result = results[sid]
             if isinstance(result, sdk.Error) and is_not_found(result):
                 # gone already, or a proxy's 404: the next check tells
                 log.debug('VM %s: removal of snapshot %s answered: %s',
-                          entry['backup'].name, sid, one_line(result))
-                entry['state'] = 'merging'
-                entry['attempts'] += 1
-                entry['error'] = one_line(result)
+                          entry.backup.name, sid, one_line(result))
+                entry.state = RemovalState.MERGING
+                entry.attempts += 1
+                entry.error = one_line(result)
+                self.watch.retry.add(entry.backup.vm_id)
             elif isinstance(result, sdk.Error):
-                entry['error'] = one_line(result)
+                entry.error = one_line(result)
                 log.debug('VM %s: removal of snapshot %s refused: %s',
-                          entry['backup'].name, sid, entry['error'])
+                          entry.backup.name, sid, entry.error)
             else:
-                entry['state'] = 'merging'
-                entry['attempts'] += 1
+                entry.state = RemovalState.MERGING
+                entry.attempts += 1
 
     def check(self):
-        """Look at the snapshots being merged: forget those gone, mark for
-        sending again those whose merge failed."""
-        merging = [entry['backup'].vm_id for entry in self.entries.values()
-                   if entry['state'] == 'merging']
-        if not merging:
-            return
-        vms = fetch_vms(self.engine, merging, self.up_vm_count, 'snapshots')
+        """Look at the snapshots being merged that the feed names (or all of
+        them, see Watch): forget those gone, mark for sending again those
+        whose merge failed. Return True when the feed named some."""
+        awaited = collections.Counter(
+            entry.backup.vm_id for entry in self.entries.values()
+            if entry.state is RemovalState.MERGING)
+        if not awaited:
+            return False
+        look = self.watch.to_look_at(awaited)
+        vms = fetch_vms(self.engine, sorted(look), self.plan,
+                        'snapshots') if look else {}
+        self.watch.retry.clear()
         for sid, entry in list(self.entries.items()):
-            vm = vms.get(entry['backup'].vm_id)
-            if entry['state'] != 'merging' or vm is None:
+            vm = vms.get(entry.backup.vm_id)
+            if entry.state is not RemovalState.MERGING or vm is None:
                 continue
             if isinstance(vm, sdk.Error):
                 if is_not_found(vm):
                     del self.entries[sid]
+                else:
+                    self.watch.retry.add(entry.backup.vm_id)
                 continue
             snapshot = find_snapshot(vm, sid)
             if snapshot is None:
-                log.debug('VM %s: snapshot %s removed', entry['backup'].name,
-                          sid)
+                log.debug('VM %s: snapshot %s removed', entry.backup.name, sid)
                 del self.entries[sid]
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
-                if entry['attempts'] < REMOVE_ATTEMPTS:
+                if entry.attempts < REMOVE_ATTEMPTS:
                     log.warning('VM %s: the merge of snapshot %s failed; '
-                                'removing it again', entry['backup'].name, sid)
-                    entry['state'] = 'to send'
+                                'removing it again', entry.backup.name, sid)
+                    entry.state = RemovalState.TO_SEND
                 else:
-                    entry['error'] = ('its merge failed %d times'
-                                      % entry['attempts'])
-                    entry['state'] = 'given up'
+                    entry.error = 'its merge failed %d times' % entry.attempts
+                    entry.state = RemovalState.GIVEN_UP
+        return self.watch.busy
 
     def pending(self):
         return [entry for entry in self.entries.values()
-                if entry['state'] != 'given up']
+                if entry.state is not RemovalState.GIVEN_UP]
 
     def wait(self):
         """Wait until every snapshot is gone, sending removals again where
-        due, or until the deadline; return the (VmBackup, snapshot id)
-        pairs left."""
+        due, or until the deadline (when every VM is looked at once more);
+        return the (VmBackup, snapshot id) pairs left."""
         if self.deadline is None:
             self.send()
-        for _ in polls(self.settings):
-            self.check()
-            if not self.pending() or time.monotonic() > self.deadline:
+        # the merges went on while the slave was cleaned: the first check
+        # is due FIRST_POLL after the removals were sent
+        pace = Polls(self.settings, since=self.sent)
+        for _ in pace:
+            final = time.monotonic() > self.deadline
+            if self.check():
+                pace.hurry()
+            if not self.pending() or final:
                 break
             self.send()
         left = []
         for sid, entry in self.entries.items():
-            reason = entry['error'] or ('not gone after %s minutes '
-                                        '([snapshot] wait_timeout)' % format_minutes(
-                                            self.settings.wait_timeout))
+            reason = entry.error or ('not gone after %s minutes '
+                                     '([snapshot] wait_timeout)' % format_minutes(
+                                         self.settings.wait_timeout))
             log.error('VM %s: snapshot %s could not be removed: %s',
-                      entry['backup'].name, sid, reason)
-            left.append((entry['backup'], sid))
+                      entry.backup.name, sid, reason)
+            left.append((entry.backup, sid))
         return left
 
 
