@@ -67,6 +67,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -2390,10 +2391,16 @@ def ping(settings, kind, text=''):
             return answer.status
 
     try:
+        # the socket's timeout bounds each wait, the deadline all of them
         status = with_deadline(send, settings.ping_timeout, 'pinging')
     except (OSError, ValueError, http.client.HTTPException, sdk.Error) as error:
-        reason = one_line(error).replace(target, host).replace(
-            settings.ping_url, host)
+        if isinstance(error, (Timeout, socket.timeout)) or isinstance(
+                getattr(error, 'reason', None), socket.timeout):
+            reason = ('no answer within %g seconds ([status] ping_timeout)'
+                      % settings.ping_timeout)
+        else:
+            reason = one_line(error).replace(target, host).replace(
+                settings.ping_url, host)
         log.warning('monitoring ping (%s) to %s failed: %s', kind, host, reason)
         return False
     log.debug('monitoring ping (%s) to %s: HTTP %s', kind, host, status)
