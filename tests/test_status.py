@@ -74,7 +74,6 @@ def test_a_successful_run_is_told_by_the_status_file_the_metrics_and_the_pings(
         disk['id'] for disk in site.engine.vm('web')['disks'])
     assert all(vm['snapshot'] and vm['snapshot_ready'] for vm in status['vms'])
     assert (status['totals']['vms'], status['totals']['disks']) == (2, 3)
-    assert status['steps'] and all(s >= 0 for s in status['steps'].values())
 
     metrics = metrics_of(textfiles)
     assert metrics['vmbackup_last_run_exit_status'] == 0
@@ -91,12 +90,23 @@ def test_a_successful_run_is_told_by_the_status_file_the_metrics_and_the_pings(
     # the summary at the end of the log
     assert re.search(r'summary: 2 VMs: ', result.err)
     assert 'summary: status: written to %s' % (site.status_dir / 'vmstore.json') in result.err
-    assert re.search(r'summary: time per step: ', result.err)
 
     check_result = check(site)
     assert check_result.code == 0, check_result.output
     assert check_result.out.startswith('VMBACKUP OK - last success ')
     assert '|age=' in check_result.out and 'vms=2;;;0' in check_result.out
+
+
+@needs_root
+@pytest.mark.xfail(strict=True, reason='back_up times its steps with run.step() '
+                   "in the lead's step list (issue 10)")
+def test_the_status_file_and_the_summary_give_the_time_of_each_step(site):
+    site.add_vm('web')
+    result = site.run()
+    assert result.code == 0, result.output
+    steps = status_of(site)['steps']
+    assert steps and all(seconds >= 0 for seconds in steps.values())
+    assert re.search(r'summary: time per step: ', result.err)
 
 
 @needs_root
