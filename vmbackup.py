@@ -1808,8 +1808,6 @@ def remove_snapshots(engine, created, plan, settings, run, removal=None):
     if removal is None:
         return
     left = removal.wait()
-    for backup, snapshot_id in removal.targets:
-        backup.snapshot_removed = (backup, snapshot_id) not in left
     for backup, snapshot_id in left:
         run.fail('VM %s: snapshot %s %r is still there: remove it in the '
                  'Administration Portal', backup.name, snapshot_id,
@@ -2600,24 +2598,13 @@ def show_status(args, settings, now=None):
 
 def back_up(args, settings, stop):
     """Given the command line and settings, with the lock held, do steps 3 to
-    10, recorded in the status file, the metrics and the ping (not for
-    --dry-run); return the exit status."""
+    10; return the exit status."""
     run = Run(args, settings, stop)
-    if args.dry_run:
-        return run_steps(run)
-    with monitored(run):
-        run.exit_status = run_steps(run)
-    return run.exit_status
-
-
-def run_steps(run):
-    """Given the Run, do steps 3 to 10; return the exit status."""
-    args, settings, stop = run.args, run.settings, run.stop
     engine = Engine(settings)
     try:
         engine.connect()
     except sdk.Error as error:
-        run.fail('%s', describe_engine_error(error, settings))
+        log.error('%s', describe_engine_error(error, settings))
         log.error('backup of volume %s failed: nothing was changed',
                   args.mastervol)
         return EXIT_FAILED
@@ -2626,7 +2613,7 @@ def run_steps(run):
         created = []
         removal = None
         try:
-            plan = run.plan = choose_vms(engine, args, settings, run)
+            plan = choose_vms(engine, args, settings, run)
             if args.dry_run:
                 if plan is not None:
                     print_plan(args, settings, plan)
