@@ -98,8 +98,6 @@ def test_a_successful_run_is_told_by_the_status_file_the_metrics_and_the_pings(
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason='back_up times its steps with run.step() '
-                   "in the lead's step list (issue 10)")
 def test_the_status_file_and_the_summary_give_the_time_of_each_step(site):
     site.add_vm('web')
     result = site.run()
