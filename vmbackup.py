@@ -343,6 +343,7 @@ class Run:
         self.step_seconds = collections.OrderedDict()   # step -> seconds
         self.plan = None                  # Plan, once the VMs are chosen
         self.created = []                 # VmBackups with a snapshot of ours
+        self.notes = []                   # lines for the event, good or bad
         self.exit_status = None
 
     def fail(self, message, *args):
@@ -1724,8 +1725,10 @@ class Polls:
     what the run waits for). Given `since` (a time.monotonic()), the first
     check is due FIRST_POLL seconds after it, at once if that has passed."""
 
-    def __init__(self, settings, sleep=time.sleep, since=None):
+    def __init__(self, settings, sleep=time.sleep, since=None,
+                 clock=time.monotonic):
         self.since = since
+        self.clock = clock
         self.first = min(FIRST_POLL, settings.poll_interval)
         self.interval = settings.poll_interval
         self.sleep = sleep
@@ -1736,10 +1739,10 @@ class Polls:
         self.hurried = True
 
     def __iter__(self):
-        last = time.monotonic() if self.since is None else self.since
+        last = self.clock() if self.since is None else self.since
         while True:
-            self.sleep(max(0.0, last + self.delay - time.monotonic()))
-            last = time.monotonic()
+            self.sleep(max(0.0, last + self.delay - self.clock()))
+            last = self.clock()
             yield
             self.delay = (self.first if self.hurried
                           else min(self.delay * BACKOFF, self.interval))
@@ -1997,6 +2000,9 @@ def report_consistency(created, settings, run):
         else:
             log.warning('VM %s: its snapshot is %s: %s', backup.name,
                         CRASH_CONSISTENT, backup.consistency_reason)
+    if crash and not required:
+        run.notes.append('%s: %s' % (CRASH_CONSISTENT, ', '.join(
+            backup.name for backup in crash)))
     ready = [backup for backup in created if backup.snapshot_ready]
     if ready:
         log.info('%d of %d snapshots quiesced%s', len(ready) - len(crash),
@@ -2539,19 +2545,29 @@ class Removal:
 
 # Step 9: the event --------------------------------------------------------------------------
 
+def event_description(mastervol, failures, minutes, notes=()):
+    """Given the volume, the run's failures, its minutes and notes (lines a
+    good run adds, e.g. what was verified), return (True for an alert, the
+    event's text, cut to EVENT_DESCRIPTION_LIMIT characters)."""
+    if failures:
+        description = '%s: %s' % (EVENT_FAILED.format(volume=mastervol),
+                                  '; '.join(failures))
+    else:
+        description = EVENT_SUCCEEDED.format(volume=mastervol,
+                                             minutes='%g' % round(minutes, 1))
+    if notes:
+        description += '. ' + '; '.join(notes)
+    if len(description) > EVENT_DESCRIPTION_LIMIT:
+        description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
+    return bool(failures), description
+
+
 def post_event(engine, args, settings, run):
     """Post the run's outcome to the engine as an event; return True when
     the engine took it."""
-    if run.failures:
-        severity = types.LogSeverity.ALERT
-        description = EVENT_FAILED.format(volume=args.mastervol)
-        description += ': ' + '; '.join(run.failures)
-        if len(description) > EVENT_DESCRIPTION_LIMIT:
-            description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
-    else:
-        severity = types.LogSeverity.NORMAL
-        description = EVENT_SUCCEEDED.format(
-            volume=args.mastervol, minutes='%g' % round(run.minutes(), 1))
+    alert, description = event_description(args.mastervol, run.failures,
+                                           run.minutes(), run.notes)
+    severity = types.LogSeverity.ALERT if alert else types.LogSeverity.NORMAL
     system = engine.system
     cluster = None
     if settings.cluster:

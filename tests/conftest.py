@@ -16,6 +16,7 @@ import trustme
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))      # vmbackup, for tests/unit
 
 from fake_engine import FakeEngine  # noqa: E402
 

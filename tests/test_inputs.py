@@ -162,16 +162,6 @@ def test_an_engine_that_is_down_is_one_line_and_exit_1(site):
     assert 'Traceback' not in result.output
 
 
-def test_a_ca_that_did_not_sign_the_engine_certificate_is_refused(site, tmp_path):
-    other = trustme.CA()
-    other.cert_pem.write_to_path(str(tmp_path / 'other.pem'))
-    result = site.run(config=site.config(connection={'ca_file': str(tmp_path / 'other.pem')}))
-    assert result.code == 1
-    assert 'cannot verify the TLS certificate of the engine' in result.err
-    assert site.engine.requests == []
-    assert_invariants(site, result)
-
-
 def test_insecure_skips_verification_with_a_warning(site):
     site.add_vm('web')
     result = site.run('--dry-run', config=site.config(
