@@ -2896,7 +2896,7 @@ def count_phrase(count, singular, plural=None):
     return '%d %s' % (count, singular if count == 1 else (plural or singular + 's'))
 
 
-def format_duration(seconds):
+def human_duration(seconds):
     """Given seconds, return them for a person: 42 s, 12.5 minutes, 3.2 hours,
     2.1 days."""
     seconds = max(0.0, seconds)
@@ -2926,7 +2926,7 @@ def summary_lines(document, where):
     verdict = 'succeeded' if document['succeeded'] else 'FAILED'
     lines = ['summary: backup of volume %s on %s %s in %s (exit status %d)' % (
         document['volume'], document['node'], verdict,
-        format_duration(document['duration_seconds']),
+        human_duration(document['duration_seconds']),
         document['exit_status'])]
     vms = document['vms']
     lines.append('summary: %s: %s' % (
@@ -2950,7 +2950,7 @@ def summary_lines(document, where):
             totals['snapshots_left'], 'snapshot'))
     if document['steps']:
         lines.append('summary: time per step: %s' % ', '.join(
-            '%s %s' % (step, format_duration(seconds))
+            '%s %s' % (step, human_duration(seconds))
             for step, seconds in document['steps'].items()))
     lines.append('summary: status: %s' % where)
     return lines
@@ -2974,7 +2974,7 @@ def ping_paragraph(document, where):
                 document['volume'], document['slave'],
                 document['slave_volume'],
                 'succeeded' if document['succeeded'] else 'failed',
-                format_duration(document['duration_seconds']),
+                human_duration(document['duration_seconds']),
                 document['exit_status'], totals['vms_backed_up'],
                 totals['vms'], totals['disks_backed_up'], totals['disks'],
                 totals['disks_verified'],
@@ -3120,9 +3120,9 @@ def check_state(document, problem, now, warning_hours, critical_hours):
         'vms=%d;;;0' % totals.get('vms', 0),
         'disks=%d;;;0' % totals.get('disks', 0),
         'failures=%d;;;0' % len(document['failures'])])
-    since = ('last success %s ago' % format_duration(age) if age is not None
+    since = ('last success %s ago' % human_duration(age) if age is not None
              else 'no successful run known')
-    ran = 'last run %s ago on %s' % (format_duration(now - document['ended_at']),
+    ran = 'last run %s ago on %s' % (human_duration(now - document['ended_at']),
                                      document.get('node', '?'))
     if document['exit_status'] != EXIT_OK:
         failures = document['failures']
@@ -3140,7 +3140,7 @@ def check_state(document, problem, now, warning_hours, critical_hours):
     return (CHECK_OK, '%s: %d of %d VMs, %d of %d disks backed up in %s' % (
         since, totals.get('vms_backed_up', 0), totals.get('vms', 0),
         totals.get('disks_backed_up', 0), totals.get('disks', 0),
-        format_duration(document['duration_seconds'])), perfdata)
+        human_duration(document['duration_seconds'])), perfdata)
 
 
 def check_line(state, text, perfdata):
@@ -3161,13 +3161,13 @@ def status_report(document, path, now):
     lines.append('  ran on %s from %s to %s (%s), %s ago' % (
         document.get('node', '?'), local_time(document['started_at']),
         local_time(document['ended_at']),
-        format_duration(document['duration_seconds']),
-        format_duration(now - document['ended_at'])))
+        human_duration(document['duration_seconds']),
+        human_duration(now - document['ended_at'])))
     last = document.get('last_success')
     if last:
         lines.append('  last success: %s on %s, %s ago' % (
             local_time(last['ended_at']), last.get('node', '?'),
-            format_duration(now - last['ended_at'])))
+            human_duration(now - last['ended_at'])))
     else:
         lines.append('  last success: none known')
     for failure in document['failures']:
@@ -3201,7 +3201,7 @@ def status_report(document, path, now):
                 + (': %s' % disk['problem'] if disk.get('problem') else ''))
     if document.get('steps'):
         lines.append('  time per step: %s' % ', '.join(
-            '%s %s' % (step, format_duration(seconds))
+            '%s %s' % (step, human_duration(seconds))
             for step, seconds in document['steps'].items()))
     lines.append('  (from %s)' % path)
     return lines
