@@ -13,6 +13,7 @@ poll of the snapshot being created, and `after=('DELETE', ...)` (a
 capability added to FakeEngine.fail) aims at the polls of the removal.
 """
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -156,6 +157,14 @@ def check(site, result, before, expect):
         assert parts[3].split('.')[0] not in known, path
     if expect.dropped:
         assert extra == set(), extra
+
+    # the status file tells the same, whatever the way out (issue 11)
+    status = json.loads((site.status_dir / ('%s.json' % MASTER)).read_text())
+    assert status['exit_status'] == result.code, status
+    assert bool(status['failures']) == (result.code != 0), status
+    assert status['succeeded'] == (result.code == 0)
+    assert ('summary: status: written to %s' % (site.status_dir / ('%s.json' % MASTER))
+            in result.err), result.err
 
 
 # -- runs that are driven while they go on ----------------------------------------
