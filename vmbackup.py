@@ -1712,12 +1712,34 @@ def read_ovf_store(root, sd_id, disk_id, volume_id):
         if len(data) != size:
             raise MetaError('OVF store %s holds %d bytes, its .meta says %d'
                             % (volume_id, len(data), size))
+        # the tar's info.json carries the Last Updated of the same write:
+        # a tar that is not the one the .meta describes is one caught half
+        # written, or stale in a client's cache (gluster's quick-read keeps
+        # small files a second: seen on 10.3 through a second mount)
+        written = ovf_info(data).get('Last Updated')
+        if written != description.get('Last Updated'):
+            raise MetaError('OVF store %s holds the tar of %s, its .meta says %s'
+                            % (volume_id, written, description.get('Last Updated')))
         again, _ = read_meta(path + '.meta')
         if again == meta:        # not rewritten while we read it
             return OvfStore(sd_id=sd_id, disk_id=disk_id, volume_id=volume_id,
                             meta=meta, data=data,
                             last_updated=description.get('Last Updated'))
     raise MetaError('OVF store %s kept changing while it was read' % volume_id)
+
+
+def ovf_info(data):
+    """Given an OVF store's tar, return its info.json; raise MetaError."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
+            member = tar.getmember('info.json')
+            info = json.loads(tar.extractfile(member).read().decode('utf-8'))
+    except (tarfile.TarError, KeyError, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise MetaError('the OVF store has no readable info.json: %s'
+                        % one_line(error)) from None
+    if not isinstance(info, dict):
+        raise MetaError('the OVF store\'s info.json is not an object')
+    return info
 
 
 def write_ovf_stores(engine, run, master_root):
@@ -1821,8 +1843,7 @@ def confirm_copies(engine, run, master_root, slave_root):
                 disk.problem = disk.problem or 'no snapshot of this run'
     if not ready:
         return []
-    states = fetch_vms(engine, [backup.vm_id for backup in ready],
-                       run.plan.up_vm_count, FOLLOW)
+    states = fetch_confirming(engine, run, [backup.vm_id for backup in ready])
     confirmed = []
     for backup in ready:
         for disk in backup.disks:
@@ -1847,6 +1868,25 @@ def confirm_copies(engine, run, master_root, slave_root):
                      'confirmed: %s; nothing of that disk is changed there',
                      backup.name, disk.disk_id, problem)
     return confirmed
+
+
+def fetch_confirming(engine, run, vm_ids):
+    """Given VM ids, return {vm id: the VM with its disks and snapshots, or
+    the sdk.Error of its look-up}; a look-up that failed but with a 404 is
+    asked again until [snapshot] wait_timeout (an engine restarting)."""
+    states = {}
+    pending = list(vm_ids)
+    deadline = time.monotonic() + run.settings.wait_timeout * 60
+    for _ in polls(run.settings, run.stop.sleep):
+        states.update(fetch_vms(engine, pending, run.plan.up_vm_count, FOLLOW))
+        pending = [vm_id for vm_id in pending
+                   if isinstance(states[vm_id], sdk.Error)
+                   and not is_not_found(states[vm_id])]
+        if not pending or time.monotonic() > deadline or run.stop.requested:
+            return states
+        log.warning('could not check %d snapshots on the engine (%s); trying '
+                    'again', len(pending), one_line(states[pending[0]]))
+    return states
 
 
 def copy_problem(disk, master_root, slave_root):

@@ -230,6 +230,7 @@ def test_a_stale_snapshot_of_an_earlier_run_is_removed_first_and_a_users_is_kept
 def test_without_a_matching_storage_domain_every_running_vm_is_backed_up(site):
     site.add_vm('web')
     site.add_vm('on-nfs', sd=site.nfs_id)
+    (site.root / 'volumes' / 'othervol').mkdir()     # a volume no domain uses
     result = site.run('--', 'othervol', SLAVE, SLAVEVOL)
     assert 'no GlusterFS storage domain uses volume othervol' in result.err
     posted = sorted(site.engine.vm_name_of(p['path'].split('/')[2])
