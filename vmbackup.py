@@ -23,21 +23,31 @@ The steps of a run:
   5. Snapshot them (disks on that domain only, no memory), all at once, and
      wait for every snapshot to be ready; record for each disk its image id
      before the snapshot (the base) and after it (the overlay). A snapshot
-     left by an earlier run that crashed is removed first.
+     left by an earlier run that crashed is removed first. Before the
+     snapshots, the engine writes the domain's OVF store (read back through
+     a read-only mount of the master, and kept).
   6. Replicate: run gluster's schedule_georep.py, which sets a checkpoint,
      runs geo-replication until the checkpoint is reached, and stops it.
-  7. Drop the overlays at the remote site: mount the slave volume and delete
-     exactly <sd>/images/<disk>/<overlay> and its .meta and .lease for each
-     overlay this run created; unmount.
+     Its exit 0 is no proof: each disk's base at the slave is then
+     confirmed to be the master's (size and mtime), and this run's
+     snapshots to be still there, before anything at the slave changes.
+  7. Make the remote copy restorable: mount the slave volume; for each
+     confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
+     .meta and .lease (after checking that .meta), and set VOLTYPE=LEAF in
+     the base's .meta, in place; put back the OVF store kept in step 5
+     where the engine rewrote it since; verify the copy as a DR engine
+     would import it (the .meta chains, the volumes the OVF store names,
+     qemu-img info and check); unmount.
   8. Remove the snapshots this run created (live merge), whatever happened
-     before, and wait until they are gone. (After a successful step 6 the
-     removals are sent before step 7, so the engine merges while the slave
-     is being cleaned.)
+     before, and wait until they are gone. (The removals are sent once the
+     copy is confirmed, so the engine merges while the slave is repaired.)
   9. Post an event to the engine: normal when all went well, alert naming
      what failed otherwise.
  10. Log out; exit 0 when every step succeeded, 1 otherwise.
 
 With --dry-run, steps 1, 3 and 4 are done and the rest is only printed.
+With --verify, only the verify of step 7 is done, at the slave mounted
+read-only, with no engine: what a DR administrator runs before a failover.
 
 Run it nightly from cron on a gluster node of the master volume, as root:
 
