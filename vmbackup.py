@@ -2778,7 +2778,7 @@ def verify_copy(run, slave_root, kept, confirmed):
     stores = {}
     for store in kept:
         stores.setdefault(store.sd_id, []).append((store.disk_id, store.volume_id))
-    domains = sorted(set(run.plan.storage_domains) if run.plan else set()
+    domains = sorted(set(run.plan.storage_domains if run.plan else ())
                      | {disk.sd_id for _, disk in confirmed})
     verifier = Verifier(slave_root, find_qemu_img(run.settings), run.stop)
     for sd_id in domains:
