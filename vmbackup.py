@@ -64,6 +64,7 @@ import concurrent.futures
 import configparser
 import contextlib
 import datetime
+import enum
 import errno
 import fcntl
 import glob
@@ -78,6 +79,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -85,12 +87,20 @@ import tarfile
 import tempfile
 import threading
 import time
+import traceback
 import urllib.parse
+import uuid
 import xml.etree.ElementTree as ElementTree
 
-import ovirtsdk4 as sdk
-import pycurl
-import ovirtsdk4.types as types
+try:
+    import ovirtsdk4 as sdk
+    import ovirtsdk4.types as types
+    import pycurl
+except ImportError as error:     # main() says so in one line (exit 2)
+    MISSING_SDK = error
+    sdk = types = pycurl = None
+else:
+    MISSING_SDK = None
 
 VERSION = '2.1.0'
 
@@ -117,6 +127,7 @@ DEFAULT_MOUNT_LOG = '/var/log/glusterfs/geo-replication/dr_slave.mount.log'
 # cluster.enable-shared-storage: where cluster-wide locks and state live
 SHARED_STORAGE = '/run/gluster/shared_storage'
 FALLBACK_LOCK_DIR = '/run/lock'               # this node only
+DEFAULT_SKIP_WITHIN = 720.0          # minutes: a later run after a success is skipped
 FALLBACK_STATUS_DIR = '/var/lib/vmbackup'     # this node only
 DEFAULT_PING_TIMEOUT = 10.0          # seconds, one monitoring ping
 DEFAULT_CHECK_WARNING = 25.0         # hours since the last success: WARNING
@@ -130,7 +141,9 @@ FIRST_POLL = 0.25                    # seconds; each next wait is BACKOFF times 
 BACKOFF = 1.25
 DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
+GLUSTER_CLI_TIMEOUT = 120            # seconds for one gluster CLI call
 PAGE_SIZE = 100                      # the engine's cap on one search answer
+LOOK_PAGE_SIZE = 20                  # VMs per page when looking again at some
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
 EVENT_ATTEMPTS = 3
 EVENT_LOOKBACK = 100                 # latest events searched for our own
@@ -147,6 +160,41 @@ UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
 OVERLAY_SUFFIXES = ('', '.meta', '.lease')
 FOLLOW = 'disk_attachments.disk,snapshots'   # what a VM look-up inlines
 
+# What the engine logs about this run's snapshots: ovirt-engine's AuditLogType
+# (backend/manager/modules/common/src/main/java/org/ovirt/engine/core/common/
+# AuditLogType.java). The events only say which VMs to look at; what the run
+# acts on is always read from the VM.
+USER_CREATE_SNAPSHOT_FINISHED_SUCCESS = 68
+USER_CREATE_SNAPSHOT_FINISHED_FAILURE = 69
+USER_FAILED_CREATE_SNAPSHOT = 117
+USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE = 170   # "might cause data inconsistency"
+USER_FAILED_REMOVE_SNAPSHOT = 343
+USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS = 356
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE = 357
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_PARTIAL_SNAPSHOT = 359
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_BASE_IMAGE_NOT_FOUND = 362
+FAILED_TO_FREEZE_VM = 10764
+NOT_FROZEN = {      # event code -> why the guest's filesystems were not frozen
+    FAILED_TO_FREEZE_VM: 'the engine could not freeze its filesystems '
+                         '(event FAILED_TO_FREEZE_VM)',
+    USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE:
+        'the live snapshot failed on the host (event '
+        'USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE)',
+}
+CREATION_ENDS = frozenset((
+    USER_CREATE_SNAPSHOT_FINISHED_SUCCESS, USER_CREATE_SNAPSHOT_FINISHED_FAILURE,
+    USER_FAILED_CREATE_SNAPSHOT, USER_CREATE_LIVE_SNAPSHOT_FINISHED_FAILURE))
+REMOVAL_ENDS = frozenset((
+    USER_FAILED_REMOVE_SNAPSHOT, USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS,
+    USER_REMOVE_SNAPSHOT_FINISHED_FAILURE,
+    USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_PARTIAL_SNAPSHOT,
+    USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_BASE_IMAGE_NOT_FOUND))
+NO_GUEST_AGENT = ('no guest agent reports from it (the engine shows no guest '
+                  'operating system), so nothing froze its filesystems')
+FEED_MAX = 1000                      # events asked for at once
+NET_FIRST = 30.0                     # seconds to the safety net's first look,
+NET_LAST = 300.0                     # then twice as long each time, up to this
+
 KNOWN_KEYS = {
     'connection': {'server', 'user_name', 'password', 'ca_file', 'insecure',
                    'timeout', 'connections'},
@@ -157,7 +205,7 @@ KNOWN_KEYS = {
                 'mount_timeout'},
     'verify': {'qemu_img'},
     'event': {'cluster'},
-    'lock': {'lock_dir'},
+    'lock': {'lock_dir', 'skip_within'},
     'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
 }
 
@@ -173,7 +221,8 @@ class UsageError(Exception):
 
 
 class LockHeld(Exception):
-    """Another run holds the lock of this master volume: exit 3."""
+    """Another run holds the lock of this master volume, may be live on
+    another node, or has just backed it up: exit 3, nothing done."""
 
 
 class Record:
@@ -220,6 +269,7 @@ class Settings(Record):
         'cluster': None,
         'lock_dir': None,
         'lock_is_shared': False,
+        'skip_within': DEFAULT_SKIP_WITHIN,
         'status_dir': None,
         'textfile_dir': None,
         'ping_url': None,
@@ -251,6 +301,7 @@ class VmBackup(Record):
         'snapshot_ready': False,
         'request_error': None,      # why the snapshot request got no answer
         'consistency': None,        # QUIESCED or CRASH_CONSISTENT, when known
+        'consistency_reason': None,  # why it is CRASH_CONSISTENT, one line
         'snapshot_removed': None,
     }
 
@@ -261,7 +312,13 @@ class Plan(Record):
         'storage_domains': {},      # id -> name; empty with --all-vms
         'backups': [],
         'up_vm_count': 0,
+        'vm_positions': {},         # vm id -> its place in the list of running VMs
     }
+
+
+class Failed(Exception):
+    """A step failed and the run cannot go on; the failure was recorded
+    with run.fail already."""
 
 
 class Interrupted(Exception):
@@ -285,6 +342,8 @@ class Run:
         self.step_seconds = collections.OrderedDict()   # step -> seconds
         self.plan = None                  # Plan, once the VMs are chosen
         self.created = []                 # VmBackups with a snapshot of ours
+        self.ovf_stores = []              # OvfStores kept before the snapshots
+        self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.exit_status = None
 
     def fail(self, message, *args):
@@ -302,10 +361,12 @@ class Run:
             raise Interrupted(self.stop.signal_name)
 
     @contextlib.contextmanager
-    def step(self, name):
+    def step(self, name, cleanup=False):
         """Time a step of the run (added to step_seconds under name); raise
-        Interrupted before it starts when a stop was requested."""
-        self.check_stop()
+        Interrupted before it starts when a stop was requested, unless it
+        is a cleanup step, which always runs."""
+        if not cleanup:
+            self.check_stop()
         began = time.monotonic()
         try:
             yield
@@ -611,6 +672,8 @@ def read_config(path, needs_engine=True):
         lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
                               else FALLBACK_LOCK_DIR),
         lock_is_shared=bool(shared) if lock_dir is None else is_fuse(lock_dir),
+        skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
+                                  float, allow_zero=True),
         status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
                                   else FALLBACK_STATUS_DIR),
         textfile_dir=config.path('status', 'textfile_dir'),
@@ -756,6 +819,13 @@ def configure_logging(settings, args):
             if getattr(handler, '_vmbackup_bootstrap', False):
                 log.removeHandler(handler)
         log.propagate = True
+        if not errors_reach_a_terminal_stream():
+            # cron mails what reaches stderr: a failure must, whatever the
+            # logging config says
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setLevel(logging.ERROR)
+            handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))
+            log.addHandler(handler)
     if args.verbose:
         log.setLevel(logging.DEBUG)
     elif args.quiet:
@@ -764,6 +834,20 @@ def configure_logging(settings, args):
         log.setLevel(logging.NOTSET)     # the file's levels decide
     else:
         log.setLevel(logging.INFO)
+
+
+def errors_reach_a_terminal_stream():
+    """Tell whether an error logged by vmbackup reaches stderr or stdout
+    through the handlers that logging's config set up."""
+    logger = log
+    while logger is not None:
+        for handler in logger.handlers:
+            stream = getattr(handler, 'stream', None)
+            if (stream in (sys.stderr, sys.stdout)
+                    and handler.level <= logging.ERROR):
+                return True
+        logger = logger.parent if logger.propagate else None
+    return False
 
 
 def bootstrap_logging():
@@ -782,10 +866,31 @@ def bootstrap_logging():
 # Step 2: the lock ---------------------------------------------------------------
 
 @contextlib.contextmanager
-def take_lock(lock_dir, mastervol):
-    """Given the lock directory and the master volume, hold an exclusive
-    flock for the block; raise LockHeld when another run has it."""
-    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % mastervol)
+def take_lock(run):
+    """Given the run, hold an exclusive flock on LOCK_DIR/vmbackup-VOL.lock
+    for the block; raise LockHeld when another run has it, or when a run on
+    any node backed the volume up less than [lock] skip_within minutes ago.
+
+    On gluster's shared storage (a FUSE mount on every node) the flock is
+    cluster-wide, so the same cron line on every node makes one backup per
+    night. The lock file says who holds it and how the last run ended:
+    one JSON object."""
+    settings = run.settings
+    lock_dir = settings.lock_dir
+    if settings.lock_is_shared:
+        try:
+            os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise UsageError('cannot make the lock directory %s: %s'
+                             % (lock_dir, error.strerror)) from None
+    else:
+        # the fallback warns; a local lock_dir set by hand was chosen
+        tell = log.warning if lock_dir == FALLBACK_LOCK_DIR else log.info
+        tell('lock directory %s is on this node only: a run on another node '
+             "of the pool is not excluded (mount gluster's shared storage: "
+             'gluster volume set all cluster.enable-shared-storage enable)',
+             lock_dir)
+    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % run.mastervol)
     try:
         handle = open(path, 'a+')
     except OSError as error:
@@ -797,16 +902,92 @@ def take_lock(lock_dir, mastervol):
         except OSError as error:
             if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            handle.seek(0)
-            holder = handle.read().strip() or 'unknown'
-            raise LockHeld('another backup of volume %s is running (pid %s, '
-                           'lock %s); nothing done'
-                           % (mastervol, holder, path)) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write('%d\n' % os.getpid())
-        handle.flush()
-        yield path
+            holder = read_lock_record(handle)
+            raise LockHeld('another backup of volume %s is running (%s; lock '
+                           '%s); nothing done' % (
+                               run.mastervol, describe_holder(holder), path)
+                           ) from None
+        last = read_lock_record(handle)
+        recent = recently_backed_up(last, settings.skip_within, time.time())
+        if recent:
+            raise LockHeld('volume %s was backed up %s ([lock] skip_within '
+                           '= %g minutes); nothing done'
+                           % (run.mastervol, recent, settings.skip_within))
+        record = {'node': socket.gethostname(), 'pid': os.getpid(),
+                  'started': run.started_at}
+        for key in ('last_success', 'last_success_node'):
+            if key in last:
+                record[key] = last[key]
+        write_lock_record(handle, record)
+        try:
+            yield path
+        finally:
+            record['ended'] = time.time()
+            record['exit'] = run.exit_status
+            if run.exit_status == EXIT_OK and not run.args.dry_run:
+                record['last_success'] = record['ended']
+                record['last_success_node'] = record['node']
+            with contextlib.suppress(OSError):
+                write_lock_record(handle, record)
+
+
+def read_lock_record(handle):
+    """Given the open lock file, return its JSON object, {} when it has
+    none (an empty file, or the 2.0 tool's bare pid)."""
+    handle.seek(0)
+    text = handle.read().strip()
+    try:
+        record = json.loads(text) if text else {}
+    except ValueError:
+        return {'pid': text}
+    return record if isinstance(record, dict) else {}
+
+
+def write_lock_record(handle, record):
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(record, sort_keys=True) + '\n')
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def describe_holder(record):
+    """Given a lock record, say who holds the lock."""
+    if not record.get('pid'):
+        return 'holder unknown'
+    text = 'pid %s' % record['pid']
+    if record.get('node'):
+        text += ' on %s' % record['node']
+    if isinstance(record.get('started'), (int, float)):
+        text += ', since %s' % format_time(record['started'])
+    return text
+
+
+def recently_backed_up(record, skip_within, now):
+    """Given the lock record of the last run, the [lock] skip_within minutes
+    and the time now, return how long ago and by whom the volume was last
+    backed up when that is less than skip_within ago, else None."""
+    last = record.get('last_success')
+    if not skip_within or not isinstance(last, (int, float)):
+        return None
+    age = now - last
+    if not 0 <= age < skip_within * 60:
+        return None
+    return '%s ago by %s' % (format_duration(age),
+                             record.get('last_success_node') or 'a node')
+
+
+def format_time(epoch):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(epoch))
+
+
+def format_duration(seconds):
+    """Given seconds, say them as a person would: 45 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return '%d s' % round(seconds)
+    if seconds < 90 * 60:
+        return '%d min' % round(seconds / 60)
+    return '%.1f h' % (seconds / 3600)
 
 
 # Step 3: the engine ------------------------------------------------------------
@@ -826,6 +1007,9 @@ class Engine:
         self._workers = []
         self._workers_lock = threading.Lock()
         self._pool = None
+        # what this engine refused of its progress feed, found out once
+        self.events_from = True       # GET /events?from=ID
+        self.job_search = True        # GET /jobs?search=correlation_id=X
 
     def _connection(self, token=None):
         settings = self.settings
@@ -922,7 +1106,7 @@ class Engine:
         self.main = None
 
 
-class Timeout(sdk.Error):
+class Timeout(sdk.Error if sdk else Exception):
     """A call to the engine that did not return in time."""
 
 
@@ -989,30 +1173,97 @@ def is_conflict(error):
 
 # Step 4: choose the VMs -----------------------------------------------------------
 
-def find_storage_domains(engine, mastervol, settings, run):
-    """Given the master volume, return {sd_id: name} of the storage domains it
-    backs: the one named in the config, or the GlusterFS domains whose path
-    names the volume. Empty when none matches (the caller falls back to every
-    running VM); None after run.fail when the choice is wrong."""
+def check_session(run):
+    """Given the run, check with gluster's CLI that the geo-replication
+    session MASTERVOL -> SLAVE::SLAVEVOL exists; raise Failed naming what is
+    missing and the likely fix."""
+    args, settings = run.args, run.settings
+    session = '%s::%s' % (args.slave, args.slavevol)
+    command = [settings.gluster, '--mode=script', 'volume', 'geo-replication',
+               args.mastervol, session, 'status', '--xml']
+    status, output = run_child(command, GLUSTER_CLI_TIMEOUT, run.stop)
+    problem = session_problem(status, output)
+    if problem is None:
+        log.info('geo-replication session %s -> %s exists', args.mastervol,
+                 session)
+        return
+    if problem == 'missing':
+        run.fail('there is no geo-replication session %s -> %s: check '
+                 'MASTERVOL, SLAVE and SLAVEVOL against "gluster volume '
+                 'geo-replication status"; nothing was changed',
+                 args.mastervol, session)
+    elif isinstance(status, OSError):
+        run.fail('cannot run %s ([gluster] gluster): %s; nothing was changed',
+                 settings.gluster, status.strerror or status)
+    else:
+        run.fail('cannot check the geo-replication session %s -> %s: %s; '
+                 'nothing was changed', args.mastervol, session, problem)
+    raise Failed()
+
+
+def session_problem(status, output):
+    """Given the exit status and output of `gluster volume geo-replication
+    M S::V status --xml`, return None when the session exists, 'missing'
+    when gluster says there is none, or what went wrong, in words.
+
+    GlusterFS 10.3, measured: exit 0 with cliOutput/opRet 0 and a session
+    element when it exists; exit 2, "geo-replication command failed" and no
+    XML when it does not; exit 1 "Connection failed" when glusterd is down."""
+    if isinstance(status, OSError):
+        return one_line(status)
+    if status is None:
+        return 'gluster did not answer within %d seconds' % GLUSTER_CLI_TIMEOUT
+    if status == 0:
+        start = output.find('<cliOutput')
+        try:
+            root = ElementTree.fromstring(output[start:]) if start >= 0 else None
+        except ElementTree.ParseError:
+            root = None
+        if root is None:
+            return 'gluster answered without its XML'
+        if root.findtext('opRet', '').strip() != '0':
+            return (root.findtext('opErrstr') or '').strip() or 'gluster failed'
+        if root.find('geoRep/volume/sessions/session') is None:
+            return 'missing'
+        return None
+    if status == 2 and 'geo-replication command failed' in output:
+        return 'missing'
+    first = output.strip().splitlines()[0] if output.strip() else ''
+    return 'gluster %s%s' % (describe_status(status),
+                             (': ' + first) if first else '')
+
+
+def find_storage_domains(run, engine):
+    """Given the run, return {sd_id: name} of the storage domain the master
+    volume backs: the one named in the config, or the GlusterFS domain whose
+    path names the volume; {} with --all-vms. Raise Failed when there is
+    none, or several."""
+    if run.args.all_vms:
+        log.warning('--all-vms: every running VM is snapshotted, with all '
+                    'its disks, wherever they are')
+        return {}
+    settings, mastervol = run.settings, run.mastervol
     domains = engine.system.storage_domains_service().list()
     if settings.storage_domain:
         named = [sd for sd in domains if sd.name == settings.storage_domain]
         if not named:
             run.fail('storage domain %r ([gluster] storage_domain) does not '
-                     'exist in the engine', settings.storage_domain)
-            return None
+                     'exist in the engine; nothing was changed',
+                     settings.storage_domain)
+            raise Failed()
         return {sd.id: sd.name for sd in named}
     matches = [sd for sd in domains if backs_volume(sd, mastervol)]
     if len(matches) > 1:
         run.fail('several GlusterFS storage domains use a volume named %s (%s); '
                  'name the right one in [gluster] storage_domain', mastervol,
                  ', '.join(sorted(sd.name for sd in matches)))
-        return None
+        raise Failed()
     if not matches:
-        log.warning('no GlusterFS storage domain uses volume %s: backing up '
-                    'every running VM with all its disks (set [gluster] '
-                    'storage_domain to choose one)', mastervol)
-        return {}
+        run.fail('no GlusterFS storage domain of the engine uses volume %s: '
+                 'check MASTERVOL, or name the domain in [gluster] '
+                 'storage_domain (--all-vms snapshots every running VM '
+                 'instead); nothing was changed', mastervol)
+        raise Failed()
     log.info('volume %s backs storage domain %s (%s)', mastervol,
              matches[0].name, matches[0].id)
     return {matches[0].id: matches[0].name}
@@ -1028,9 +1279,10 @@ def backs_volume(domain, mastervol):
     return path == mastervol
 
 
-def list_vms(system, search, follow):
+def list_vms(system, search, follow, positions=None):
     """Given a search, return every VM it finds, page after page (the engine
-    answers at most PAGE_SIZE at a time), with `follow` inlined."""
+    answers at most PAGE_SIZE at a time), with `follow` inlined; fill
+    positions, when given, with {vm id: its place in the answer, from 0}."""
     found = {}
     page = 1
     while True:
@@ -1038,17 +1290,19 @@ def list_vms(system, search, follow):
         new = [vm for vm in answer if vm.id not in found]
         for vm in new:
             found[vm.id] = vm
+            if positions is not None:
+                positions[vm.id] = len(positions)
         if len(answer) < PAGE_SIZE or not new:
             return list(found.values())
         page += 1
 
 
-def list_page(system, search, page, follow):
-    """Given a search and a page number, return that page of VMs, with
-    `follow` inlined."""
+def list_page(system, search, page, follow, size=PAGE_SIZE):
+    """Given a search and a page number (of `size` VMs), return that page of
+    VMs, with `follow` inlined."""
     query = '%s page %d' % (search, page)
     answer = following(lambda **follows: system.vms_service().list(
-        search=query, max=PAGE_SIZE, **follows), follow)
+        search=query, max=size, **follows), follow)
     return [fill_in(system, vm, follow) for vm in answer]
 
 
@@ -1096,28 +1350,68 @@ def fill_in(system, vm, follow):
     return vm
 
 
-def choose_vms(engine, args, settings, run):
-    """Given the command line, return the Plan of step 4, or None after
-    run.fail when the VMs can't be chosen."""
+def check_and_choose(run, engine):
+    """Step 4: given the run, check that the geo-replication session and the
+    storage domain exist, then choose the VMs; return the Plan. Raise Failed
+    (nothing changed) when a check fails or a name matches no VM, and
+    LockHeld when a run on another node may own a snapshot of ours."""
+    args = run.args
+    check_session(run)
     try:
-        domains = find_storage_domains(engine, args.mastervol, settings, run)
+        domains = find_storage_domains(run, engine)
     except sdk.Error as error:
         run.fail('could not list the storage domains: %s', one_line(error))
-        return None
-    if domains is None:
-        return None
+        raise Failed() from None
     try:
-        vms = list_vms(engine.system, 'status=up', FOLLOW)
+        vm_positions = {}
+        vms = list_vms(engine.system, 'status=up', FOLLOW, vm_positions)
     except sdk.Error as error:
         run.fail('could not list the running VMs: %s', one_line(error))
-        return None
+        raise Failed() from None
     log.debug('%d VMs are up', len(vms))
-    wanted = set(args.vm)
-    excluded = set(args.exclude)
+    backups, problems = select_backups(vms, domains, set(args.vm),
+                                       set(args.exclude))
+    unknown = [name for name in sorted(set(args.vm) | set(args.exclude))
+               if name not in {vm.name for vm in vms}
+               and not vm_exists(engine, name)]
+    for name in unknown:
+        problems.append('no VM is named %s (--%s)' % (
+            name, 'vm' if name in args.vm else 'exclude'))
+    for name in sorted(set(args.vm) - {vm.name for vm in vms} - set(unknown)):
+        problems.append('VM %s named with --vm is not running' % name)
+    for problem in problems:
+        run.fail('%s', problem)
+    if problems:
+        log.error('nothing was changed')
+        raise Failed()
+    log.info('%d of %d running VMs chosen: %s', len(backups), len(vms),
+             ', '.join(backup.name for backup in backups) or 'none')
+    if not backups:
+        log.warning('no running VM has a disk to snapshot on %s: the volume '
+                    'is replicated with no snapshot, as it is', 'storage '
+                    'domain ' + ', '.join(domains.values()) if domains
+                    else 'any storage domain')
+    plan = Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms),
+                vm_positions=vm_positions)
+    check_stale_snapshots(run, plan, vms)
+    return plan
+
+
+def vm_exists(engine, name):
+    """Given a VM name, tell whether the engine has a VM of that name (in
+    any state)."""
+    return any(vm.name == name for vm in engine.system.vms_service().list(
+        search='name=%s' % name, max=PAGE_SIZE))
+
+
+def select_backups(vms, domains, wanted, excluded):
+    """Given the running VMs (disks and snapshots inlined), the storage
+    domains ({} for all), and the --vm and --exclude names, return (a
+    VmBackup per VM to snapshot, sorted by name; the problems, one line
+    each, of VMs named with --vm that can't be backed up)."""
     backups = []
-    seen = set()
+    problems = []
     for vm in sorted(vms, key=lambda vm: vm.name or ''):
-        seen.add(vm.name)
         if wanted and vm.name not in wanted:
             continue
         if vm.name in excluded:
@@ -1125,37 +1419,77 @@ def choose_vms(engine, args, settings, run):
             continue
         if vm.name == HOSTED_ENGINE_NAME:
             if vm.name in wanted:
-                run.fail('VM %s is the hosted engine and is never snapshotted',
-                         vm.name)
+                problems.append('VM %s is the hosted engine and is never '
+                                'snapshotted' % vm.name)
             else:
                 log.debug('VM %s skipped: the hosted engine', vm.name)
             continue
         disks = disks_to_back_up(vm, domains)
         if not disks:
-            message = 'VM %s has no disk that can be snapshotted on %s'
-            where = ('storage domain ' + ', '.join(domains.values())
-                     if domains else 'any storage domain')
+            message = 'VM %s has no disk that can be snapshotted on %s' % (
+                vm.name, 'storage domain ' + ', '.join(domains.values())
+                if domains else 'any storage domain')
             if vm.name in wanted:
-                run.fail(message, vm.name, where)
+                problems.append(message)
             else:
-                log.debug(message, vm.name, where)
+                log.debug('%s', message)
             continue
-        stale = [snapshot.id for snapshot in (vm.snapshots or [])
+        stale = [snapshot for snapshot in (vm.snapshots or [])
                  if snapshot.description == SNAPSHOT_DESCRIPTION
                  and snapshot.snapshot_type != types.SnapshotType.ACTIVE]
         backups.append(VmBackup(vm_id=vm.id, name=vm.name, disks=disks,
-                                stale_snapshot_ids=stale))
-    for name in sorted(wanted - seen):
-        run.fail('VM %s named with --vm is not running (or does not exist)',
-                 name)
-    log.info('%d of %d running VMs chosen: %s', len(backups), len(vms),
-             ', '.join(backup.name for backup in backups) or 'none')
-    if not backups and not wanted:
-        log.warning('no running VM has a disk to snapshot on %s: the volume '
-                    'is replicated with no snapshot, as it is', 'storage '
-                    'domain ' + ', '.join(domains.values()) if domains
-                    else 'any storage domain')
-    return Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms))
+                                stale_snapshot_ids=[s.id for s in stale]))
+    return backups, problems
+
+
+def check_stale_snapshots(run, plan, vms):
+    """Given the Plan, allow the removal of the snapshots with our
+    description found on its VMs only when no live run may own them: when
+    the lock is cluster-wide (ours), or the snapshot is older than the
+    longest a run can take. Raise LockHeld otherwise (nothing done)."""
+    if run.settings.lock_is_shared or run.args.dry_run:
+        return
+    dates = {snapshot.id: snapshot.date for vm in vms
+             for snapshot in vm.snapshots or []}
+    longest = longest_run_seconds(run.args, run.settings)
+    for backup in plan.backups:
+        for snapshot_id in backup.stale_snapshot_ids:
+            age = snapshot_age(dates.get(snapshot_id), time.time())
+            if age is None or age < longest:
+                raise LockHeld(
+                    'VM %s has a snapshot %r %s: a run on another node may '
+                    'own it, and the lock in %s does not reach other nodes; '
+                    'nothing done (mount gluster\'s shared storage for a '
+                    'cluster-wide lock, or remove the snapshot when no run is '
+                    'live)' % (backup.name, SNAPSHOT_DESCRIPTION,
+                               'of unknown age' if age is None else
+                               'taken %s ago' % format_duration(age),
+                               run.settings.lock_dir))
+            log.warning('VM %s: snapshot %s is %s old, older than a run can '
+                        'take: left by an earlier run', backup.name,
+                        snapshot_id, format_duration(age))
+
+
+def snapshot_age(date, now):
+    """Given a snapshot's date (datetime, or None) and the epoch time now,
+    return its age in seconds, or None when unknown."""
+    if date is None:
+        return None
+    try:
+        return now - date.timestamp()
+    except (AttributeError, OverflowError, ValueError):
+        return None
+
+
+def longest_run_seconds(args, settings):
+    """Given the command line and settings, return the longest a run can
+    take from its snapshots to their removal (inf when the scheduler may
+    wait for ever: -t 0)."""
+    if args.timeout <= 0:
+        return float('inf')
+    return (2 * settings.wait_timeout * 60 + args.timeout * 60
+            + settings.scheduler_grace + 2 * settings.mount_timeout
+            + 2 * UMOUNT_TIMEOUT * 3)
 
 
 def disks_to_back_up(vm, domains):
@@ -1184,12 +1518,13 @@ def disks_to_back_up(vm, domains):
     return records
 
 
-def print_plan(args, settings, plan):
+def print_plan(run):
     """--dry-run: print what steps 5 to 9 would do."""
+    args, settings, plan = run.args, run.settings, run.plan
     out = sys.stdout
     domains = (', '.join('%s (%s)' % (name, sd_id) for sd_id, name
                          in plan.storage_domains.items())
-               or 'none matched: every running VM, all disks')
+               or '--all-vms: every running VM, all disks')
     print('Dry run: nothing is changed.', file=out)
     print('Storage domain on volume %s: %s' % (args.mastervol, domains), file=out)
     print('VMs to snapshot (%d of %d running):' % (len(plan.backups),
@@ -1232,7 +1567,7 @@ def remove_stale_snapshots(engine, plan, settings, run):
     for backup, snapshot_id in stale:
         log.warning('VM %s: removing snapshot %s %r left by an earlier run',
                     backup.name, snapshot_id, SNAPSHOT_DESCRIPTION)
-    left = Removal(engine, stale, settings, plan.up_vm_count).wait()
+    left = Removal(engine, stale, settings, plan).wait()
     failed = {backup.vm_id for backup, _ in left}
     for backup in plan.backups:
         if backup.vm_id in failed:
@@ -1245,6 +1580,7 @@ def snapshot_vms(engine, plan, settings, run, stop):
     """Given the Plan, create one snapshot per VM, all at once, and wait for
     them together; return the VmBackups whose snapshot was created (ready or
     not: all of them must be removed later)."""
+    feed = Feed(engine, 'snapshot creation', CREATION_ENDS)
 
     def create(backup):
         snapshot = types.Snapshot(
@@ -1254,9 +1590,11 @@ def snapshot_vms(engine, plan, settings, run, stop):
                               for disk in backup.disks],
         )
         return lambda system: (system.vms_service().vm_service(backup.vm_id)
-                               .snapshots_service().add(snapshot))
+                               .snapshots_service().add(snapshot,
+                                                        query=feed.query()))
 
     log.info('creating snapshots of %d VMs', len(plan.backups))
+    feed.start()
     results = engine.map([(backup.vm_id, create(backup))
                           for backup in plan.backups])
     created = []
@@ -1274,7 +1612,8 @@ def snapshot_vms(engine, plan, settings, run, stop):
         log.debug('VM %s: snapshot %s created (%s)', backup.name, result.id,
                   result.snapshot_status)
     created += adopt_lost_snapshots(engine, unanswered, plan, run)
-    wait_for_snapshots(engine, created, plan, settings, run, stop)
+    wait_for_snapshots(engine, created, plan, settings, run, stop, feed)
+    report_consistency(created, settings, run)
     return created
 
 
@@ -1327,8 +1666,8 @@ def look_for_snapshots(engine, backups, plan, found_message):
     those VmBackups and {vm_id: the VM or the sdk.Error of its look-up}."""
     if not backups:
         return [], {}
-    states = fetch_vms(engine, [backup.vm_id for backup in backups],
-                       plan.up_vm_count, 'snapshots')
+    states = fetch_vms(engine, [backup.vm_id for backup in backups], plan,
+                       'snapshots')
     found = []
     for backup in backups:
         vm = states.get(backup.vm_id)
@@ -1344,18 +1683,20 @@ def look_for_snapshots(engine, backups, plan, found_message):
     return found, states
 
 
-def fetch_vms(engine, vm_ids, up_vm_count, follow):
+def fetch_vms(engine, vm_ids, plan, follow):
     """Given VM ids, return {vm_id: types.Vm with `follow` inlined, or the
-    sdk.Error of its look-up}, with as few requests as it takes: the pages of
-    the list of running VMs, fetched together, when they are fewer than the
-    VMs, then one GET per VM not found there."""
+    sdk.Error of its look-up}, with as few requests as it takes: the pages
+    (of LOOK_PAGE_SIZE) of the list of running VMs that held them at step 4,
+    fetched together, when they are fewer than the VMs, then one GET per VM
+    not found there."""
     states = {}
-    pages = max(1, math.ceil(up_vm_count / PAGE_SIZE))
-    if len(vm_ids) > pages:
+    pages = sorted({page for page in (look_page(plan, vm_id) for vm_id in vm_ids)
+                    if page is not None})
+    if pages and len(pages) < len(vm_ids):
         answers = engine.map([
-            (page, lambda system, page=page: list_page(system, 'status=up',
-                                                       page, follow))
-            for page in range(1, pages + 1)])
+            (page, lambda system, page=page: list_page(
+                system, 'status=up', page, follow, LOOK_PAGE_SIZE))
+            for page in pages])
         wanted = set(vm_ids)
         for page, answer in answers.items():
             if isinstance(answer, sdk.Error):
@@ -1370,31 +1711,228 @@ def fetch_vms(engine, vm_ids, up_vm_count, follow):
     return states
 
 
-def polls(settings, sleep=time.sleep):
-    """Yield before each check of the engine, timing the checks start to
-    start: the first after FIRST_POLL seconds, each next wait BACKOFF times
-    longer, up to poll_interval."""
-    delay = min(FIRST_POLL, settings.poll_interval)
-    last = time.monotonic()
-    while True:
-        sleep(max(0.0, last + delay - time.monotonic()))
-        last = time.monotonic()
-        yield
-        delay = min(delay * BACKOFF, settings.poll_interval)
+def look_page(plan, vm_id):
+    """Given the Plan and a VM id, return the page (of LOOK_PAGE_SIZE) of the
+    list of running VMs that held it at step 4, or None."""
+    position = plan.vm_positions.get(vm_id) if plan is not None else None
+    return None if position is None else position // LOOK_PAGE_SIZE + 1
 
 
-def wait_for_snapshots(engine, created, plan, settings, run, stop):
+class Polls:
+    """The checks of the engine, timed start to start: the first after
+    FIRST_POLL seconds, each next wait BACKOFF times longer, up to
+    poll_interval; after hurry(), FIRST_POLL again (the engine is finishing
+    what the run waits for). Given `since` (a time.monotonic()), the first
+    check is due FIRST_POLL seconds after it, at once if that has passed."""
+
+    def __init__(self, settings, sleep=time.sleep, since=None):
+        self.since = since
+        self.first = min(FIRST_POLL, settings.poll_interval)
+        self.interval = settings.poll_interval
+        self.sleep = sleep
+        self.delay = self.first
+        self.hurried = False
+
+    def hurry(self):
+        self.hurried = True
+
+    def __iter__(self):
+        last = time.monotonic() if self.since is None else self.since
+        while True:
+            self.sleep(max(0.0, last + self.delay - time.monotonic()))
+            last = time.monotonic()
+            yield
+            self.delay = (self.first if self.hurried
+                          else min(self.delay * BACKOFF, self.interval))
+            self.hurried = False
+
+
+class Feed:
+    """What the engine says changed during one wait on this run's actions,
+    all tagged with one correlation id: its events since the wait began
+    (GET /events?from=ID: only newer ones) and its jobs (GET
+    /jobs?search=correlation_id=X). The feed only tells which VMs to look at
+    now; what the run acts on is read from the VMs. An engine that refuses
+    `from` or the job search (or ignores `from`) is asked the old way: every
+    pending VM at every check."""
+
+    def __init__(self, engine, what, ends):
+        self.engine = engine
+        self.what = what
+        self.ends = ends            # the event codes that end an action
+        self.correlation_id = str(uuid.uuid4())
+        self.last_event = None      # the newest event id seen; None: no feed
+        self.not_frozen = {}        # vm id -> why its guest was not frozen
+
+    def query(self):
+        """The query parameters that tag an action as this wait's."""
+        return {'correlation_id': self.correlation_id}
+
+    def _refused(self, what, error):
+        """Given the feed an engine refused and its error, say so once."""
+        if getattr(self.engine, what):
+            setattr(self.engine, what, False)
+            log.debug('the engine refused %s (%s): waiting on the VMs themselves',
+                      'events?from=' if what == 'events_from' else
+                      'jobs?search=correlation_id=', one_line(error))
+
+    def start(self):
+        """Before the actions are sent: note the newest event."""
+        if not self.engine.events_from:
+            return
+        try:
+            latest = self.engine.system.events_service().list(max=1)
+        except sdk.Error as error:
+            log.debug('could not read the latest event: %s', one_line(error))
+            return
+        self.last_event = event_number(latest[0]) if latest else 0
+
+    def changes(self):
+        """Return {vm_id: event codes} of the events since the last call, or
+        None when the feed cannot tell (the caller then looks at every VM)."""
+        if self.last_event is None or not self.engine.events_from:
+            return None
+        try:
+            events = self.engine.system.events_service().list(
+                from_=self.last_event, max=FEED_MAX)
+        except sdk.Error as error:
+            if getattr(error, 'code', None) in (400, 404):
+                self._refused('events_from', error)
+                self.last_event = None
+            else:
+                log.debug('could not read the events: %s', one_line(error))
+            return None
+        numbers = [event_number(event) for event in events]
+        if any(number is None or number <= self.last_event for number in numbers):
+            self._refused('events_from', 'it answered with older events')
+            self.last_event = None
+            return None
+        changed = {}
+        for event in events:
+            vm_id = event.vm.id if event.vm is not None else None
+            if vm_id is None:
+                continue
+            if event.code in self.ends:
+                changed.setdefault(vm_id, set()).add(event.code)
+            if (event.code in NOT_FROZEN and event.correlation_id
+                    in (None, self.correlation_id)):
+                self.not_frozen.setdefault(vm_id, NOT_FROZEN[event.code])
+        log.debug('%s: %d events since %s, %d VMs done', self.what, len(events),
+                  self.last_event, len(changed))
+        if numbers:
+            self.last_event = max(numbers)
+        if len(events) >= FEED_MAX:
+            return None     # older ones may be missing
+        return changed
+
+    def running_jobs(self):
+        """Return how many of this wait's jobs the engine still runs, or
+        None when it cannot tell."""
+        if not self.engine.job_search:
+            return None
+        try:
+            jobs = self.engine.system.jobs_service().list(
+                search='correlation_id=%s' % self.correlation_id)
+        except sdk.Error as error:
+            if getattr(error, 'code', None) in (400, 404):
+                self._refused('job_search', error)
+            else:
+                log.debug('could not read the jobs: %s', one_line(error))
+            return None
+        return sum(1 for job in jobs if job.status == types.JobStatus.STARTED)
+
+
+def event_number(event):
+    """Given an event, return its id as a number (None if it is none)."""
+    try:
+        return int(event.id)
+    except (TypeError, ValueError):
+        return None
+
+
+class Watch:
+    """Which of the VMs a wait is on to look at, check by check: those the
+    feed names, a page of the VM list at a time (a page once all its VMs
+    awaited are named, or once the first named has waited `hold` seconds:
+    one look at a page serves all its VMs), those whose last look failed,
+    and all of them when the feed can't tell, at the safety net's looks
+    (NET_FIRST seconds, then twice as long each time, up to NET_LAST, and
+    at most a quarter of the wait; a job count that matches skips it), and
+    at the deadline."""
+
+    def __init__(self, feed, deadline, plan, hold):
+        self.feed = feed
+        self.deadline = deadline
+        self.plan = plan
+        self.hold = hold
+        self.retry = set()          # VMs whose last look failed
+        self.named = {}             # vm id -> when the feed named it, not looked at
+        self.net_every = min(NET_FIRST, max(0.0, deadline - time.monotonic()) / 4)
+        self.net_due = time.monotonic() + self.net_every
+        self.busy = False           # the feed named some of them this time
+
+    def to_look_at(self, awaited):
+        """Given {vm id: actions awaited on it}, return the ids to look at."""
+        changes = self.feed.changes() if self.feed is not None else None
+        now = time.monotonic()
+        if changes is None or now > self.deadline:
+            self.busy = False
+            self.named.clear()
+            return set(awaited)
+        self.busy = False
+        for vm_id in changes:
+            if vm_id in awaited:
+                self.busy = True
+                self.named.setdefault(vm_id, now)
+        self.named = {vm_id: when for vm_id, when in self.named.items()
+                      if vm_id in awaited}
+        wanted = self.retry & set(awaited)
+        members = collections.defaultdict(list)
+        for vm_id in awaited:
+            members[look_page(self.plan, vm_id) or vm_id].append(vm_id)
+        for page_members in members.values():
+            named = [vm_id for vm_id in page_members if vm_id in self.named]
+            if named and (len(named) == len(page_members) or
+                          now - min(self.named[vm_id] for vm_id in named) >= self.hold):
+                wanted.update(named)
+        if now >= self.net_due:
+            self.net_every = min(self.net_every * 2, NET_LAST)
+            self.net_due = now + self.net_every
+            running = self.feed.running_jobs()
+            expected = sum(count for vm_id, count in awaited.items()
+                           if vm_id not in self.named and vm_id not in wanted)
+            if running is None or running < expected:
+                log.debug('%s: %s jobs running for %d actions awaited; looking '
+                          'at every VM', self.feed.what,
+                          'unknown' if running is None else running, expected)
+                wanted = set(awaited)
+        for vm_id in wanted:
+            self.named.pop(vm_id, None)
+        if wanted:
+            log.debug('%s: looking at %d of the %d VMs awaited', self.feed.what,
+                      len(wanted), len(awaited))
+        return wanted
+
+
+def wait_for_snapshots(engine, created, plan, settings, run, stop, feed=None):
     """Given the VmBackups with a new snapshot, wait until each is ok or
-    wait_timeout has passed, recording each disk's overlay id from the
-    answer that shows its snapshot ok."""
+    wait_timeout has passed, recording each disk's overlay id and the
+    guest's consistency from the answer that shows its snapshot ok."""
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
-    for _ in polls(settings, stop.sleep):
+    watch = Watch(feed, deadline, plan, settings.poll_interval)
+    pace = Polls(settings, stop.sleep)
+    for _ in pace:
         if not pending or stop.requested:
             break
+        final = time.monotonic() > deadline
+        look = watch.to_look_at({vm_id: 1 for vm_id in pending})
+        if watch.busy:
+            pace.hurry()
         # the disks come along: the answer that shows a snapshot ok also
         # gives its overlays, with no look-up of their own
-        states = fetch_vms(engine, list(pending), plan.up_vm_count, FOLLOW)
+        states = fetch_vms(engine, sorted(look), plan, FOLLOW) if look else {}
+        watch.retry.clear()
         for vm_id, state in states.items():
             backup = pending[vm_id]
             if isinstance(state, sdk.Error):
@@ -1405,6 +1943,7 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
                 else:
                     log.warning('VM %s: could not check its snapshot: %s',
                                 backup.name, one_line(state))
+                    watch.retry.add(vm_id)
                 continue
             snapshot = find_snapshot(state, backup.snapshot_id)
             if snapshot is None:
@@ -1415,8 +1954,9 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
                 backup.snapshot_ready = True
                 record_overlays(backup, state)
+                record_consistency(backup, state, feed)
                 del pending[vm_id]
-        if pending and time.monotonic() > deadline:
+        if pending and final:
             for backup in pending.values():
                 run.fail('VM %s: the snapshot was not ready after %s minutes '
                          '([snapshot] wait_timeout)', backup.name,
@@ -1424,6 +1964,45 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop):
             break
     ready = [backup for backup in created if backup.snapshot_ready]
     log.info('%d of %d snapshots ready', len(ready), len(created))
+
+
+def record_consistency(backup, vm, feed):
+    """Given a VmBackup whose snapshot is ready and its VM as fetched then,
+    set what its copy is: crash-consistent only when the engine said the
+    guest was not frozen, or when no guest agent reports from the VM (the
+    engine of 4.4 and later leaves the freeze to vdsm, which goes on without
+    it and logs no event)."""
+    reason = feed.not_frozen.get(backup.vm_id) if feed is not None else None
+    if reason is None and vm.guest_operating_system is None:
+        reason = NO_GUEST_AGENT
+    backup.consistency = CRASH_CONSISTENT if reason else QUIESCED
+    backup.consistency_reason = reason
+
+
+def report_consistency(created, settings, run):
+    """Given the VmBackups of step 5, say which copies are crash-consistent
+    only: a warning, or with require_quiesce a failure of that VM (its
+    snapshot is still removed; nothing of it is changed at the slave)."""
+    required = settings.require_quiesce or getattr(run.args, 'require_quiesce',
+                                                   False)
+    crash = [backup for backup in created
+             if backup.snapshot_ready and backup.consistency == CRASH_CONSISTENT]
+    for backup in crash:
+        if required:
+            run.fail('VM %s not backed up: its snapshot is %s: %s; '
+                     '--require-quiesce / [snapshot] require_quiesce asks for '
+                     'a quiesced one', backup.name, CRASH_CONSISTENT,
+                     backup.consistency_reason)
+            for disk in backup.disks:
+                disk.problem = 'its snapshot is %s' % CRASH_CONSISTENT
+        else:
+            log.warning('VM %s: its snapshot is %s: %s', backup.name,
+                        CRASH_CONSISTENT, backup.consistency_reason)
+    ready = [backup for backup in created if backup.snapshot_ready]
+    if ready:
+        log.info('%d of %d snapshots quiesced%s', len(ready) - len(crash),
+                 len(ready), '; %s: %s' % (CRASH_CONSISTENT, ', '.join(
+                     backup.name for backup in crash)) if crash else '')
 
 
 def find_snapshot(vm, snapshot_id):
@@ -1760,14 +2339,10 @@ def write_ovf_stores(engine, run, master_root):
     written; it sets that only after the tar). Return the OvfStores as
     written then, read back from the master: the store that describes the
     VMs without this run's snapshots (run.fail for a domain where that
-    failed)."""
+    failed); they are run.ovf_stores too."""
     kept = []
     domains = run.plan.storage_domains if run.plan else {}
-    if not domains:
-        return kept
-    if master_root is None:
-        run.fail('the OVF store cannot be checked: the master volume is not '
-                 'mounted')
+    if not domains or master_root is None:    # no VM to back up, or --all-vms
         return kept
     for sd_id, name in sorted(domains.items()):
         try:
@@ -1802,6 +2377,7 @@ def write_ovf_stores(engine, run, master_root):
         kept += stores
         log.info('storage domain %s: OVF store written (%s), %d bytes kept',
                  name, stores[0].last_updated, len(stores[0].data))
+    run.ovf_stores = kept
     return kept
 
 
@@ -1809,7 +2385,7 @@ def wait_for_ovf_stores(run, master_root, sd_id, volumes, before):
     """Wait until every OVF store volume is updated after `before` ({volume
     id: Last Updated}); return their OvfStores, or None at the deadline."""
     deadline = time.monotonic() + run.settings.wait_timeout * 60
-    for _ in polls(run.settings, run.stop.sleep):
+    for _ in Polls(run.settings, run.stop.sleep):
         run.check_stop()
         try:
             stores = [read_ovf_store(master_root, sd_id, disk_id, volume_id)
@@ -1857,6 +2433,11 @@ def confirm_copies(engine, run, master_root, slave_root):
     confirmed = []
     for backup in ready:
         for disk in backup.disks:
+            if disk.problem:      # not backed up (e.g. not quiesced as asked)
+                disk.confirmed = False
+                log.info('VM %s disk %s: %s; nothing of it is changed at the '
+                         'remote site', backup.name, disk.disk_id, disk.problem)
+                continue
             if (master_root is not None and UUID.match(disk.sd_id or '')
                     and not os.path.isdir(os.path.join(master_root, disk.sd_id))):
                 # --all-vms: a disk of another storage domain
@@ -1887,8 +2468,8 @@ def fetch_confirming(engine, run, vm_ids):
     states = {}
     pending = list(vm_ids)
     deadline = time.monotonic() + run.settings.wait_timeout * 60
-    for _ in polls(run.settings, run.stop.sleep):
-        states.update(fetch_vms(engine, pending, run.plan.up_vm_count, FOLLOW))
+    for _ in Polls(run.settings, run.stop.sleep):
+        states.update(fetch_vms(engine, pending, run.plan, FOLLOW))
         pending = [vm_id for vm_id in pending
                    if isinstance(states[vm_id], sdk.Error)
                    and not is_not_found(states[vm_id])]
@@ -1967,8 +2548,9 @@ def repair_chains(run, slave_root, confirmed):
     set VOLTYPE=LEAF in the base's .meta in place. run.fail names a disk
     that could not be repaired."""
     dropped = 0
+    files = {'looked up': 0, 'deleted': 0}
     for backup, disk in confirmed:
-        problem = repair_chain(slave_root, disk)
+        problem = repair_chain(slave_root, disk, files)
         if problem is None:
             dropped += 1
             log.info('VM %s disk %s: overlay %s dropped, base %s is the leaf '
@@ -1977,13 +2559,16 @@ def repair_chains(run, slave_root, confirmed):
         else:
             disk.problem = problem
             run.fail('VM %s disk %s: %s', backup.name, disk.disk_id, problem)
+    log.info('deleted %d overlay files at the remote site (%d paths looked '
+             'up)', files['deleted'], files['looked up'])
     log.info('repaired %d of %d chains at the remote site', dropped,
              len(confirmed))
 
 
-def repair_chain(slave_root, disk):
+def repair_chain(slave_root, disk, files):
     """Given a confirmed disk, drop its overlay at the slave and make its
-    base the leaf; return None, or what went wrong."""
+    base the leaf, counting in files the paths looked up and deleted;
+    return None, or what went wrong."""
     overlay = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.overlay_id)
     base = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.base_id)
     try:
@@ -2014,11 +2599,13 @@ def repair_chain(slave_root, disk):
                     'said; left alone' % wrong)
         for suffix in OVERLAY_SUFFIXES:
             path = overlay + suffix
+            files['looked up'] += 1
             try:
                 if not stat.S_ISREG(os.lstat(path).st_mode):
                     return '%s at the slave is not a regular file; left alone' % (
                         disk.overlay_id + suffix)
                 os.unlink(path)
+                files['deleted'] += 1
             except FileNotFoundError:
                 continue
             except OSError as error:
@@ -2103,6 +2690,8 @@ def overlay_paths(backups):
         for disk in backup.disks:
             if disk.overlay_id is None or disk.overlay_id == disk.base_id:
                 continue
+            if disk.problem:        # not backed up: nothing of it is changed
+                continue
             ids = (disk.sd_id, disk.disk_id, disk.overlay_id)
             if not all(UUID.match(value or '') for value in ids):
                 log.error('VM %s: the engine gave ids that are not UUIDs '
@@ -2138,15 +2727,23 @@ def slave_mounted(args, settings, run, stop, read_only=False):
 
 
 @contextlib.contextmanager
-def master_mounted(args, settings, run, stop):
+def master_mounted(run):
     """Mount the master volume read-only ([gluster] master_server) in a
-    fresh temporary directory for the block: to read the OVF store the
-    engine writes and to confirm the copy. Yield its path, or None after
-    run.fail; unmount and remove the directory on every way out."""
+    fresh temporary directory for the block, to read the OVF store the
+    engine writes and to confirm the copy: yield its path (None when no VM
+    is backed up: nothing to confirm). Raise Failed, before any snapshot,
+    when it can't be mounted; unmount and remove the directory on every
+    way out."""
+    if run.plan is None or not run.plan.backups:
+        yield None
+        return
+    args, settings = run.args, run.settings
     with volume_mounted(master_mount_command(args, settings, 'DIR'),
                         'the master volume %s:%s' % (settings.master_server,
                                                      args.mastervol),
-                        args.mastervol, settings, run, stop) as directory:
+                        args.mastervol, settings, run, run.stop) as directory:
+        if directory is None:
+            raise Failed()
         yield directory
 
 
@@ -2336,34 +2933,25 @@ def delete_overlays(root, paths, run):
     return deleted
 
 
-def make_remote_copy(engine, run, master_root, kept):
-    """Steps 6 and 7 as back_up runs them, with the master mounted
-    read-only and the OVF store kept from before the snapshots: replicate;
-    then, with the slave mounted, confirm every disk while the bases are
-    still frozen, send the removals (the merges run while the slave is
-    repaired), repair the chains, put back the OVF store, verify. Return
-    the Removal started, or None."""
-    args, settings, stop = run.args, run.settings, run.stop
-    if stop.requested:
-        return None
-    if not replicate(args, settings, run, stop) or stop.requested:
-        if not stop.requested:
-            log.warning('the overlays at the remote site are left as they are, '
-                        'since geo-replication did not complete')
-        return None
-    removal = None
-    with slave_mounted(args, settings, run, stop) as slave_root:
+def remote_copy(run, engine, master_root, start_removal):
+    """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
+    read-only and the OVF store kept from before the snapshots: mount the
+    slave, confirm every disk while the bases are still frozen, then call
+    start_removal() (the merges may run while the slave is repaired),
+    repair the chains, put back the OVF store, verify; unmount."""
+    with slave_mounted(run.args, run.settings, run, run.stop) as slave_root:
         confirmed = []
         if slave_root is not None:
             confirmed = confirm_copies(engine, run, master_root, slave_root)
-        # the bases are confirmed: the merges may now change them
-        removal = start_removal(engine, run.created, run.plan, settings)
-        if slave_root is not None and not stop.requested:
-            repair_chains(run, slave_root, confirmed)
-            restore_ovf_stores(run, slave_root, kept, confirmed)
-            if confirmed:
-                verify_copy(run, slave_root, kept, confirmed)
-    return removal
+        # the bases are confirmed (or given up): the merges may change them
+        start_removal()
+        if slave_root is None:
+            return
+        run.check_stop()
+        repair_chains(run, slave_root, confirmed)
+        restore_ovf_stores(run, slave_root, run.ovf_stores, confirmed)
+        if confirmed:
+            verify_copy(run, slave_root, run.ovf_stores, confirmed)
 
 
 # Verify: what a DR engine would import -------------------------------------------------
@@ -2840,8 +3428,7 @@ def start_removal(engine, created, plan, settings):
     if not targets:
         return None
     log.info('removing %d snapshots', len(targets))
-    removal = Removal(engine, targets, settings,
-                      plan.up_vm_count if plan else 0)
+    removal = Removal(engine, targets, settings, plan)
     removal.send()
     return removal
 
@@ -2849,10 +3436,11 @@ def start_removal(engine, created, plan, settings):
 def remove_snapshots(engine, created, plan, settings, run, removal=None):
     """Given the VmBackups whose snapshot this run created, and the Removal
     already started if any, remove them all and wait until they are gone;
-    run.fail for each one left."""
+    run.fail for each one left, and return the (VmBackup, snapshot id)
+    pairs left."""
     removal = removal or start_removal(engine, created, plan, settings)
     if removal is None:
-        return
+        return []
     left = removal.wait()
     for backup, snapshot_id in left:
         run.fail('VM %s: snapshot %s %r is still there: remove it in the '
@@ -2860,6 +3448,24 @@ def remove_snapshots(engine, created, plan, settings, run, removal=None):
                  SNAPSHOT_DESCRIPTION)
     if not left:
         log.info('all %d snapshots removed', len(removal.targets))
+    return left
+
+
+class RemovalState(enum.Enum):
+    """Where the removal of one snapshot stands."""
+    TO_SEND = 'to send'         # not sent yet, or refused: sent at the next check
+    MERGING = 'merging'         # sent: the engine merges it away
+    GIVEN_UP = 'given up'       # its merge failed REMOVE_ATTEMPTS times
+
+
+class RemovalEntry:
+    """One snapshot being removed: its VmBackup, state, attempts, last error."""
+
+    def __init__(self, backup):
+        self.backup = backup
+        self.state = RemovalState.TO_SEND
+        self.attempts = 0
+        self.error = None
 
 
 class Removal:
@@ -2868,102 +3474,121 @@ class Removal:
     A removal the engine refuses (409 while the VM is busy, e.g. its snapshot
     is still being created, or any passing error) is sent again at the next
     check; a merge that failed (the snapshot back to ok) is retried up to
-    REMOVE_ATTEMPTS times. wait_timeout counts from the first send. A stop
-    request does not cut it short."""
+    REMOVE_ATTEMPTS times. The removals carry one correlation id, and the
+    checks look at the VMs the engine's feed names (see Watch). wait_timeout
+    counts from the first send. A stop request does not cut it short."""
 
-    def __init__(self, engine, targets, settings, up_vm_count):
+    def __init__(self, engine, targets, settings, plan):
         self.engine = engine
         self.targets = targets
         self.settings = settings
-        self.up_vm_count = up_vm_count
-        self.entries = {snapshot_id: {'backup': backup, 'state': 'to send',
-                                      'attempts': 0, 'error': None}
+        self.plan = plan
+        self.entries = {snapshot_id: RemovalEntry(backup)
                         for backup, snapshot_id in targets}
         self.deadline = None
+        self.sent = None            # time.monotonic() of the first send
+        self.feed = Feed(engine, 'snapshot removal', REMOVAL_ENDS)
+        self.watch = None
 
     def send(self):
         """Send the removals that are due."""
         if self.deadline is None:
-            self.deadline = (time.monotonic()
-                             + self.settings.wait_timeout * 60)
+            self.sent = time.monotonic()
+            self.deadline = self.sent + self.settings.wait_timeout * 60
+            self.feed.start()
+            self.watch = Watch(self.feed, self.deadline, self.plan,
+                               self.settings.poll_interval)
         due = [(sid, entry) for sid, entry in self.entries.items()
-               if entry['state'] == 'to send']
+               if entry.state is RemovalState.TO_SEND]
+        query = self.feed.query()
         results = self.engine.map([
-            (sid, lambda system, sid=sid, vm_id=entry['backup'].vm_id:
+            (sid, lambda system, sid=sid, vm_id=entry.backup.vm_id:
              system.vms_service().vm_service(vm_id).snapshots_service()
-             .snapshot_service(sid).remove())
+             .snapshot_service(sid).remove(query=dict(query)))
             for sid, entry in due])
         for sid, entry in due:
             result = results[sid]
             if isinstance(result, sdk.Error) and is_not_found(result):
                 # gone already, or a proxy's 404: the next check tells
                 log.debug('VM %s: removal of snapshot %s answered: %s',
-                          entry['backup'].name, sid, one_line(result))
-                entry['state'] = 'merging'
-                entry['attempts'] += 1
-                entry['error'] = one_line(result)
+                          entry.backup.name, sid, one_line(result))
+                entry.state = RemovalState.MERGING
+                entry.attempts += 1
+                entry.error = one_line(result)
+                self.watch.retry.add(entry.backup.vm_id)
             elif isinstance(result, sdk.Error):
-                entry['error'] = one_line(result)
+                entry.error = one_line(result)
                 log.debug('VM %s: removal of snapshot %s refused: %s',
-                          entry['backup'].name, sid, entry['error'])
+                          entry.backup.name, sid, entry.error)
             else:
-                entry['state'] = 'merging'
-                entry['attempts'] += 1
+                entry.state = RemovalState.MERGING
+                entry.attempts += 1
 
     def check(self):
-        """Look at the snapshots being merged: forget those gone, mark for
-        sending again those whose merge failed."""
-        merging = [entry['backup'].vm_id for entry in self.entries.values()
-                   if entry['state'] == 'merging']
-        if not merging:
-            return
-        vms = fetch_vms(self.engine, merging, self.up_vm_count, 'snapshots')
+        """Look at the snapshots being merged that the feed names (or all of
+        them, see Watch): forget those gone, mark for sending again those
+        whose merge failed. Return True when the feed named some."""
+        awaited = collections.Counter(
+            entry.backup.vm_id for entry in self.entries.values()
+            if entry.state is RemovalState.MERGING)
+        if not awaited:
+            return False
+        look = self.watch.to_look_at(awaited)
+        vms = fetch_vms(self.engine, sorted(look), self.plan,
+                        'snapshots') if look else {}
+        self.watch.retry.clear()
         for sid, entry in list(self.entries.items()):
-            vm = vms.get(entry['backup'].vm_id)
-            if entry['state'] != 'merging' or vm is None:
+            vm = vms.get(entry.backup.vm_id)
+            if entry.state is not RemovalState.MERGING or vm is None:
                 continue
             if isinstance(vm, sdk.Error):
                 if is_not_found(vm):
                     del self.entries[sid]
+                else:
+                    self.watch.retry.add(entry.backup.vm_id)
                 continue
             snapshot = find_snapshot(vm, sid)
             if snapshot is None:
-                log.debug('VM %s: snapshot %s removed', entry['backup'].name,
-                          sid)
+                log.debug('VM %s: snapshot %s removed', entry.backup.name, sid)
                 del self.entries[sid]
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
-                if entry['attempts'] < REMOVE_ATTEMPTS:
+                if entry.attempts < REMOVE_ATTEMPTS:
                     log.warning('VM %s: the merge of snapshot %s failed; '
-                                'removing it again', entry['backup'].name, sid)
-                    entry['state'] = 'to send'
+                                'removing it again', entry.backup.name, sid)
+                    entry.state = RemovalState.TO_SEND
                 else:
-                    entry['error'] = ('its merge failed %d times'
-                                      % entry['attempts'])
-                    entry['state'] = 'given up'
+                    entry.error = 'its merge failed %d times' % entry.attempts
+                    entry.state = RemovalState.GIVEN_UP
+        return self.watch.busy
 
     def pending(self):
         return [entry for entry in self.entries.values()
-                if entry['state'] != 'given up']
+                if entry.state is not RemovalState.GIVEN_UP]
 
     def wait(self):
         """Wait until every snapshot is gone, sending removals again where
-        due, or until the deadline; return the (VmBackup, snapshot id)
-        pairs left."""
+        due, or until the deadline (when every VM is looked at once more);
+        return the (VmBackup, snapshot id) pairs left."""
         if self.deadline is None:
             self.send()
-        for _ in polls(self.settings):
-            self.check()
-            if not self.pending() or time.monotonic() > self.deadline:
+        # the merges went on while the slave was cleaned: the first check
+        # is due FIRST_POLL after the removals were sent
+        pace = Polls(self.settings, since=self.sent)
+        for _ in pace:
+            final = time.monotonic() > self.deadline
+            if self.check():
+                pace.hurry()
+            if not self.pending() or final:
                 break
             self.send()
         left = []
         for sid, entry in self.entries.items():
-            reason = entry['error'] or ('not gone after %s minutes '
-                                        '([snapshot] wait_timeout)' % format_minutes(
-                                            self.settings.wait_timeout))
+            reason = entry.error or ('not gone after %s minutes '
+                                     '([snapshot] wait_timeout)' % format_minutes(
+                                         self.settings.wait_timeout))
             log.error('VM %s: snapshot %s could not be removed: %s',
-                      entry['backup'].name, sid, reason)
-            left.append((entry['backup'], sid))
+                      entry.backup.name, sid, reason)
+            left.append((entry.backup, sid))
         return left
 
 
@@ -2976,12 +3601,16 @@ def post_event(engine, args, settings, run):
         severity = types.LogSeverity.ALERT
         description = EVENT_FAILED.format(volume=args.mastervol)
         description += ': ' + '; '.join(run.failures)
+        if run.verify_summary:
+            description += '; ' + run.verify_summary
         if len(description) > EVENT_DESCRIPTION_LIMIT:
             description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
     else:
         severity = types.LogSeverity.NORMAL
         description = EVENT_SUCCEEDED.format(
             volume=args.mastervol, minutes='%g' % round(run.minutes(), 1))
+        if run.verify_summary:
+            description += '; ' + run.verify_summary
     system = engine.system
     cluster = None
     if settings.cluster:
@@ -3038,95 +3667,219 @@ def event_was_taken(system, event):
 
 # The run ------------------------------------------------------------------------------------------
 
-def back_up(args, settings, stop):
-    """Given the command line and settings, with the lock held, do steps 3 to
-    10; return the exit status."""
-    run = Run(args, settings, stop)
-    engine = Engine(settings)
+@contextlib.contextmanager
+def engine_session(run):
+    """Steps 3 and 10: given the run, connect to the engine for the block
+    and log out after it. Raise Failed (exit 1, nothing changed, no event:
+    the engine can't take one) when the engine can't be reached."""
+    engine = Engine(run.settings)
     try:
-        engine.connect()
+        with run.step('connect'):
+            engine.connect()
     except sdk.Error as error:
-        log.error('%s', describe_engine_error(error, settings))
+        run.fail('%s', describe_engine_error(error, run.settings))
         log.error('backup of volume %s failed: nothing was changed',
-                  args.mastervol)
-        return EXIT_FAILED
+                  run.mastervol)
+        run.exit_status = EXIT_FAILED
+        raise Failed() from None
     try:
-        plan = None
-        created = []
-        removal = None
-        try:
-            plan = choose_vms(engine, args, settings, run)
-            if args.dry_run:
-                if plan is not None:
-                    print_plan(args, settings, plan)
-                return EXIT_FAILED if run.failures else EXIT_OK
-            if plan is not None and not stop.requested:
-                remove_stale_snapshots(engine, plan, settings, run)
-            if plan is not None and plan.backups and not stop.requested:
-                with master_mounted(args, settings, run, stop) as master_root:
-                    if master_root is not None:
-                        run.plan = plan
-                        kept = write_ovf_stores(engine, run, master_root)
-                        created = snapshot_vms(engine, plan, settings, run, stop)
-                        run.created = created
-                        removal = make_remote_copy(engine, run, master_root, kept)
-            elif plan is not None and not stop.requested:
-                replicate(args, settings, run, stop)
-        except sdk.Error as error:
-            run.fail('the engine answered with an error: %s', one_line(error))
-        finally:
-            remove_snapshots(engine, created, plan, settings, run, removal)
-        if stop.requested:
-            run.fail('the backup was interrupted by %s', stop.signal_name)
-        posted = post_event(engine, args, settings, run)
+        yield engine
     finally:
         engine.close()
+
+
+@contextlib.contextmanager
+def reported(run, engine):
+    """Step 9 on every way out of the block: an error of any kind in it
+    becomes a failure of the run (one line; the traceback only at debug
+    level), then the event is posted and run.exit_status set. LockHeld
+    goes through untouched: another run owns the volume, nothing was done."""
+    try:
+        yield
+    except LockHeld:
+        raise
+    except Failed:
+        pass
+    except Interrupted as stop:
+        run.fail('the backup was interrupted by %s', stop)
+    except sdk.Error as error:
+        run.fail('the engine answered with an error: %s', one_line(error))
+        log.debug('where:\n%s', traceback.format_exc())
+    except OSError as error:
+        run.fail('%s%s', error.strerror or one_line(error),
+                 ': %s' % error.filename if error.filename else '')
+        log.debug('where:\n%s', traceback.format_exc())
+    except Exception as error:   # a bug: still a reported failure, no traceback
+        run.fail('unexpected error: %s: %s', type(error).__name__,
+                 one_line(error))
+        log.debug('where:\n%s', traceback.format_exc())
+    if run.stop.requested and not any('interrupted by' in failure
+                                      for failure in run.failures):
+        run.fail('the backup was interrupted by %s', run.stop.signal_name)
+    with run.step('report', cleanup=True):
+        posted = post_event(engine, run.args, run.settings, run)
     if not posted and not run.failures:
-        log.error('backup of volume %s to %s::%s done in %.1f minutes, but '
-                  'the engine did not take its event', args.mastervol,
-                  args.slave, args.slavevol, run.minutes())
+        log.error('backup of volume %s done, but the engine did not take its '
+                  'event', run.mastervol)
+        run.exit_status = EXIT_FAILED
+    else:
+        run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
+
+
+class Snapshots:
+    """This run's snapshots, as step 5 made them: removing them (step 8) may
+    start early, and is finished on the way out of taken_snapshots."""
+
+    def __init__(self, run, engine):
+        self.run = run
+        self.engine = engine
+        self.removal = None
+
+    def mine(self):
+        """Return the VmBackups that have a snapshot of this run (created,
+        ready or not, or found after a lost answer)."""
+        plan = self.run.plan
+        return [backup for backup in plan.backups if backup.snapshot_id]
+
+    def start_removal(self):
+        """Send the removals now (the bases need not stay still any more)."""
+        if self.removal is None:
+            self.removal = start_removal(self.engine, self.mine(),
+                                         self.run.plan, self.run.settings)
+
+
+@contextlib.contextmanager
+def taken_snapshots(run, engine, before=None):
+    """Step 5 on the way in, step 8 on every way out: given the run with its
+    Plan, remove stale snapshots, call before() (the OVF store written with
+    no snapshot of ours in it), snapshot the VMs and wait until they are
+    ready; yield Snapshots; then remove every snapshot of this run, whatever
+    happened, and wait until they are gone."""
+    snapshots = Snapshots(run, engine)
+    try:
+        with run.step('snapshot'):
+            remove_stale_snapshots(engine, run.plan, run.settings, run)
+            if before is not None:
+                before()
+            run.created = snapshot_vms(engine, run.plan, run.settings, run,
+                                       run.stop)
+        yield snapshots
+    finally:
+        with run.step('remove snapshots', cleanup=True):
+            mine = snapshots.mine()
+            left = remove_snapshots(engine, mine, run.plan, run.settings, run,
+                                    snapshots.removal)
+        for backup in mine:
+            backup.snapshot_removed = all(backup is not other
+                                          for other, _ in left)
+
+
+def back_up(run):
+    """Given the run, with the lock held, do steps 3 to 10; return the exit
+    status."""
+    with engine_session(run) as engine:                           # 3, 10
+        if run.args.dry_run:
+            return dry_run(run, engine)
+        with reported(run, engine):                               # 9
+            with run.step('check'):
+                run.plan = check_and_choose(run, engine)          # 4
+            with master_mounted(run) as master:                   # 5-7
+                with taken_snapshots(run, engine, before=lambda:
+                                     write_ovf_stores(engine, run, master)
+                                     ) as snapshots:              # 5, 8
+                    with run.step('replicate'):
+                        replicated = replicate(run.args, run.settings, run,
+                                               run.stop)          # 6
+                    run.check_stop()
+                    if replicated:
+                        with run.step('remote copy'):             # 6, 7
+                            remote_copy(run, engine, master,
+                                        snapshots.start_removal)
+                    else:
+                        log.warning('the remote site is left as it is, '
+                                    'since geo-replication did not complete')
+    return finish(run)
+
+
+def dry_run(run, engine):
+    """--dry-run: step 4, then print what the rest would do; return 0, or 1
+    when a check failed."""
+    try:
+        with run.step('check'):
+            run.plan = check_and_choose(run, engine)
+    except Failed:
         return EXIT_FAILED
-    if run.failures:
-        log.error('backup of volume %s failed after %.1f minutes: %d problem%s',
-                  args.mastervol, run.minutes(), len(run.failures),
-                  '' if len(run.failures) == 1 else 's')
-        return EXIT_FAILED
-    log.info('backup of volume %s to %s::%s done in %.1f minutes',
-             args.mastervol, args.slave, args.slavevol, run.minutes())
-    return EXIT_OK
+    print_plan(run)
+    return EXIT_FAILED if run.failures else EXIT_OK
+
+
+def finish(run):
+    """Given the run after step 9, log its last line; return its exit
+    status."""
+    run.ended_at = time.time()
+    if run.exit_status == EXIT_OK:
+        log.info('backup of volume %s to %s::%s done in %.1f minutes',
+                 run.mastervol, run.args.slave, run.args.slavevol,
+                 run.minutes())
+    else:
+        log.info('backup of volume %s failed after %.1f minutes: %d '
+                 'problem%s (above)', run.mastervol, run.minutes(),
+                 len(run.failures), '' if len(run.failures) == 1 else 's')
+    return run.exit_status
 
 
 def main(argv=None):
-    """Run vmbackup.py with the given arguments; return the exit status."""
+    """Run vmbackup with the given arguments; return the exit status."""
     bootstrap_logging()
     try:
         args = parse_command_line(argv)
         settings = read_config(args.config, needs_engine=not (
             args.verify or args.read_only))
         configure_logging(settings, args)
-        if args.read_only:
-            raise UsageError('--status and --check are not there yet')
-        find_qemu_img(settings)
+        if not args.read_only:
+            find_qemu_img(settings)
     except UsageError as error:
         log.error('%s', error)
         return EXIT_USAGE
-    stop = Stop()
-    stop.install()
-    if args.verify:
+    if args.read_only:
+        log.error('--status and --check are not there yet')
+        return EXIT_USAGE
+    if args.verify:                       # no engine, no lock: changes nothing
+        stop = Stop()
+        stop.install()
         try:
             return verify_only(args, settings, stop)
         except UsageError as error:
             log.error('%s', error)
             return EXIT_USAGE
+    if MISSING_SDK is not None:
+        log.error('the oVirt engine SDK cannot be imported (%s): install '
+                  'python3-ovirt-engine-sdk4 (EL) or ovirt-engine-sdk-python '
+                  '(pip)', MISSING_SDK)
+        return EXIT_USAGE
+    stop = Stop()
+    stop.install()
+    run = Run(args, settings, stop)
     try:
-        with take_lock(settings.lock_dir, args.mastervol):
-            return back_up(args, settings, stop)
+        if args.dry_run:                  # no lock: it changes nothing
+            return back_up(run)
+        with take_lock(run):
+            return back_up(run)
     except LockHeld as error:
-        log.error('%s', error)
+        # the same cron line on every node: the nodes that find the volume
+        # taken say so quietly (-q: no cron mail)
+        log.info('%s', error)
         return EXIT_LOCKED
+    except Failed:
+        return EXIT_FAILED
     except UsageError as error:
         log.error('%s', error)
         return EXIT_USAGE
+    except (OSError, Exception) as error:   # before the engine: one line
+        log.error('backup of volume %s failed: %s', args.mastervol,
+                  one_line(error))
+        log.debug('where:\n%s', traceback.format_exc())
+        return EXIT_FAILED
 
 
 if __name__ == '__main__':

@@ -165,6 +165,11 @@ class Site:
         entries = [json.loads(line) for line in path.read_text().splitlines()]
         return [e for e in entries if program is None or e['program'] == program]
 
+    def calls_but_preflight(self):
+        """The calls of the fakes but the preflight's read-only look at the
+        geo-replication session (gluster ... status --xml)."""
+        return [call for call in self.calls() if call['program'] != 'gluster']
+
     # the config ----------------------------------------------------------------
     def config(self, text=None, mode=0o600, name='backup.cfg', **sections):
         """Write a config file: the default one updated by sections
@@ -181,7 +186,7 @@ class Site:
                     'glusterfs': str(FAKEBIN / 'glusterfs'),
                     'gluster': str(FAKEBIN / 'gluster'),
                     'mount_log': str(self.mount_log)},
-                'lock': {'lock_dir': str(self.lock_dir)},
+                'lock': {'lock_dir': str(self.lock_dir), 'skip_within': '0'},
                 'status': {'dir': str(self.status_dir)},
             }
             for section, keys in sections.items():

@@ -46,7 +46,23 @@ What it reproduces (see DESIGN.md, "Facts about the real systems"):
 - Snapshot removal (live merge): 200 at once, ``locked`` for ``merge_delay``,
   then gone (404), the overlay files deleted and the disk's ``image_id`` the
   base's again. A failed merge leaves the snapshot ``ok``, files untouched.
-- Events, refused on a repeated origin/custom_id pair.
+- Events, refused on a repeated origin/custom_id pair; the engine's own
+  events with their AuditLogType codes (snapshot creation initiated 45,
+  finished 68, failed 69; the guest's filesystems not frozen 10764; removal
+  initiated 342, finished 356, failed 357), the VM's id and the action's
+  correlation id; ``GET /events`` newest first, with ``max`` and ``from``
+  (only the events with a greater id).
+- Jobs: one per snapshot creation or removal, ``started`` then ``finished``
+  or ``failed``, found by ``GET /jobs?search=correlation_id=X`` (the
+  ``correlation_id`` query parameter of the action).
+- Feed faults on demand: ``events_from`` (``'refuse'``: 400 to ``from``,
+  ``'ignore'``: answered as without it), ``job_search`` (``'refuse'``: 400),
+  ``lose_events`` (an event the engine never logs), ``fail_freeze`` (the
+  guest's filesystems not frozen: event 10764, the snapshot made all the
+  same, as with LiveSnapshotAllowInconsistent), ``set_guest_agent`` (a VM
+  whose guest agent reports nothing: no ``guest_operating_system``).
+- Each VM's XML is kept and written again only when the VM changed, so that
+  a benchmark measures the tool rather than the fake.
 - Faults on demand (``fail``): an HTTP fault, a closed connection, a hang, an
   expired token, a lost answer, an HTML error page; a snapshot that stays
   locked (``stick_snapshot``), a live merge that fails (``fail_merge``).
@@ -114,6 +130,15 @@ OVF_STORES_PER_DOMAIN = 2     # ConfigValues.StorageDomainOvfStoreCount
 OVF_STORE_ALIAS = 'OVF_STORE'
 OVF_NS = 'http://schemas.dmtf.org/ovf/envelope/1/'
 XML_CONTENT_TYPE = 'application/xml'
+# ovirt-engine's AuditLogType (backend/manager/modules/common/.../AuditLogType.java)
+USER_CREATE_SNAPSHOT = 45
+USER_CREATE_SNAPSHOT_FINISHED_SUCCESS = 68
+USER_CREATE_SNAPSHOT_FINISHED_FAILURE = 69
+USER_REMOVE_SNAPSHOT = 342
+USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS = 356
+USER_REMOVE_SNAPSHOT_FINISHED_FAILURE = 357
+FAILED_TO_FREEZE_VM = 10764
+FIRST_ENGINE_EVENT_ID = 10000
 JSON_CONTENT_TYPE = 'application/json'
 
 
@@ -536,6 +561,7 @@ class FakeEngine:
         self._event_records = []     # the events with their id and time
         self._server = None
         self._threads = []
+        self._init_feed()
         self.add_cluster('Default')
 
     # -- life cycle ----------------------------------------------------------
@@ -679,14 +705,16 @@ class FakeEngine:
             self._vms[vm.id] = vm
             return vm.id
 
-    def add_snapshot(self, vm_name, description):
-        """Add a finished snapshot (status ok) with its overlay files; return its id."""
+    def add_snapshot(self, vm_name, description, age=0):
+        """Add a finished snapshot (status ok) with its overlay files, taken
+        age seconds ago; return its id."""
         with self._lock:
             self._advance()
             vm = self._vm_by_name(vm_name)
             disk_ids = [d for d in vm.disk_ids if not self._disks[d].shareable]
             snapshot = _Snapshot(str(uuid.uuid4()), description, 'regular', 'ok',
                                  persist_memorystate=False, disk_ids=disk_ids)
+            snapshot.date -= datetime.timedelta(seconds=age)
             vm.snapshots[snapshot.id] = snapshot
             self._create_overlays(vm, snapshot)
             return snapshot.id
@@ -884,6 +912,182 @@ class FakeEngine:
             return _xml_answer(401, _fault_xml('Unauthorized', 'The access token has expired'))
         return _json_answer(401, {'error_code': 'invalid_grant', 'error': 'The token has expired'})
 
+    # -- the engine's feed: its own events, its jobs; the VM XML kept ---------
+
+    def _init_feed(self):
+        self.events_from = True   # 'refuse': 400 to `from`; 'ignore': answered without it
+        self.job_search = True    # 'refuse': 400 to a search of the jobs
+        self.jobs = []            # dicts: id, correlation_id, description, status, times
+        self._job_xml = {}        # (job id, status) -> XML
+        self._event_xml = {}      # event id -> XML
+        self._vm_xml_cache = {}   # (vm id, follow) -> (fingerprint, XML)
+        self._lost_events = []    # [code, vm name or None, count]
+        self._freeze_failures = {}   # vm id -> snapshots whose freeze fails
+        self._no_agent = set()    # vm ids whose guest agent reports nothing
+        self._event_count = 0
+
+    def lose_events(self, code, vm_name=None, count=1):
+        """The engine does not log the next `count` events with that code (of
+        that VM): as when it restarts between an action's end and its audit
+        log entry. The action itself and its job are not affected."""
+        with self._lock:
+            self._lost_events.append([code, vm_name, count])
+
+    def fail_freeze(self, vm_name, times=1):
+        """The next `times` snapshots of that VM are taken without the
+        guest's filesystems frozen: event FAILED_TO_FREEZE_VM (10764), the
+        snapshot made all the same (LiveSnapshotAllowInconsistent, the
+        engine's default)."""
+        with self._lock:
+            vm = self._vm_by_name(vm_name)
+            self._freeze_failures[vm.id] = self._freeze_failures.get(vm.id, 0) + times
+
+    def set_guest_agent(self, vm_name, present):
+        """Whether the VM's guest agent reports to the engine: without it,
+        the VM has no guest_operating_system (the engine shows none)."""
+        with self._lock:
+            vm = self._vm_by_name(vm_name)
+            (self._no_agent.discard if present else self._no_agent.add)(vm.id)
+
+    def engine_events(self, code=None):
+        """Return the engine's own events (not those posted through the API),
+        oldest first, as dicts: id, code, vm_id, correlation_id, time,
+        description."""
+        with self._lock:
+            self._advance()
+            return [dict(e) for e in self._event_records
+                    if e.get('code') and (code is None or e['code'] == code)]
+
+    def _next_event_id(self):
+        self._event_count += 1
+        return FIRST_ENGINE_EVENT_ID + self._event_count
+
+    def _log_event(self, code, severity, description, vm=None, correlation_id=None, at=None):
+        """Add one of the engine's own events (under the lock), unless a
+        lose_events rule takes it."""
+        for rule in self._lost_events:
+            if rule[0] == code and rule[2] > 0 and rule[1] in (None, vm and vm.name):
+                rule[2] -= 1
+                return
+        when = datetime.datetime.fromtimestamp(at if at is not None else time.time(),
+                                               datetime.timezone.utc)
+        self._event_records.append(dict(
+            id=str(self._next_event_id()), code=code, origin='oVirt', severity=severity,
+            custom_id=-1, description=description, cluster_id=vm.cluster_id if vm else None,
+            vm_id=vm.id if vm else None, correlation_id=correlation_id, time=when))
+
+    def _feed_started(self, vm, snapshot, phase, query):
+        """A snapshot creation or removal was accepted: its job, its event,
+        and for a creation the freeze (under the lock)."""
+        correlation_id = (query.get('correlation_id') or [str(uuid.uuid4())])[-1]
+        snapshot.correlation_id = correlation_id
+        verb = 'Creating VM Snapshot' if phase == 'creating' else 'Removing Snapshot'
+        job = dict(id=str(uuid.uuid4()), correlation_id=correlation_id,
+                   description='%s %s for VM %s' % (verb, snapshot.description, vm.name),
+                   status='started', start_time=datetime.datetime.now(datetime.timezone.utc),
+                   end_time=None, vm_id=vm.id, snapshot_id=snapshot.id)
+        self.jobs.append(job)
+        snapshot.job = job
+        if phase == 'creating':
+            self._log_event(USER_CREATE_SNAPSHOT, 'normal',
+                            "Snapshot '%s' creation for VM '%s' was initiated by %s."
+                            % (snapshot.description, vm.name, self.user), vm, correlation_id)
+            if self._freeze_failures.get(vm.id):
+                self._freeze_failures[vm.id] -= 1
+                self._log_event(FAILED_TO_FREEZE_VM, 'warning',
+                                'Failed to freeze guest filesystems on VM %s. Note that using '
+                                'the created snapshot might cause data inconsistency.'
+                                % vm.name, vm, correlation_id)
+        else:
+            self._log_event(USER_REMOVE_SNAPSHOT, 'normal',
+                            "Snapshot '%s' deletion for VM '%s' was initiated by %s."
+                            % (snapshot.description, vm.name, self.user), vm, correlation_id)
+
+    def _feed_finished(self, vm, snapshot, phase, failed, at):
+        """A creation or removal ended at `at` (epoch seconds): its job and
+        its event (under the lock)."""
+        job = getattr(snapshot, 'job', None)
+        correlation_id = getattr(snapshot, 'correlation_id', None)
+        if job is not None:
+            job['status'] = 'failed' if failed else 'finished'
+            job['end_time'] = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+        if phase == 'creating':
+            self._log_event(USER_CREATE_SNAPSHOT_FINISHED_SUCCESS, 'normal',
+                            "Snapshot '%s' creation for VM '%s' has been completed."
+                            % (snapshot.description, vm.name), vm, correlation_id, at)
+        elif failed:
+            self._log_event(USER_REMOVE_SNAPSHOT_FINISHED_FAILURE, 'error',
+                            "Failed to delete snapshot '%s' for VM '%s'."
+                            % (snapshot.description, vm.name), vm, correlation_id, at)
+        else:
+            self._log_event(USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS, 'normal',
+                            "Snapshot '%s' deletion for VM '%s' has been completed."
+                            % (snapshot.description, vm.name), vm, correlation_id, at)
+
+    def _cached_event_xml(self, event):
+        xml = self._event_xml.get(event['id'])
+        if xml is None:
+            xml = self._event_xml[event['id']] = Writer.write(self._event_obj(event))
+        return xml
+
+    def _job_obj(self, job):
+        return _ref(types.Job, 'jobs', job['id'], description=job['description'],
+                    status=types.JobStatus(job['status']), auto_cleared=True, external=False,
+                    start_time=job['start_time'], end_time=job['end_time'],
+                    last_updated=job['end_time'] or job['start_time'],
+                    owner=_ref(types.User, 'users', NULL_UUID))
+
+    def _cached_job_xml(self, job):
+        key = (job['id'], job['status'])
+        xml = self._job_xml.get(key)
+        if xml is None:
+            xml = self._job_xml[key] = Writer.write(self._job_obj(job))
+        return xml
+
+    def _list_jobs(self, query, body):
+        """The jobs, oldest first; search: correlation_id=X only (the engine's
+        JobConditionFieldAutoCompleter knows no other field)."""
+        text = (query.get('search') or [''])[-1].strip()
+        jobs = self.jobs
+        if text:
+            if self.job_search == 'refuse':
+                raise bad_request('Invalid search text "%s": search is not supported for '
+                                  'jobs' % text)
+            match = re.fullmatch(r'correlation_id=(\S+)', text, re.IGNORECASE)
+            if not match:
+                raise bad_request('Invalid search text "%s": cannot understand it' % text)
+            jobs = [job for job in jobs if job['correlation_id'] == match.group(1)]
+        limit = _parse_max(query)
+        if limit is not None and limit >= 0:
+            jobs = jobs[:limit]
+        return _xml_answer(200, '<jobs>%s</jobs>' % ''.join(
+            self._cached_job_xml(job) for job in jobs))
+
+    def _get_job(self, query, body, job):
+        for candidate in self.jobs:
+            if candidate['id'] == job:
+                return _xml_answer(200, self._cached_job_xml(candidate))
+        raise not_found('job %s' % job)
+
+    def _vm_fingerprint(self, vm):
+        """Everything _vm_obj renders of a VM: its XML is written again only
+        when this changes."""
+        disks = tuple((d.id, d.name, d.sd_id, d.shareable, d.size, d.image_id,
+                       bool(d.locked_by))
+                      for d in (self._disks[disk_id] for disk_id in vm.disk_ids))
+        snapshots = tuple((s.id, s.description, s.type, s.status, s.persist_memorystate,
+                           s.date) for s in vm.snapshots.values())
+        return (vm.name, vm.status, vm.cluster_id, vm.id in self._no_agent, disks, snapshots)
+
+    def _cached_vm_xml(self, vm, follow):
+        key = (vm.id, frozenset(follow))
+        fingerprint = self._vm_fingerprint(vm)
+        cached = self._vm_xml_cache.get(key)
+        if cached is None or cached[0] != fingerprint:
+            cached = self._vm_xml_cache[key] = (
+                fingerprint, self._vm_xml(self._vm_obj(vm, follow)))
+        return cached[1]
+
     # -- time ----------------------------------------------------------------
 
     def _advance(self):
@@ -896,10 +1100,13 @@ class FakeEngine:
             for snapshot in list(vm.snapshots.values()):
                 if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
                     continue
+                phase, failed = snapshot.phase, snapshot.merge_fails
                 if snapshot.phase == 'creating':
                     self._finish_creation(vm, snapshot)
                 else:
                     self._finish_removal(vm, snapshot)
+                # done now, its files written: the time of its event and job
+                self._feed_finished(vm, snapshot, phase, failed, time.time())
 
     def _finish_creation(self, vm, snapshot):
         self._unlock_disks(snapshot)
@@ -1162,6 +1369,8 @@ class FakeEngine:
         ('GET', r'/disks', '_list_disks'),
         ('GET', r'/disks/(?P<disk>[^/]+)', '_get_disk'),
         ('GET', r'/events', '_list_events'),
+        ('GET', r'/jobs', '_list_jobs'),
+        ('GET', r'/jobs/(?P<job>[^/]+)', '_get_job'),
         ('POST', r'/events', '_add_event'),
     ]
 
@@ -1331,6 +1540,9 @@ class FakeEngine:
         obj = _ref(types.Vm, 'vms', vm.id, name=vm.name, status=types.VmStatus(vm.status),
                    cluster=_ref(types.Cluster, 'clusters', vm.cluster_id),
                    type=types.VmType.SERVER, memory=1 << 30)
+        if vm.status == 'up' and vm.id not in self._no_agent:
+            obj.guest_operating_system = types.GuestOperatingSystem(
+                family='Linux', distribution='CentOS Stream', architecture='x86_64')
         if follow & {'disk_attachments', 'disk_attachments.disk'}:
             full = 'disk_attachments.disk' in follow
             obj.disk_attachments = [self._attachment_obj(vm, disk_id, full)
@@ -1362,11 +1574,12 @@ class FakeEngine:
         follow = self._follow(query, self._VM_FOLLOWS)
         vms = self._search(list(self._vms.values()), query,
                            {'name': _name_term, 'status': _status_term})
-        return _xml_answer(200, self._vm_xml([self._vm_obj(vm, follow) for vm in vms], root='vms'))
+        return _xml_answer(200, '<vms>%s</vms>' % ''.join(
+            self._cached_vm_xml(vm, follow) for vm in vms))
 
     def _get_vm(self, query, body, vm):
         follow = self._follow(query, self._VM_FOLLOWS)
-        return _xml_answer(200, self._vm_xml(self._vm_obj(self._vm(vm), follow)))
+        return _xml_answer(200, self._cached_vm_xml(self._vm(vm), follow))
 
     def _list_attachments(self, query, body, vm):
         follow = self._follow(query, ('disk',))
@@ -1444,6 +1657,7 @@ class FakeEngine:
         for disk_id in disk_ids:
             self._disks[disk_id].locked_by.add(snapshot.id)
         vm.snapshots[snapshot.id] = snapshot
+        self._feed_started(vm, snapshot, 'creating', query)
         href = _href('vms', vm.id, 'snapshots', snapshot.id)
         return _xml_answer(201, Writer.write(self._snapshot_obj(vm, snapshot)),
                            {'Location': href})
@@ -1465,19 +1679,39 @@ class FakeEngine:
             target.merge_fails = True
         for disk_id in target.disk_ids:
             self._disks[disk_id].locked_by.add(target.id)
+        self._feed_started(vm, target, 'removing', query)
         return _xml_answer(200, '')
 
     def _event_obj(self, event):
         obj = _ref(types.Event, 'events', event['id'], origin=event['origin'],
                    severity=types.LogSeverity(event['severity']), custom_id=event['custom_id'],
-                   description=event['description'], time=event['time'], code=0)
+                   description=event['description'], time=event['time'],
+                   code=event.get('code', 0), correlation_id=event.get('correlation_id'))
         if event['cluster_id']:
             obj.cluster = _ref(types.Cluster, 'clusters', event['cluster_id'])
+        if event.get('vm_id'):
+            obj.vm = _ref(types.Vm, 'vms', event['vm_id'])
         return obj
 
     def _list_events(self, query, body):
-        return _xml_answer(200, Writer.write([self._event_obj(e) for e in self._event_records],
-                                             root='events'))
+        """Newest first, as the engine sorts them; ``from``: only the events
+        with a greater id; ``max``: at most that many."""
+        records = self._event_records
+        if 'from' in query and self.events_from == 'refuse':
+            raise bad_request('Unknown parameter "from"')
+        if 'from' in query and self.events_from is True:
+            try:
+                after = int(query['from'][-1])
+            except ValueError:
+                raise bad_request('Invalid value for parameter "from": %s'
+                                  % query['from'][-1]) from None
+            records = [e for e in records if int(e['id']) > after]
+        limit = _parse_max(query)
+        chosen = list(reversed(records))
+        if limit is not None and limit >= 0:
+            chosen = chosen[:limit]
+        return _xml_answer(200, '<events>%s</events>' % ''.join(
+            self._cached_event_xml(event) for event in chosen))
 
     def _add_event(self, query, body):
         request = _read_body(body, types.Event)
@@ -1497,7 +1731,7 @@ class FakeEngine:
         self.events.append(dict(origin=request.origin, severity=request.severity.value,
                                 custom_id=request.custom_id, description=request.description,
                                 cluster_id=cluster_id))
-        event = dict(self.events[-1], id=str(len(self.events) + 9999),
+        event = dict(self.events[-1], id=str(self._next_event_id()),
                      time=datetime.datetime.now(datetime.timezone.utc))
         self._event_records.append(event)
         return _xml_answer(201, Writer.write(self._event_obj(event)),

@@ -165,7 +165,9 @@ def test_dry_run_prints_the_plan_and_changes_nothing(site):
     assert 'schedule_georep' in result.out and '--client-pid=-1' in result.out
     assert [r for r in site.engine.requests if r['method'] in ('POST', 'DELETE')
             and not r['path'].startswith('/ovirt-engine/s')] == []
-    assert site.calls() == []
+    # only the preflight's look at the geo-replication session
+    assert [call['argv'][1:5] for call in site.calls()] == [
+        ['volume', 'geo-replication', MASTER, SLAVE + '::' + SLAVEVOL]]
     assert tree(site.master) == master_before
     assert tree(site.slave) == {}
     assert site.engine.events == []
@@ -212,9 +214,10 @@ def test_every_running_vm_counts_not_only_the_first_hundred(site):
 
 def test_a_stale_snapshot_of_an_earlier_run_is_removed_first_and_a_users_is_kept(site):
     site.add_vm('web')
-    site.engine.add_snapshot('web', DESCRIPTION)
+    # older than the longest a run can take (-t 1: about 13 minutes)
+    site.engine.add_snapshot('web', DESCRIPTION, age=3600)
     site.engine.add_snapshot('web', 'keep: ' + DESCRIPTION)
-    result = site.run()
+    result = site.run('-t', '1')
     assert result.code == 0, result.output
     assert 'left by an earlier run' in result.err
     assert_invariants(site, result)
@@ -227,12 +230,24 @@ def test_a_stale_snapshot_of_an_earlier_run_is_removed_first_and_a_users_is_kept
     assert first_delete < site.engine.requests.index(posts[0])
 
 
-def test_without_a_matching_storage_domain_every_running_vm_is_backed_up(site):
+def test_a_volume_that_backs_no_storage_domain_fails_before_any_snapshot(site):
+    site.add_vm('web')
+    site.behave(gluster={'sessions': ['othervol %s::%s' % (SLAVE_HOST, SLAVEVOL)]})
+    result = site.run('--', 'othervol', SLAVE, SLAVEVOL)
+    assert result.code == 1, result.output
+    assert 'no GlusterFS storage domain of the engine uses volume othervol' in result.err
+    assert snapshot_posts(site.engine) == []
+    assert site.calls_but_preflight() == []
+    assert_invariants(site, result)
+
+
+def test_all_vms_backs_up_every_running_vm_with_all_its_disks(site):
     site.add_vm('web')
     site.add_vm('on-nfs', sd=site.nfs_id)
     (site.root / 'volumes' / 'othervol').mkdir()     # a volume no domain uses
-    result = site.run('--', 'othervol', SLAVE, SLAVEVOL)
-    assert 'no GlusterFS storage domain uses volume othervol' in result.err
+    site.behave(gluster={'sessions': ['othervol %s::%s' % (SLAVE_HOST, SLAVEVOL)]})
+    result = site.run('--', 'othervol', SLAVE, SLAVEVOL, '--all-vms')
+    assert result.code == 0, result.output
     posted = sorted(site.engine.vm_name_of(p['path'].split('/')[2])
                     for p in snapshot_posts(site.engine))
     assert posted == ['on-nfs', 'web']
@@ -244,7 +259,7 @@ def test_a_named_storage_domain_that_does_not_exist_fails_before_any_snapshot(si
     result = site.run(config=site.config(gluster={'storage_domain': 'nope'}))
     assert result.code == 1
     assert snapshot_posts(site.engine) == []
-    assert site.calls() == []
+    assert site.calls_but_preflight() == []
     assert "storage domain 'nope'" in site.engine.events[-1]['description']
 
 
@@ -369,7 +384,7 @@ def test_another_run_holding_the_lock_means_exit_3_and_nothing_done(site):
     assert result.code == 3
     assert 'another backup of volume vmstore is running' in result.err
     assert site.engine.requests == []
-    assert site.calls() == []
+    assert site.calls_but_preflight() == []
 
 
 def test_a_logger_conf_file_receives_the_log(site, tmp_path):

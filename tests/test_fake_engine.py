@@ -450,3 +450,141 @@ def test_an_event_without_a_description_is_refused_with_400(connection):
         connection.system_service().events_service().add(types.Event(
             origin='ovirt-georep-backup', severity=types.LogSeverity.ALERT, custom_id=7))
     assert caught.value.code == 400
+
+
+# -- the engine's feed: its events, its jobs ----------------------------------
+
+def events_of(connection, vm_id, **options):
+    """The engine's own events about that VM, oldest first, as (code, correlation id)."""
+    events = connection.system_service().events_service().list(**options)
+    return [(e.code, e.correlation_id) for e in reversed(events)
+            if e.vm is not None and e.vm.id == vm_id]
+
+
+def test_a_snapshot_and_its_removal_log_the_engine_events_with_the_vm_and_correlation_id(
+        engine, connection, new_vm):
+    name = new_vm()
+    vm_id = engine.vm(name)['id']
+    service = snapshots_service(connection, engine, name)
+    snapshot = service.add(georep_snapshot(), query={'correlation_id': 'run-1-create'})
+    assert events_of(connection, vm_id) == [(45, 'run-1-create')]
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    service.snapshot_service(snapshot.id).remove(query={'correlation_id': 'run-1-remove'})
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) is None)
+    assert events_of(connection, vm_id) == [(45, 'run-1-create'), (68, 'run-1-create'),
+                                            (342, 'run-1-remove'), (356, 'run-1-remove')]
+    [created] = [e for e in engine.engine_events(68) if e['vm_id'] == vm_id]
+    assert "Snapshot '%s' creation for VM '%s' has been completed." % (GEOREP, name) \
+        == created['description']
+
+
+def test_events_from_gives_only_newer_ones_newest_first_and_max_caps_them(
+        engine, connection, new_vm):
+    events = connection.system_service().events_service()
+    [latest] = events.list(max=1)
+    name = new_vm()
+    snapshot = snapshots_service(connection, engine, name).add(georep_snapshot())
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    newer = events.list(from_=int(latest.id))
+    assert [e.code for e in newer] == [68, 45]
+    assert all(int(e.id) > int(latest.id) for e in newer)
+    assert [e.code for e in events.list(from_=int(latest.id), max=1)] == [68]
+    assert events.list(from_=int(newer[0].id)) == []
+    assert len(events.list(max=2)) == 2
+
+
+def test_jobs_found_by_correlation_id_start_then_finish_or_fail(engine, connection, new_vm):
+    name = new_vm()
+    engine.fail_merge(name)
+    service = snapshots_service(connection, engine, name)
+    jobs = connection.system_service().jobs_service()
+    snapshot = service.add(georep_snapshot(), query={'correlation_id': 'job-test-create'})
+    [job] = jobs.list(search='correlation_id=job-test-create')
+    assert job.status == types.JobStatus.STARTED
+    assert GEOREP in job.description and name in job.description
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    assert [j.status for j in jobs.list(search='correlation_id=job-test-create')] == [
+        types.JobStatus.FINISHED]
+    service.snapshot_service(snapshot.id).remove(query={'correlation_id': 'job-test-remove'})
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    assert [j.status for j in jobs.list(search='correlation_id=job-test-remove')] == [
+        types.JobStatus.FAILED]
+    assert jobs.job_service(job.id).get().status == types.JobStatus.FINISHED
+    assert jobs.list(search='correlation_id=no-such-id') == []
+
+
+def test_an_engine_can_refuse_or_ignore_from_and_refuse_the_job_search(engine, connection):
+    events = connection.system_service().events_service()
+    jobs = connection.system_service().jobs_service()
+    everything = len(events.list())
+    try:
+        engine.events_from = 'refuse'
+        with pytest.raises(sdk.Error) as caught:
+            events.list(from_=1)
+        assert caught.value.code == 400
+        engine.events_from = 'ignore'
+        assert len(events.list(from_=10 ** 9)) == everything
+        engine.job_search = 'refuse'
+        with pytest.raises(sdk.Error) as caught:
+            jobs.list(search='correlation_id=x')
+        assert caught.value.code == 400
+        assert isinstance(jobs.list(), list)
+    finally:
+        engine.events_from = engine.job_search = True
+
+
+def test_a_lost_event_is_never_logged_but_its_action_and_job_end(engine, connection, new_vm):
+    name = new_vm()
+    vm_id = engine.vm(name)['id']
+    engine.lose_events(68, name)
+    service = snapshots_service(connection, engine, name)
+    snapshot = service.add(georep_snapshot(), query={'correlation_id': 'lost-event'})
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    assert [code for code, _ in events_of(connection, vm_id)] == [45]
+    [job] = connection.system_service().jobs_service().list(search='correlation_id=lost-event')
+    assert job.status == types.JobStatus.FINISHED
+
+
+def test_a_failed_freeze_logs_10764_and_the_snapshot_is_made_all_the_same(
+        engine, connection, new_vm):
+    name = new_vm()
+    vm_id = engine.vm(name)['id']
+    engine.fail_freeze(name)
+    service = snapshots_service(connection, engine, name)
+    snapshot = service.add(georep_snapshot(), query={'correlation_id': 'not-frozen'})
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    assert events_of(connection, vm_id) == [(45, 'not-frozen'), (10764, 'not-frozen'),
+                                            (68, 'not-frozen')]
+    [warning] = engine.engine_events(10764)[-1:]
+    assert warning['severity'] == 'warning'
+    assert warning['description'].startswith('Failed to freeze guest filesystems on VM %s.'
+                                             % name)
+
+
+def test_a_vm_without_a_guest_agent_shows_no_guest_operating_system(engine, connection, new_vm):
+    name = new_vm()
+    service = vms_service(connection).vm_service(engine.vm(name)['id'])
+    assert service.get().guest_operating_system.family == 'Linux'
+    engine.set_guest_agent(name, False)
+    assert service.get().guest_operating_system is None
+
+
+def test_a_vm_is_written_again_only_when_it_changed(engine, connection, new_vm, monkeypatch):
+    name = new_vm()
+    vm_id = engine.vm(name)['id']
+    written = []
+    render = engine._vm_obj
+    monkeypatch.setattr(engine, '_vm_obj', lambda vm, follow: (written.append(vm.id),
+                                                               render(vm, follow))[1])
+    service = vms_service(connection).vm_service(vm_id)
+    first = service.get(follow='snapshots')
+    vms_service(connection).list(search='status=up', max=1000, follow='snapshots')
+    assert vm_id in written
+    written.clear()
+    assert vms_service(connection).list(search='name=%s' % name, follow='snapshots')[0].id == vm_id
+    assert service.get(follow='snapshots').snapshots[0].id == first.snapshots[0].id
+    assert written == []
+    snapshot = snapshots_service(connection, engine, name).add(georep_snapshot())
+    again = service.get(follow='snapshots')
+    assert written == [vm_id]
+    assert [s.id for s in again.snapshots] == [first.snapshots[0].id, snapshot.id]

@@ -223,6 +223,7 @@ VM_POLL_REMOVAL = ('GET', r'^/vms/[^/]+$', ('DELETE', r'^/vms/[^/]+/snapshots/')
 SNAPSHOT_ADD = ('POST', r'^/vms/{db}/snapshots$', None)    # of VM db; VM web goes on
 SNAPSHOT_REMOVE = ('DELETE', r'^/vms/[^/]+/snapshots/[^/]+$', None)
 CLUSTERS = ('GET', r'^/clusters$', None)
+EVENTS = ('GET', r'^/events$', None)                  # the feed: the first, its start
 EVENT = ('POST', r'^/events$', None)
 LOGOUT = ('POST', r'^/ovirt-engine/services/sso-logout$', None)
 
@@ -310,6 +311,11 @@ ENGINE_CASES = [
                 failed(r'VM web: the snapshot was not ready after'), config=SHORT),
     engine_case('every-poll-hangs', VM_POLL, 'hang', EVER,
                 failed(r'VM web: the snapshot was not ready after'), config=SHORT),
+    # steps 5 and 8: the engine's event feed (without it, every VM at every check)
+    engine_case('events-answer-500-once', EVENTS, 'fault', ONCE, absorbed()),
+    engine_case('events-answer-500-for-ever', EVENTS, 'fault', EVER, absorbed()),
+    engine_case('events-connection-closed-for-ever', EVENTS, 'close', EVER, absorbed()),
+    engine_case('events-hang', EVENTS, 'hang', ONCE, absorbed()),
     # step 8: the removal and its polls
     engine_case('removal-answers-500-once', SNAPSHOT_REMOVE, 'fault', ONCE, absorbed()),
     engine_case('removal-answers-500-for-ever', SNAPSHOT_REMOVE, 'fault', EVER,
@@ -516,6 +522,107 @@ def test_an_engine_that_misbehaves_or_stops_is_survived_and_told(
     check(site, result, before, expect)
     if expect.left:      # the others went on: only the stuck VM's snapshot is left
         assert set(site.our_snapshots()) == {'web'}
+
+
+# -- 2b. the engine's progress feed: lost, refused; a guest not frozen ----------
+
+def lose(code):
+    return lambda site: site.engine.lose_events(code, 'web')
+
+
+def lose_and_refuse_the_job_search(site):
+    site.engine.lose_events(68, 'web')
+    site.engine.job_search = 'refuse'
+
+
+def lose_and_fail_the_job_search(site):
+    site.engine.lose_events(356, 'web')
+    site.engine.fail('GET', r'^/jobs$', count=None)
+
+
+def refuse_from(site):
+    site.engine.events_from = 'refuse'
+
+
+def ignore_from(site):
+    site.engine.events_from = 'ignore'
+
+
+def freeze_fails(site):
+    site.engine.fail_freeze('web')
+
+
+def no_guest_agent(site):
+    site.engine.set_guest_agent('web', False)
+
+
+def jobs_counted(site, result):
+    """The safety net asked for the jobs of this run and then looked at web."""
+    assert any(r['path'] == '/jobs' and r['query'].get('search', [''])[0].startswith(
+        'correlation_id=') for r in site.engine.requests)
+
+
+def one_debug_line(text):
+    def check(site, result):
+        said = [line for line in result.err.splitlines() if ' DEBUG ' in line and text in line]
+        assert len(said) == 1, result.err
+    return check
+
+
+def only_db_backed_up(site, result):
+    """web's snapshot was removed, but nothing of web changed at the slave:
+    its overlays of this run are still there; db's are gone."""
+    for overlay in site.engine.overlays:
+        path = site.slave / site.sd_id / 'images' / overlay['disk_id'] / overlay['overlay']
+        assert path.exists() == (overlay['vm'] == 'web'), (overlay, result.err)
+    assert 'VM web not backed up' in site.engine.events[-1]['description']
+
+
+NOT_FROZEN = r'VM web: its snapshot is crash-consistent only: the engine could not freeze'
+NO_AGENT = r'VM web: its snapshot is crash-consistent only: no guest agent reports from it'
+REQUIRED = r'VM web not backed up: its snapshot is crash-consistent only: %s'
+
+
+def feed_case(name, setup, expect, args=(), config=None, extra=None, vms=('web',)):
+    return pytest.param(setup, expect, args, config or {}, extra, vms, id=name)
+
+
+FEED_CASES = [
+    feed_case('a-lost-end-of-snapshot-event-is-caught-by-the-job-count', lose(68),
+              absorbed(), extra=jobs_counted),
+    feed_case('a-lost-end-of-merge-event-is-caught-by-the-job-count', lose(356),
+              absorbed(), extra=jobs_counted),
+    feed_case('a-lost-event-and-a-refused-job-search-is-caught-by-a-full-look',
+              lose_and_refuse_the_job_search, absorbed(), args=('-v',),
+              extra=one_debug_line('the engine refused jobs?search=correlation_id=')),
+    feed_case('a-lost-event-and-a-failing-job-search-is-caught-by-a-full-look',
+              lose_and_fail_the_job_search, absorbed()),
+    feed_case('an-engine-that-refuses-from-is-asked-the-old-way', refuse_from, absorbed(),
+              args=('-v',), extra=one_debug_line('the engine refused events?from=')),
+    feed_case('an-engine-that-ignores-from-is-asked-the-old-way', ignore_from, absorbed(),
+              args=('-v',), extra=one_debug_line('the engine refused events?from=')),
+    feed_case('a-guest-not-frozen-is-crash-consistent-only', freeze_fails, absorbed(NOT_FROZEN)),
+    feed_case('a-guest-not-frozen-fails-with-require-quiesce', freeze_fails,
+              failed(REQUIRED % 'the engine could not freeze'),
+              args=('--require-quiesce',), extra=only_db_backed_up, vms=('web', 'db')),
+    feed_case('a-vm-without-guest-agent-is-crash-consistent-only', no_guest_agent,
+              absorbed(NO_AGENT)),
+    feed_case('a-vm-without-guest-agent-fails-with-require-quiesce-in-the-config',
+              no_guest_agent, failed(REQUIRED % 'no guest agent reports from it'),
+              config={'require_quiesce': 'yes'}, extra=only_db_backed_up, vms=('web', 'db')),
+]
+
+
+@pytest.mark.parametrize('setup, expect, args, snapshot, extra, vms', FEED_CASES)
+def test_a_lost_or_refused_feed_or_a_guest_not_frozen_is_survived_and_told(
+        site, setup, expect, args, snapshot, extra, vms):
+    before = prepare(site, vms=vms)
+    setup(site)
+    result = run(site, *args, config=site.config(snapshot=dict(FAST, **snapshot)),
+                 timeout=ENGINE_RUN_LIMIT)
+    check(site, result, before, expect)
+    if extra is not None:
+        extra(site, result)
 
 
 # -- 3. the child processes: the scheduler, the mount client, umount --------------

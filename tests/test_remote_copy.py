@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from conftest import (DESCRIPTION, MASTER, SLAVEVOL, VMBACKUP, assert_invariants,
+from conftest import (DESCRIPTION, MASTER, VMBACKUP, assert_invariants,
                       needs_root, ovf_store_paths, tree, without_voltype)
 
 pytestmark = needs_root
@@ -113,6 +113,8 @@ def test_a_backup_leaves_each_base_the_leaf_at_the_slave_in_place_and_verified(s
     assert 'verify: 4 disks of 3 VMs verified restorable' in result.err
     assert len(re.findall(r'verify: VM \S+ disk \S+: restorable', result.err)) == 4
     assert engine.events[-1]['severity'] == 'normal'
+    assert engine.events[-1]['description'].endswith(
+        'minutes; 4 disks of 3 VMs verified restorable')
 
 
 def test_the_engines_periodic_ovf_write_during_the_run_is_put_back_at_the_slave(site):

@@ -1,0 +1,218 @@
+"""One backup per volume across the pool: the lock, the preflight before any
+snapshot, and every failure reported (issue: the same cron line on every
+node)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import (HERE, MASTER, PASSWORD, SLAVE, SLAVE_HOST, SLAVEVOL,
+                      Result, assert_invariants, needs_root, wait_for)
+
+pytestmark = needs_root
+
+
+def snapshot_posts(engine):
+    return [r for r in engine.requests
+            if r['method'] == 'POST' and r['path'].endswith('/snapshots')]
+
+
+def deletes(engine):
+    return [r for r in engine.requests if r['method'] == 'DELETE']
+
+
+def test_a_second_run_under_the_same_lock_exits_3_and_touches_no_snapshot_of_the_first(
+        site, stop_process, tmp_path):
+    site.add_vm('web')
+    gate = tmp_path / 'gate'
+    site.behave(schedule_georep={'gate': str(gate)})
+    first = site.start('-q')
+    stop_process(first)
+    wait_for(lambda: site.calls('schedule_georep'), message='the first run to replicate')
+    snapshots = site.our_snapshots()
+    second = site.run('-q')
+    assert second.code == 3, second.output
+    assert second.err == '', 'a locked-out node mails nothing under -q: ' + second.err
+    assert site.our_snapshots() == snapshots
+    assert deletes(site.engine) == []
+    gate.touch()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert_invariants(site, Result(first.returncode, out, err))
+
+
+def test_the_lock_file_says_which_node_and_pid_hold_it(site, stop_process, tmp_path):
+    site.add_vm('web')
+    gate = tmp_path / 'gate'
+    site.behave(schedule_georep={'gate': str(gate)})
+    first = site.start()
+    stop_process(first)
+    wait_for(lambda: site.calls('schedule_georep'), message='the first run to replicate')
+    second = site.run()
+    assert second.code == 3
+    assert 'pid %d on ' % first.pid in second.err
+    gate.touch()
+    first.communicate(timeout=120)
+
+
+def test_under_node_local_locks_a_fresh_snapshot_of_another_run_stops_before_any_snapshot(
+        site, stop_process, tmp_path):
+    site.add_vm('web')
+    gate = tmp_path / 'gate'
+    site.behave(schedule_georep={'gate': str(gate)})
+    first = site.start()
+    stop_process(first)
+    wait_for(lambda: site.calls('schedule_georep'), message='the first run to replicate')
+    snapshots = site.our_snapshots()
+    # the second "node" has its own lock directory: it can't see the lock
+    other_lock = tmp_path / 'node2-lock'
+    other_lock.mkdir()
+    second = site.run('-t', '30', config=site.config(
+        lock={'lock_dir': str(other_lock)}, name='node2.cfg'))
+    assert second.code == 3, second.output
+    assert 'a run on another node may own it' in second.err
+    assert len(snapshot_posts(site.engine)) == 1
+    assert site.our_snapshots() == snapshots and deletes(site.engine) == []
+    gate.touch()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+
+
+def test_a_run_soon_after_a_success_on_any_node_is_skipped_quietly(site):
+    site.add_vm('web')
+    config = site.config(lock={'skip_within': '60'})
+    first = site.run('-q', config=config)
+    assert first.code == 0, first.output
+    second = site.run('-q', config=config)
+    assert second.code == 3
+    assert second.err == ''
+    assert len(snapshot_posts(site.engine)) == 1
+    loud = site.run(config=config)
+    assert 'was backed up' in loud.err and 'skip_within' in loud.err
+
+
+@pytest.mark.parametrize('positional, named', [
+    (['vmstoer', SLAVE, SLAVEVOL], 'vmstoer -> root@%s::%s' % (SLAVE_HOST, SLAVEVOL)),
+    ([MASTER, SLAVE, 'vmstore-rd'], '%s -> root@%s::vmstore-rd' % (MASTER, SLAVE_HOST)),
+    ([MASTER, 'root@bakcup.example.com', SLAVEVOL],
+     '%s -> root@bakcup.example.com::%s' % (MASTER, SLAVEVOL)),
+], ids=['mistyped-volume', 'mistyped-slave-volume', 'mistyped-slave-host'])
+@pytest.mark.parametrize('dry_run', [False, True], ids=['run', 'dry-run'])
+def test_a_mistyped_name_fails_with_zero_snapshots_naming_the_missing_session(
+        site, positional, named, dry_run):
+    site.add_vm('web')
+    result = site.run('--', *positional, *(['--dry-run'] if dry_run else []))
+    assert result.code == 1, result.output
+    assert snapshot_posts(site.engine) == []
+    assert site.calls_but_preflight() == []
+    errors = [line for line in result.err.splitlines() if ' ERROR ' in line]
+    assert len(errors) == 1, errors
+    assert 'no geo-replication session %s' % named in errors[0]
+
+
+@pytest.mark.parametrize('option', ['--vm', '--exclude'])
+def test_a_vm_name_that_matches_no_vm_is_an_error_before_any_snapshot(site, option):
+    site.add_vm('web')
+    result = site.run(option, 'nosuch')
+    assert result.code == 1, result.output
+    assert 'no VM is named nosuch (%s)' % option in result.err
+    assert snapshot_posts(site.engine) == []
+
+
+def test_excluding_a_vm_that_exists_but_is_down_is_fine(site):
+    site.add_vm('web')
+    site.add_vm('old', status='down')
+    result = site.run('--exclude', 'old')
+    assert result.code == 0, result.output
+
+
+def test_dry_run_takes_no_lock(site):
+    site.add_vm('web')
+    with site.hold_lock():
+        result = site.run('--dry-run')
+    assert result.code == 0, result.output
+    assert 'web' in result.out
+
+
+def test_a_failed_run_under_a_file_only_logging_config_still_says_why_on_stderr(site, tmp_path):
+    log_file = tmp_path / 'vmbackup.log'
+    logging_conf = tmp_path / 'logging.conf'
+    logging_conf.write_text(
+        '[loggers]\nkeys=root\n[handlers]\nkeys=file\n[formatters]\nkeys=plain\n'
+        '[logger_root]\nlevel=INFO\nhandlers=file\n'
+        '[handler_file]\nclass=FileHandler\nformatter=plain\nargs=(%r,)\n'
+        '[formatter_plain]\nformat=%%(asctime)s %%(levelname)s %%(message)s\n'
+        % str(log_file))
+    site.add_vm('web')
+    site.behave(schedule_georep={'exit': 1})
+    result = site.run('-q', config=site.config(logging={'logger_conf': str(logging_conf)}))
+    assert result.code == 1
+    assert 'geo-replication failed' in result.err
+    assert 'geo-replication failed' in log_file.read_text()
+
+
+def test_a_good_run_under_a_file_only_logging_config_prints_nothing(site, tmp_path):
+    log_file = tmp_path / 'vmbackup.log'
+    logging_conf = tmp_path / 'logging.conf'
+    logging_conf.write_text(
+        '[loggers]\nkeys=root\n[handlers]\nkeys=file\n[formatters]\nkeys=\n'
+        '[logger_root]\nlevel=INFO\nhandlers=file\n'
+        '[handler_file]\nclass=FileHandler\nargs=(%r,)\n' % str(log_file))
+    site.add_vm('web')
+    result = site.run(config=site.config(logging={'logger_conf': str(logging_conf)}))
+    assert result.code == 0, result.output
+    assert result.output == ''
+    assert 'done in' in log_file.read_text()
+
+
+# an error where the run does I/O or meets a bug, after the engine was
+# reached: each is one line, an alert, the snapshots removed, exit 1
+INJECTED = [
+    ('check_session', 'ENOSPC', False),
+    ('snapshot_vms', 'EACCES', False),
+    ('replicate', 'ENOSPC', True),
+    ('write_ovf_stores', 'ENOSPC', False),
+    ('confirm_copies', 'EIO', True),
+    ('repair_chains', 'ENOSPC', True),
+    ('slave_mounted', 'ENOSPC', True),
+    ('replicate', 'bug', True),
+]
+
+
+@pytest.mark.parametrize('function, kind, snapshotted', INJECTED,
+                         ids=['%s-%s' % (f, k) for f, k, _ in INJECTED])
+def test_an_error_injected_in_a_step_is_an_alert_with_the_snapshots_removed(
+        site, function, kind, snapshotted):
+    site.add_vm('web')
+    command = site.command()
+    command = [sys.executable, str(HERE / 'inject.py'), function, kind, '--'] + command[2:]
+    process = subprocess.run(command, env=site.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True,
+                             timeout=120)
+    result = Result(process.returncode, process.stdout, process.stderr)
+    assert result.code == 1, result.output
+    assert_invariants(site, result)
+    (event,) = site.engine.events
+    assert event['severity'] == 'alert'
+    expected = 'unexpected error: KeyError' if kind == 'bug' else os.strerror(
+        getattr(__import__('errno'), kind))
+    assert expected in event['description']
+    assert bool(snapshot_posts(site.engine)) == snapshotted
+
+
+def test_a_missing_sdk_is_one_line_and_exit_2(site):
+    config = site.config()
+    code = ('import runpy, sys; sys.modules["ovirtsdk4"] = None; '
+            'sys.argv = [%r, %r, %r, %r, "-c", %r]; '
+            'runpy.run_path(%r, run_name="__main__")'
+            % (str(HERE.parent / 'vmbackup.py'), MASTER, SLAVE, SLAVEVOL, config,
+               str(HERE.parent / 'vmbackup.py')))
+    process = subprocess.run([sys.executable, '-c', code], env=site.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=60)
+    assert process.returncode == 2, process.stderr
+    assert 'Traceback' not in process.stderr
+    (line,) = process.stderr.strip().splitlines()
+    assert 'the oVirt engine SDK cannot be imported' in line
+    assert PASSWORD not in process.stderr
