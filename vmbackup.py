@@ -1527,6 +1527,15 @@ def print_plan(run):
                or '--all-vms: every running VM, all disks')
     print('Dry run: nothing is changed.', file=out)
     print('Storage domain on volume %s: %s' % (args.mastervol, domains), file=out)
+    if plan.backups:
+        print('Would mount %s:%s read-only with: %s' % (
+            settings.master_server, args.mastervol, ' '.join(
+                shlex.quote(part)
+                for part in master_mount_command(args, settings, 'DIR'))),
+              file=out)
+        print('and have the engine write the OVF store of %s first, and keep '
+              'it.' % (', '.join(plan.storage_domains.values()) or 'no domain'),
+              file=out)
     print('VMs to snapshot (%d of %d running):' % (len(plan.backups),
                                                   plan.up_vm_count), file=out)
     for backup in plan.backups:
@@ -1545,11 +1554,15 @@ def print_plan(run):
         slave_host(args.slave), args.slavevol, ' '.join(
             shlex.quote(part) for part in mount_command(args, settings, 'DIR'))),
           file=out)
-    print('and delete, for each disk above, only its new overlay:', file=out)
+    print('and, for each disk above whose base there is confirmed to be the '
+          "master's, delete only its new overlay and set VOLTYPE=LEAF in its "
+          "base's .meta:", file=out)
     for backup in plan.backups:
         for disk in backup.disks:
-            print('  DIR/%s/images/%s/<overlay id>{,.meta,.lease}'
-                  % (disk.sd_id, disk.disk_id), file=out)
+            print('  DIR/%s/images/%s/<overlay id>{,.meta,.lease}, %s.meta'
+                  % (disk.sd_id, disk.disk_id, disk.base_id), file=out)
+    print("then put back the OVF store kept, where the engine rewrote it, and "
+          'verify the copy.', file=out)
     print('Would then remove the %d snapshots (live merge) and post an event '
           'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
 
@@ -2679,31 +2692,6 @@ def mount_command(args, settings, directory):
             '-l', settings.mount_log, directory]
 
 
-def overlay_paths(backups):
-    """Given the VmBackups, return the relative paths of every overlay file
-    this run created, three names per overlay; ids that are not UUIDs are
-    refused (they would name other files)."""
-    paths = []
-    for backup in backups:
-        if not backup.snapshot_ready:
-            continue
-        for disk in backup.disks:
-            if disk.overlay_id is None or disk.overlay_id == disk.base_id:
-                continue
-            if disk.problem:        # not backed up: nothing of it is changed
-                continue
-            ids = (disk.sd_id, disk.disk_id, disk.overlay_id)
-            if not all(UUID.match(value or '') for value in ids):
-                log.error('VM %s: the engine gave ids that are not UUIDs '
-                          '(%s); nothing of that disk is deleted', backup.name,
-                          ', '.join(map(str, ids)))
-                continue
-            for suffix in OVERLAY_SUFFIXES:
-                paths.append(os.path.join(disk.sd_id, 'images', disk.disk_id,
-                                          disk.overlay_id + suffix))
-    return paths
-
-
 def master_mount_command(args, settings, directory):
     return [settings.glusterfs, '--volfile-server', settings.master_server,
             '--volfile-id', args.mastervol, '--read-only',
@@ -2886,17 +2874,6 @@ def unmount_and_remove(directory, run, label='the slave volume'):
         os.rmdir(directory)
     except OSError as error:
         log.warning('could not remove %s: %s', directory, error.strerror)
-
-
-def drop_remote_overlays(args, settings, backups, run, stop):
-    """Mount the slave volume and delete the overlays this run created."""
-    paths = overlay_paths(backups)
-    if not paths:
-        log.info('no overlay to delete at the remote site')
-        return
-    with slave_mounted(args, settings, run, stop) as root:
-        if root is not None and not stop.requested:
-            delete_overlays(root, paths, run)
 
 
 def delete_overlays(root, paths, run):
