@@ -23,21 +23,31 @@ The steps of a run:
   5. Snapshot them (disks on that domain only, no memory), all at once, and
      wait for every snapshot to be ready; record for each disk its image id
      before the snapshot (the base) and after it (the overlay). A snapshot
-     left by an earlier run that crashed is removed first.
+     left by an earlier run that crashed is removed first. Before the
+     snapshots, the engine writes the domain's OVF store (read back through
+     a read-only mount of the master, and kept).
   6. Replicate: run gluster's schedule_georep.py, which sets a checkpoint,
      runs geo-replication until the checkpoint is reached, and stops it.
-  7. Drop the overlays at the remote site: mount the slave volume and delete
-     exactly <sd>/images/<disk>/<overlay> and its .meta and .lease for each
-     overlay this run created; unmount.
+     Its exit 0 is no proof: each disk's base at the slave is then
+     confirmed to be the master's (size and mtime), and this run's
+     snapshots to be still there, before anything at the slave changes.
+  7. Make the remote copy restorable: mount the slave volume; for each
+     confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
+     .meta and .lease (after checking that .meta), and set VOLTYPE=LEAF in
+     the base's .meta, in place; put back the OVF store kept in step 5
+     where the engine rewrote it since; verify the copy as a DR engine
+     would import it (the .meta chains, the volumes the OVF store names,
+     qemu-img info and check); unmount.
   8. Remove the snapshots this run created (live merge), whatever happened
-     before, and wait until they are gone. (After a successful step 6 the
-     removals are sent before step 7, so the engine merges while the slave
-     is being cleaned.)
+     before, and wait until they are gone. (The removals are sent once the
+     copy is confirmed, so the engine merges while the slave is repaired.)
   9. Post an event to the engine: normal when all went well, alert naming
      what failed otherwise.
  10. Log out; exit 0 when every step succeeded, 1 otherwise.
 
 With --dry-run, steps 1, 3 and 4 are done and the rest is only printed.
+With --verify, only the verify of step 7 is done, at the slave mounted
+read-only, with no engine: what a DR administrator runs before a failover.
 
 Run it nightly from cron on a gluster node of the master volume, as root:
 
@@ -53,11 +63,13 @@ import collections
 import concurrent.futures
 import configparser
 import contextlib
+import datetime
 import enum
 import errno
 import fcntl
 import glob
 import http.client
+import io
 import json
 import logging
 import logging.config
@@ -72,6 +84,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -344,6 +357,8 @@ class Run:
         self.plan = None                  # Plan, once the VMs are chosen
         self.created = []                 # VmBackups with a snapshot of ours
         self.notes = []                   # lines for the event, good or bad
+        self.ovf_stores = []              # OvfStores kept before the snapshots
+        self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.exit_status = None
 
     def fail(self, message, *args):
@@ -1527,6 +1542,15 @@ def print_plan(run):
                or '--all-vms: every running VM, all disks')
     print('Dry run: nothing is changed.', file=out)
     print('Storage domain on volume %s: %s' % (args.mastervol, domains), file=out)
+    if plan.backups:
+        print('Would mount %s:%s read-only with: %s' % (
+            settings.master_server, args.mastervol, ' '.join(
+                shlex.quote(part)
+                for part in master_mount_command(args, settings, 'DIR'))),
+              file=out)
+        print('and have the engine write the OVF store of %s first, and keep '
+              'it.' % (', '.join(plan.storage_domains.values()) or 'no domain'),
+              file=out)
     print('VMs to snapshot (%d of %d running):' % (len(plan.backups),
                                                   plan.up_vm_count), file=out)
     for backup in plan.backups:
@@ -1545,11 +1569,15 @@ def print_plan(run):
         slave_host(args.slave), args.slavevol, ' '.join(
             shlex.quote(part) for part in mount_command(args, settings, 'DIR'))),
           file=out)
-    print('and delete, for each disk above, only its new overlay:', file=out)
+    print('and, for each disk above whose base there is confirmed to be the '
+          "master's, delete only its new overlay and set VOLTYPE=LEAF in its "
+          "base's .meta:", file=out)
     for backup in plan.backups:
         for disk in backup.disks:
-            print('  DIR/%s/images/%s/<overlay id>{,.meta,.lease}'
-                  % (disk.sd_id, disk.disk_id), file=out)
+            print('  DIR/%s/images/%s/<overlay id>{,.meta,.lease}, %s.meta'
+                  % (disk.sd_id, disk.disk_id, disk.base_id), file=out)
+    print("then put back the OVF store kept, where the engine rewrote it, and "
+          'verify the copy.', file=out)
     print('Would then remove the %d snapshots (live merge) and post an event '
           'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
 
@@ -2145,6 +2173,535 @@ def replicate(args, settings, run, stop):
     return False
 
 
+# Step 5-7: the remote copy: volumes, chains, OVF store ---------------------------
+#
+# Facts from the real systems (their sources are the reference; no code of
+# theirs is here): vdsm's .meta is sorted KEY=value lines ending EOF
+# (lib/vdsm/storage/volumemetadata.py, constants.py); vdsm finds an image's
+# leaf by VOLTYPE and walks PUUID links to the blank UUID (image.py
+# Image.getChain, ImageIsNotLegalChain when no leaf). The engine's OVF store
+# is a raw volume holding a tar of info.json, <vm id>.ovf and metadata.json;
+# its .meta DESCRIPTION is JSON {"Updated", "Last Updated", "Size", "Storage
+# Domains", "Disk Description": "OVF_STORE"}, set to Updated false before the
+# tar is written and to Updated true with the new Last Updated and Size after
+# it (ovirt-engine ProcessOvfUpdateForStorageDomainCommand,
+# OvfInfoFileConstants); an import reads Size bytes of the updated store with
+# the latest Last Updated (StorageHandlingCommandBase.getLatestOVFDisk).
+
+BLANK_UUID = '00000000-0000-0000-0000-000000000000'
+OVF_STORE_ALIAS = 'OVF_STORE'
+OVF_STORE_DISKTYPE = 'OVFS'
+META_READ_LIMIT = 65536              # a .meta is 512 bytes at most for vdsm
+QEMU_IMG_TIMEOUT = 600               # seconds, one qemu-img info or check
+QEMU_FORMATS = {'COW': 'qcow2', 'RAW': 'raw'}
+JAVA_DATE = '%a %b %d %H:%M:%S %Y'   # Date.toString() without its zone
+
+
+class MetaError(ValueError):
+    """A .meta file that is not in vdsm's format."""
+
+
+class OvfStore(Record):
+    """One OVF_STORE volume of a domain as the engine wrote it before the
+    snapshots: its .meta and its tar, read from the master."""
+    DEFAULTS = {'sd_id': None, 'disk_id': None, 'volume_id': None,
+                'meta': None, 'data': None, 'last_updated': None}
+    HIDDEN = ('meta', 'data')
+
+
+def parse_meta(data, name):
+    """Given a .meta file's bytes, return {KEY: value} up to its EOF line;
+    raise MetaError when it is not vdsm's format."""
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError:
+        raise MetaError('%s is not text' % name) from None
+    values = {}
+    for line in text.split('\n'):
+        if line.startswith('EOF'):
+            return values
+        if '=' in line:
+            key, value = line.split('=', 1)
+            values[key.strip()] = value.strip()
+    raise MetaError('%s has no EOF line (truncated?)' % name)
+
+
+def read_meta(path):
+    """Given a .meta file's path, return (its bytes, {KEY: value}); raise
+    OSError or MetaError."""
+    with open(path, 'rb') as stream:
+        data = stream.read(META_READ_LIMIT)
+    return data, parse_meta(data, os.path.basename(path))
+
+
+def write_in_place(path, data):
+    """Replace a file's content with data in place (same inode: a file
+    replaced by rename would lose its gfid, and geo-replication maps slave
+    files to master files by gfid): write, truncate, fsync."""
+    with open(path, 'r+b') as stream:
+        stream.write(data)
+        stream.truncate()
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def set_meta_key(path, key, value):
+    """Given a .meta file, set KEY=value on its one KEY line in place, every
+    other byte unchanged; return True when it changed. Raise OSError or
+    MetaError."""
+    data, _ = read_meta(path)
+    lines = data.split(b'\n')
+    prefix = key.encode() + b'='
+    matches = [index for index, line in enumerate(lines) if line.startswith(prefix)]
+    if len(matches) != 1:
+        raise MetaError('%s has %d %s lines' % (os.path.basename(path),
+                                                len(matches), key))
+    lines[matches[0]] = prefix + value.encode()
+    changed = b'\n'.join(lines)
+    if changed == data:
+        return False
+    write_in_place(path, changed)
+    return True
+
+
+def ovf_description(values):
+    """Given a parsed .meta, return its DESCRIPTION as a dict when the
+    volume is an OVF store's, else None."""
+    try:
+        description = json.loads(values.get('DESCRIPTION') or '')
+    except ValueError:
+        description = None
+    if not isinstance(description, dict):
+        return None
+    if (values.get('DISKTYPE') != OVF_STORE_DISKTYPE
+            and description.get('Disk Description') != OVF_STORE_ALIAS):
+        return None
+    return description
+
+
+def java_date(text):
+    """Given a Last Updated (Java's Date.toString()), return a datetime, or
+    None. Its zone is the engine's, the same for every store: left out."""
+    words = (text or '').split()
+    if len(words) != 6:
+        return None
+    try:
+        return datetime.datetime.strptime(' '.join(words[:4] + words[5:]),
+                                          JAVA_DATE)
+    except ValueError:
+        return None
+
+
+def volume_path(root, sd_id, disk_id, volume_id):
+    """The exact path of a volume; every id must be a UUID."""
+    for value in (sd_id, disk_id, volume_id):
+        if not UUID.match(value or ''):
+            raise MetaError('%r is not a UUID' % (value,))
+    return os.path.join(root, sd_id, 'images', disk_id, volume_id)
+
+
+# the engine side of the OVF store
+
+def ovf_store_volumes(engine, sd_id):
+    """Given a storage domain id, return [(disk id, volume id)] of its
+    OVF_STORE disks (GET /storagedomains/{id}/disks); raise sdk.Error."""
+    disks = (engine.system.storage_domains_service().storage_domain_service(sd_id)
+             .disks_service().list())
+    found = []
+    for disk in disks:
+        if (disk.content_type == types.DiskContentType.OVF_STORE
+                or disk.alias == OVF_STORE_ALIAS):
+            if UUID.match(disk.id or '') and UUID.match(disk.image_id or ''):
+                found.append((disk.id, disk.image_id))
+    return found
+
+
+def read_ovf_store(root, sd_id, disk_id, volume_id):
+    """Given a mount and an OVF store volume, return an OvfStore with its
+    .meta and its tar (Size bytes), or None when it was never written;
+    raise OSError or MetaError."""
+    path = volume_path(root, sd_id, disk_id, volume_id)
+    for _ in range(3):
+        meta, values = read_meta(path + '.meta')
+        description = ovf_description(values)
+        if description is None:
+            raise MetaError('%s.meta is not an OVF store\'s' % volume_id)
+        if not description.get('Updated') or 'Size' not in description:
+            return None
+        size = int(description['Size'])
+        with open(path, 'rb') as stream:
+            data = stream.read(size)
+        if len(data) != size:
+            raise MetaError('OVF store %s holds %d bytes, its .meta says %d'
+                            % (volume_id, len(data), size))
+        # the tar's info.json carries the Last Updated of the same write:
+        # a tar that is not the one the .meta describes is one caught half
+        # written, or stale in a client's cache (gluster's quick-read keeps
+        # small files a second: seen on 10.3 through a second mount)
+        written = ovf_info(data).get('Last Updated')
+        if written != description.get('Last Updated'):
+            raise MetaError('OVF store %s holds the tar of %s, its .meta says %s'
+                            % (volume_id, written, description.get('Last Updated')))
+        again, _ = read_meta(path + '.meta')
+        if again == meta:        # not rewritten while we read it
+            return OvfStore(sd_id=sd_id, disk_id=disk_id, volume_id=volume_id,
+                            meta=meta, data=data,
+                            last_updated=description.get('Last Updated'))
+    raise MetaError('OVF store %s kept changing while it was read' % volume_id)
+
+
+def ovf_info(data):
+    """Given an OVF store's tar, return its info.json; raise MetaError."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
+            member = tar.getmember('info.json')
+            info = json.loads(tar.extractfile(member).read().decode('utf-8'))
+    except (tarfile.TarError, KeyError, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise MetaError('the OVF store has no readable info.json: %s'
+                        % one_line(error)) from None
+    if not isinstance(info, dict):
+        raise MetaError('the OVF store\'s info.json is not an object')
+    return info
+
+
+def write_ovf_stores(engine, run, master_root):
+    """Step 5, before the snapshots: have the engine write the OVF store of
+    each chosen domain (update_ovf_store) and wait until every OVF_STORE
+    volume's .meta, read through the master's read-only mount, says Updated
+    with a new Last Updated (the engine answers before the store is
+    written; it sets that only after the tar). Return the OvfStores as
+    written then, read back from the master: the store that describes the
+    VMs without this run's snapshots (run.fail for a domain where that
+    failed); they are run.ovf_stores too."""
+    kept = []
+    domains = run.plan.storage_domains if run.plan else {}
+    if not domains or master_root is None:    # no VM to back up, or --all-vms
+        return kept
+    for sd_id, name in sorted(domains.items()):
+        try:
+            volumes = ovf_store_volumes(engine, sd_id)
+            if not volumes:
+                run.fail('storage domain %s has no OVF_STORE disk: a DR engine '
+                         'could not register its VMs', name)
+                continue
+            before = {}
+            for disk_id, volume_id in volumes:
+                _, values = read_meta(volume_path(master_root, sd_id, disk_id,
+                                                  volume_id) + '.meta')
+                before[volume_id] = (ovf_description(values) or {}).get('Last Updated')
+            log.info('storage domain %s: asking the engine to write its OVF '
+                     'store (%d volumes)', name, len(volumes))
+            (engine.system.storage_domains_service().storage_domain_service(sd_id)
+             .update_ovf_store())
+            stores = wait_for_ovf_stores(run, master_root, sd_id, volumes, before)
+        except sdk.Error as error:
+            run.fail('storage domain %s: the OVF store could not be written: %s',
+                     name, one_line(error))
+            continue
+        except (OSError, MetaError) as error:
+            run.fail('storage domain %s: cannot read its OVF store at the master: '
+                     '%s', name, describe_os_error(error))
+            continue
+        if stores is None:
+            run.fail('storage domain %s: the engine did not write its OVF store '
+                     'within %s minutes ([snapshot] wait_timeout)', name,
+                     format_minutes(run.settings.wait_timeout))
+            continue
+        kept += stores
+        log.info('storage domain %s: OVF store written (%s), %d bytes kept',
+                 name, stores[0].last_updated, len(stores[0].data))
+    run.ovf_stores = kept
+    return kept
+
+
+def wait_for_ovf_stores(run, master_root, sd_id, volumes, before):
+    """Wait until every OVF store volume is updated after `before` ({volume
+    id: Last Updated}); return their OvfStores, or None at the deadline."""
+    deadline = time.monotonic() + run.settings.wait_timeout * 60
+    for _ in Polls(run.settings, run.stop.sleep):
+        run.check_stop()
+        try:
+            stores = [read_ovf_store(master_root, sd_id, disk_id, volume_id)
+                      for disk_id, volume_id in volumes]
+        except (OSError, MetaError) as error:
+            # caught while the engine rewrites it: look again
+            if time.monotonic() > deadline:
+                raise
+            log.debug('OVF store not readable yet: %s', describe_os_error(error))
+            continue
+        if all(store is not None and store.last_updated != before[store.volume_id]
+               for store in stores):
+            return stores
+        if time.monotonic() > deadline:
+            return None
+
+
+def describe_os_error(error):
+    if isinstance(error, OSError):
+        return '%s: %s' % (error.filename or '', error.strerror or error) \
+            if error.filename else (error.strerror or one_line(error))
+    return one_line(error)
+
+
+# step 6: confirm the copy, while the bases are still frozen
+
+def confirm_copies(engine, run, master_root, slave_root):
+    """Step 6, after the scheduler's exit 0 and before any snapshot removal
+    is sent: for each disk of this run's snapshots, confirm that the base
+    volume and its .meta at the slave are the master's (size and mtime to
+    the nanosecond, which geo-replication keeps mount to mount) and that
+    this run's snapshot is still there with the disk on its overlay. Return
+    the (VmBackup, DiskRecord) pairs confirmed; run.fail names each other
+    disk (nothing of it will be changed at the slave)."""
+    backups = run.plan.backups if run.plan else []
+    ready = [backup for backup in run.created if backup.snapshot_ready]
+    for backup in backups:
+        if backup not in ready:
+            for disk in backup.disks:
+                disk.confirmed = False
+                disk.problem = disk.problem or 'no snapshot of this run'
+    if not ready:
+        return []
+    states = fetch_confirming(engine, run, [backup.vm_id for backup in ready])
+    confirmed = []
+    for backup in ready:
+        for disk in backup.disks:
+            if disk.problem:      # not backed up (e.g. not quiesced as asked)
+                disk.confirmed = False
+                log.info('VM %s disk %s: %s; nothing of it is changed at the '
+                         'remote site', backup.name, disk.disk_id, disk.problem)
+                continue
+            if (master_root is not None and UUID.match(disk.sd_id or '')
+                    and not os.path.isdir(os.path.join(master_root, disk.sd_id))):
+                # --all-vms: a disk of another storage domain
+                disk.confirmed = False
+                disk.problem = 'its storage domain is not on volume %s' % run.mastervol
+                log.warning('VM %s disk %s: %s; it is not part of this copy',
+                            backup.name, disk.disk_id, disk.problem)
+                continue
+            problem = (copy_problem(disk, master_root, slave_root)
+                       or snapshot_problem(states.get(backup.vm_id), backup, disk))
+            disk.confirmed = problem is None
+            if problem is None:
+                confirmed.append((backup, disk))
+                log.info('VM %s disk %s: base %s confirmed at the remote site',
+                         backup.name, disk.disk_id, disk.base_id)
+                continue
+            disk.problem = 'not confirmed at the remote site: ' + problem
+            run.fail('VM %s disk %s: the copy at the remote site is not '
+                     'confirmed: %s; nothing of that disk is changed there',
+                     backup.name, disk.disk_id, problem)
+    return confirmed
+
+
+def fetch_confirming(engine, run, vm_ids):
+    """Given VM ids, return {vm id: the VM with its disks and snapshots, or
+    the sdk.Error of its look-up}; a look-up that failed but with a 404 is
+    asked again until [snapshot] wait_timeout (an engine restarting)."""
+    states = {}
+    pending = list(vm_ids)
+    deadline = time.monotonic() + run.settings.wait_timeout * 60
+    for _ in Polls(run.settings, run.stop.sleep):
+        states.update(fetch_vms(engine, pending, run.plan, FOLLOW))
+        pending = [vm_id for vm_id in pending
+                   if isinstance(states[vm_id], sdk.Error)
+                   and not is_not_found(states[vm_id])]
+        if not pending or time.monotonic() > deadline or run.stop.requested:
+            return states
+        log.warning('could not check %d snapshots on the engine (%s); trying '
+                    'again', len(pending), one_line(states[pending[0]]))
+    return states
+
+
+def copy_problem(disk, master_root, slave_root):
+    """Given a disk, return why its base at the slave is not the master's,
+    or None (and then set its size: the base's bytes)."""
+    if disk.overlay_id is None:
+        return 'its image did not change with the snapshot'
+    if master_root is None or slave_root is None:
+        return 'the %s volume is not mounted' % (
+            'master' if master_root is None else 'slave')
+    try:
+        relative = os.path.relpath(volume_path('/', disk.sd_id, disk.disk_id,
+                                               disk.base_id), '/')
+    except MetaError as error:
+        return 'the engine gave an id that is not a UUID: %s' % error
+    for suffix in ('', '.meta'):
+        name = 'base volume %s%s' % (disk.base_id, suffix)
+        try:
+            master = os.stat(os.path.join(master_root, relative + suffix))
+        except OSError as error:
+            return 'cannot read %s at the master: %s' % (name, error.strerror)
+        try:
+            slave = os.stat(os.path.join(slave_root, relative + suffix))
+        except FileNotFoundError:
+            return '%s is not at the slave' % name
+        except OSError as error:
+            return 'cannot read %s at the slave: %s' % (name, error.strerror)
+        if slave.st_size != master.st_size:
+            return '%s is %d bytes at the slave, %d at the master' % (
+                name, slave.st_size, master.st_size)
+        if slave.st_mtime_ns != master.st_mtime_ns:
+            return ('%s at the slave is not the master\'s (modified %s, at the '
+                    'master %s)' % (name, format_ns(slave.st_mtime_ns),
+                                    format_ns(master.st_mtime_ns)))
+        if not suffix:
+            disk.size = slave.st_size
+    return None
+
+
+def format_ns(nanoseconds):
+    seconds, rest = divmod(nanoseconds, 10**9)
+    return '%s.%09dZ' % (time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds)),
+                         rest)
+
+
+def snapshot_problem(vm, backup, disk):
+    """Given the VM as fetched now, return why this run's snapshot of the
+    disk is not as it was made, or None."""
+    if vm is None:
+        return "its VM was not found on the engine"
+    if isinstance(vm, sdk.Error):
+        return 'its snapshot could not be checked on the engine: %s' % one_line(vm)
+    if find_snapshot(vm, backup.snapshot_id) is None:
+        return "this run's snapshot %s is gone" % backup.snapshot_id
+    for attachment in vm.disk_attachments or []:
+        if attachment.disk is not None and attachment.disk.id == disk.disk_id:
+            if attachment.disk.image_id != disk.overlay_id:
+                return ('the disk is on volume %s, not on the overlay %s of this '
+                        "run's snapshot" % (attachment.disk.image_id,
+                                            disk.overlay_id))
+            return None
+    return 'the disk is no longer attached to its VM'
+
+
+# step 7: repair the chains at the slave, keep the OVF store true
+
+def repair_chains(run, slave_root, confirmed):
+    """Step 7: for each confirmed (VmBackup, DiskRecord), check the
+    overlay's .meta says what the engine said, delete its three files, and
+    set VOLTYPE=LEAF in the base's .meta in place. run.fail names a disk
+    that could not be repaired."""
+    dropped = 0
+    files = {'looked up': 0, 'deleted': 0}
+    for backup, disk in confirmed:
+        problem = repair_chain(slave_root, disk, files)
+        if problem is None:
+            dropped += 1
+            log.info('VM %s disk %s: overlay %s dropped, base %s is the leaf '
+                     'again at the remote site', backup.name, disk.disk_id,
+                     disk.overlay_id, disk.base_id)
+        else:
+            disk.problem = problem
+            run.fail('VM %s disk %s: %s', backup.name, disk.disk_id, problem)
+    log.info('deleted %d overlay files at the remote site (%d paths looked '
+             'up)', files['deleted'], files['looked up'])
+    log.info('repaired %d of %d chains at the remote site', dropped,
+             len(confirmed))
+
+
+def repair_chain(slave_root, disk, files):
+    """Given a confirmed disk, drop its overlay at the slave and make its
+    base the leaf, counting in files the paths looked up and deleted;
+    return None, or what went wrong."""
+    overlay = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.overlay_id)
+    base = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.base_id)
+    try:
+        _, base_meta = read_meta(base + '.meta')
+    except (OSError, MetaError) as error:
+        return 'cannot read the base .meta at the slave: %s' % describe_os_error(error)
+    wrong = meta_mismatch(base_meta, IMAGE=disk.disk_id, DOMAIN=disk.sd_id)
+    if wrong or base_meta.get('VOLTYPE') not in ('INTERNAL', 'LEAF'):
+        return ('the base .meta at the slave says %s; left alone'
+                % (wrong or 'VOLTYPE=%s' % base_meta.get('VOLTYPE')))
+    try:
+        _, overlay_meta = read_meta(overlay + '.meta')
+    except FileNotFoundError:
+        overlay_meta = None
+        if os.path.lexists(overlay):
+            return ('overlay %s is at the slave without its .meta; left alone'
+                    % disk.overlay_id)
+        log.warning('overlay %s of disk %s is not at the remote site',
+                    disk.overlay_id, disk.disk_id)
+    except (OSError, MetaError) as error:
+        return ('cannot read the overlay .meta at the slave: %s'
+                % describe_os_error(error))
+    if overlay_meta is not None:
+        wrong = meta_mismatch(overlay_meta, PUUID=disk.base_id,
+                              IMAGE=disk.disk_id, VOLTYPE='LEAF')
+        if wrong:
+            return ('the overlay .meta at the slave says %s, not what the engine '
+                    'said; left alone' % wrong)
+        for suffix in OVERLAY_SUFFIXES:
+            path = overlay + suffix
+            files['looked up'] += 1
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    return '%s at the slave is not a regular file; left alone' % (
+                        disk.overlay_id + suffix)
+                os.unlink(path)
+                files['deleted'] += 1
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                disk.overlay_dropped = False
+                return 'cannot delete %s at the slave: %s' % (
+                    disk.overlay_id + suffix, error.strerror)
+    disk.overlay_dropped = True
+    try:
+        set_meta_key(base + '.meta', 'VOLTYPE', 'LEAF')
+    except (OSError, MetaError) as error:
+        disk.chain_repaired = False
+        return 'cannot set VOLTYPE=LEAF in the base .meta at the slave: %s' % (
+            describe_os_error(error))
+    disk.chain_repaired = True
+    return None
+
+
+def meta_mismatch(values, **expected):
+    """Given a parsed .meta, return 'KEY=value' of the first key that is
+    not as expected, or None."""
+    for key, value in sorted(expected.items()):
+        if values.get(key) != value:
+            return '%s=%s' % (key, values.get(key, '(none)'))
+    return None
+
+
+def restore_ovf_stores(run, slave_root, kept, confirmed):
+    """Step 7: make each OVF store volume at the slave the one the engine
+    wrote before the snapshots (kept), tar and .meta, in place, where the
+    engine rewrote it during the run (it then lists this run's snapshot with
+    the overlay as active volume). Done only when some disk was confirmed:
+    a copy not confirmed is not touched at all."""
+    if not kept or not confirmed:
+        return
+    restored = 0
+    for store in kept:
+        path = volume_path(slave_root, store.sd_id, store.disk_id, store.volume_id)
+        try:
+            with open(path, 'rb') as stream:
+                head = stream.read(len(store.data))
+            meta, _ = read_meta(path + '.meta')
+            if head == store.data and meta == store.meta:
+                continue
+            with open(path, 'r+b') as stream:
+                stream.write(store.data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            write_in_place(path + '.meta', store.meta)
+        except (OSError, MetaError) as error:
+            run.fail('cannot restore OVF store %s at the remote site: %s',
+                     store.volume_id, describe_os_error(error))
+            continue
+        restored += 1
+        log.warning('OVF store %s at the remote site was rewritten during the '
+                    'run (the engine\'s periodic write): put back the one '
+                    'written before the snapshots (%s)', store.volume_id,
+                    store.last_updated)
+    log.info('OVF store at the remote site: %d of %d volumes put back',
+             restored, len(kept))
+
+
 # Step 7: the overlays at the remote site -----------------------------------------------
 
 def slave_host(slave):
@@ -2157,67 +2714,85 @@ def mount_command(args, settings, directory):
             '-l', settings.mount_log, directory]
 
 
-def overlay_paths(backups):
-    """Given the VmBackups, return the relative paths of every overlay file
-    this run created, three names per overlay; ids that are not UUIDs are
-    refused (they would name other files)."""
-    paths = []
-    for backup in backups:
-        if not backup.snapshot_ready:
-            continue
-        for disk in backup.disks:
-            if disk.overlay_id is None or disk.overlay_id == disk.base_id:
-                continue
-            if disk.problem:        # not backed up: nothing of it is changed
-                continue
-            ids = (disk.sd_id, disk.disk_id, disk.overlay_id)
-            if not all(UUID.match(value or '') for value in ids):
-                log.error('VM %s: the engine gave ids that are not UUIDs '
-                          '(%s); nothing of that disk is deleted', backup.name,
-                          ', '.join(map(str, ids)))
-                continue
-            for suffix in OVERLAY_SUFFIXES:
-                paths.append(os.path.join(disk.sd_id, 'images', disk.disk_id,
-                                          disk.overlay_id + suffix))
-    return paths
+def master_mount_command(args, settings, directory):
+    return [settings.glusterfs, '--volfile-server', settings.master_server,
+            '--volfile-id', args.mastervol, '--read-only',
+            '-l', settings.mount_log, directory]
 
 
 @contextlib.contextmanager
-def slave_mounted(args, settings, run, stop):
-    """Mount the slave volume in a fresh temporary directory for the block;
-    yield its path, or None after run.fail when it could not be mounted.
+def slave_mounted(args, settings, run, stop, read_only=False):
+    """Mount the slave volume in a fresh temporary directory for the block
+    (read_only: with --read-only, for --verify; else with --client-pid=-1,
+    gsyncd's client id, which the slave's features.read-only lets write);
+    yield its path, or None after run.fail. Unmount and remove the
+    directory on every way out."""
+    command = mount_command(args, settings, 'DIR')
+    if read_only:
+        command[command.index('--client-pid=-1')] = '--read-only'
+    with volume_mounted(command, 'the slave volume %s:%s' % (
+            slave_host(args.slave), args.slavevol), args.slavevol, settings,
+            run, stop) as directory:
+        yield directory
+
+
+@contextlib.contextmanager
+def master_mounted(run):
+    """Mount the master volume read-only ([gluster] master_server) in a
+    fresh temporary directory for the block, to read the OVF store the
+    engine writes and to confirm the copy: yield its path (None when no VM
+    is backed up: nothing to confirm). Raise Failed, before any snapshot,
+    when it can't be mounted; unmount and remove the directory on every
+    way out."""
+    if run.plan is None or not run.plan.backups:
+        yield None
+        return
+    args, settings = run.args, run.settings
+    with volume_mounted(master_mount_command(args, settings, 'DIR'),
+                        'the master volume %s:%s' % (settings.master_server,
+                                                     args.mastervol),
+                        args.mastervol, settings, run, run.stop) as directory:
+        if directory is None:
+            raise Failed()
+        yield directory
+
+
+@contextlib.contextmanager
+def volume_mounted(command, where, volume, settings, run, stop):
+    """Given a glusterfs command line whose last word is the mount point
+    (replaced by a fresh temporary directory), mount for the block; yield
+    the directory, or None after run.fail when it could not be mounted.
     Unmount and remove the directory on every way out."""
-    directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % args.slavevol)
+    directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % volume)
     try:
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(settings.mount_log), exist_ok=True)
-        command = mount_command(args, settings, directory)
-        log.info('mounting %s:%s: %s', slave_host(args.slave), args.slavevol,
+        command = command[:-1] + [directory]
+        log.info('mounting %s: %s', where,
                  ' '.join(shlex.quote(part) for part in command))
         mounted = False
         status, output = run_child(command, settings.mount_timeout, stop)
         for line in output.splitlines():
             log.info('glusterfs: %s', line)
-        where = '%s:%s' % (slave_host(args.slave), args.slavevol)
         if isinstance(status, OSError):
             run.fail('cannot run %s: %s', settings.glusterfs,
                      status.strerror or status)
         elif status is None:
-            run.fail('cannot mount the slave volume %s: glusterfs did not '
-                     'finish within %d seconds ([gluster] mount_timeout)',
-                     where, settings.mount_timeout)
+            run.fail('cannot mount %s: glusterfs did not finish within %d '
+                     'seconds ([gluster] mount_timeout)', where,
+                     settings.mount_timeout)
         elif status != 0:
-            run.fail('cannot mount the slave volume %s: glusterfs %s (see %s)',
+            run.fail('cannot mount %s: glusterfs %s (see %s)',
                      where, describe_status(status), settings.mount_log)
         else:
             mounted = wait_for_mount(directory)
             if not mounted:
-                run.fail('cannot mount the slave volume %s: glusterfs '
-                         'succeeded but %s is not a mount point (see %s)',
-                         where, directory, settings.mount_log)
+                run.fail('cannot mount %s: glusterfs succeeded but %s is not a '
+                         'mount point (see %s)', where, directory,
+                         settings.mount_log)
         yield directory if mounted else None
     finally:
-        unmount_and_remove(directory, run)
+        unmount_and_remove(directory, run, where.rsplit(' ', 1)[0])
 
 
 def run_child(command, timeout, stop):
@@ -2292,7 +2867,7 @@ def wait_for_mount(directory, seconds=5):
         time.sleep(0.1)
 
 
-def unmount_and_remove(directory, run):
+def unmount_and_remove(directory, run, label='the slave volume'):
     """Unmount the directory if mounted (lazily when it stays busy), then
     remove it; never remove anything inside it."""
     if is_mount_point(directory):
@@ -2313,25 +2888,14 @@ def unmount_and_remove(directory, run):
                         message or 'still mounted')
             time.sleep(1 + attempt)
         if is_mount_point(directory):
-            run.fail('the slave volume is still mounted at %s: unmount it by '
-                     'hand (umount %s)', directory, directory)
+            run.fail('%s is still mounted at %s: unmount it by hand '
+                     '(umount %s)', label, directory, directory)
             return
         log.info('unmounted %s', directory)
     try:
         os.rmdir(directory)
     except OSError as error:
         log.warning('could not remove %s: %s', directory, error.strerror)
-
-
-def drop_remote_overlays(args, settings, backups, run, stop):
-    """Mount the slave volume and delete the overlays this run created."""
-    paths = overlay_paths(backups)
-    if not paths:
-        log.info('no overlay to delete at the remote site')
-        return
-    with slave_mounted(args, settings, run, stop) as root:
-        if root is not None and not stop.requested:
-            delete_overlays(root, paths, run)
 
 
 def delete_overlays(root, paths, run):
@@ -2366,6 +2930,490 @@ def delete_overlays(root, paths, run):
     log.info('deleted %d overlay files at the remote site (%d paths looked up)',
              deleted, len(paths))
     return deleted
+
+
+def remote_copy(run, engine, master_root, start_removal):
+    """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
+    read-only and the OVF store kept from before the snapshots: mount the
+    slave, confirm every disk while the bases are still frozen, then call
+    start_removal() (the merges may run while the slave is repaired),
+    repair the chains, put back the OVF store, verify; unmount."""
+    with slave_mounted(run.args, run.settings, run, run.stop) as slave_root:
+        confirmed = []
+        if slave_root is not None:
+            confirmed = confirm_copies(engine, run, master_root, slave_root)
+        # the bases are confirmed (or given up): the merges may change them
+        start_removal()
+        if slave_root is None:
+            return
+        run.check_stop()
+        repair_chains(run, slave_root, confirmed)
+        restore_ovf_stores(run, slave_root, run.ovf_stores, confirmed)
+        if confirmed:
+            verify_copy(run, slave_root, run.ovf_stores, confirmed)
+
+
+# Verify: what a DR engine would import -------------------------------------------------
+
+
+class OvfVm(Record):
+    """A VM as the OVF store describes it."""
+    DEFAULTS = {'vm_id': None, 'name': None,
+                'volumes': {},          # disk id -> [volume ids], as listed
+                'active': {},           # disk id -> the active volume id
+                'snapshots': []}        # (id, type, description)
+
+
+def local_name(tag):
+    return tag.rsplit('}', 1)[-1]
+
+
+def ovf_attribute(element, name):
+    for key, value in element.attrib.items():
+        if local_name(key) == name:
+            return value
+    return None
+
+
+def parse_ovf(vm_id, text):
+    """Given a VM's OVF (OvfVmWriter's XML), return an OvfVm; raise
+    MetaError."""
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError as error:
+        raise MetaError('the OVF of VM %s is not XML: %s' % (vm_id, error)) from None
+    vm = OvfVm(vm_id=vm_id, name=vm_id, volumes={}, active={}, snapshots=[])
+    for element in root.iter():
+        tag = local_name(element.tag)
+        if tag == 'Name' and vm.name == vm_id and element.text:
+            vm.name = element.text.strip()
+        elif tag == 'File':
+            disk_id, _, volume_id = (ovf_attribute(element, 'href') or '').partition('/')
+            if UUID.match(disk_id) and UUID.match(volume_id):
+                vm.volumes.setdefault(disk_id, []).append(volume_id)
+        elif tag == 'Snapshot':
+            fields = {local_name(child.tag): (child.text or '').strip()
+                      for child in element}
+            vm.snapshots.append((ovf_attribute(element, 'id'),
+                                 fields.get('Type'), fields.get('Description')))
+    active = [sid for sid, kind, _ in vm.snapshots if (kind or '').upper() == 'ACTIVE']
+    for element in root.iter():
+        if local_name(element.tag) == 'Disk' and active:
+            disk_id, _, volume_id = (ovf_attribute(element, 'fileRef') or '').partition('/')
+            if ovf_attribute(element, 'vm_snapshot_id') == active[0]:
+                vm.active[disk_id] = volume_id
+    return vm
+
+
+def read_ovf_tar(data):
+    """Given an OVF store's tar, return {vm id: OvfVm}; raise MetaError."""
+    vms = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
+            for member in tar.getmembers():
+                stem, dot, extension = member.name.rpartition('.')
+                if extension != 'ovf' or not dot or not member.isfile():
+                    continue
+                text = tar.extractfile(member).read()
+                vms[stem] = parse_ovf(stem, text)
+    except (tarfile.TarError, EOFError) as error:
+        raise MetaError('the OVF store is not a tar: %s' % error) from None
+    return vms
+
+
+def newest_ovf_store(root, sd_id, volumes):
+    """Given the domain's OVF store volumes [(disk id, volume id)], return
+    the OvfStore a DR engine would import (an updated one first, then the
+    latest Last Updated), or None when none was ever written."""
+    best = None
+    for disk_id, volume_id in volumes:
+        try:
+            store = read_ovf_store(root, sd_id, disk_id, volume_id)
+        except (OSError, MetaError) as error:
+            log.warning('OVF store %s is not readable: %s', volume_id,
+                        describe_os_error(error))
+            continue
+        if store is None:
+            continue
+        date = java_date(store.last_updated)
+        if best is None or (date is not None and (best[0] is None or date > best[0])):
+            best = (date, store)
+    return best[1] if best else None
+
+
+def find_ovf_store_volumes(root, sd_id):
+    """Without the engine: list <sd>/images/ (one directory), and in each
+    image directory the .meta of a lone volume; return [(disk id, volume
+    id)] of the OVF stores."""
+    images = os.path.join(root, sd_id, 'images')
+    found = []
+    for disk_id in sorted(os.listdir(images)):
+        if not UUID.match(disk_id):
+            continue
+        try:
+            metas = [name for name in os.listdir(os.path.join(images, disk_id))
+                     if name.endswith('.meta')]
+            if len(metas) != 1 or not UUID.match(metas[0][:-5]):
+                continue
+            _, values = read_meta(os.path.join(images, disk_id, metas[0]))
+        except (OSError, MetaError):
+            continue
+        if ovf_description(values) is not None:
+            found.append((disk_id, metas[0][:-5]))
+    return found
+
+
+class Verifier:
+    """Checks a copy as a DR engine would import it, changing nothing;
+    collects the failures ((what, check, detail)) and the disks and VMs
+    verified."""
+
+    def __init__(self, root, qemu_img, stop):
+        self.root = root
+        self.qemu_img = qemu_img
+        self.stop = stop
+        self.failures = []
+        self.disks_ok = 0
+        self.disks_failed = 0
+        self.vms = set()
+
+    def summary(self):
+        text = '%d disk%s of %d VM%s verified restorable' % (
+            self.disks_ok, '' if self.disks_ok == 1 else 's',
+            len(self.vms), '' if len(self.vms) == 1 else 's')
+        if self.disks_failed:
+            text += ', %d disk%s failed verification' % (
+                self.disks_failed, '' if self.disks_failed == 1 else 's')
+        return text
+
+    def fail(self, what, check, detail):
+        self.failures.append((what, check, detail))
+        log.error('verify: %s: %s: %s', what, check, detail)
+
+    def domain(self, sd_id, volumes=None, backups=(), skip=()):
+        """Verify the domain: every VM of its newest OVF store with disks
+        here and the disks of `backups` (VmBackups of this run); `skip`:
+        disk ids not to verify (not confirmed). `volumes`: the OVF store
+        volumes, else found by listing. Return {disk id: True/False}."""
+        results = {}
+        what = 'storage domain %s' % sd_id
+        try:
+            if volumes is None:
+                volumes = find_ovf_store_volumes(self.root, sd_id)
+            store = newest_ovf_store(self.root, sd_id, volumes)
+            if store is None:
+                self.fail(what, 'OVF store', 'no written OVF store found (%d '
+                          'OVF_STORE volumes): a DR engine could not register '
+                          'its VMs' % len(volumes))
+                return results
+            vms = read_ovf_tar(store.data)
+        except (OSError, MetaError) as error:
+            self.fail(what, 'OVF store', describe_os_error(error))
+            return results
+        log.info('verify: storage domain %s: OVF store %s (%s) describes %d '
+                 'VMs', sd_id, store.volume_id, store.last_updated, len(vms))
+        ours = {backup.vm_id: backup for backup in backups}
+        for vm in sorted(vms.values(), key=lambda vm: vm.name):
+            backup = ours.get(vm.vm_id)
+            for sid, _, description in vm.snapshots:
+                if description == SNAPSHOT_DESCRIPTION or (
+                        backup is not None and sid == backup.snapshot_id):
+                    self.fail('VM %s' % vm.name, 'OVF store', 'it lists the '
+                              'backup snapshot %s: a DR engine would register '
+                              'volumes that are not there' % sid)
+            for disk_id, named in sorted(vm.volumes.items()):
+                if disk_id in skip:
+                    continue
+                image_dir = os.path.join(self.root, sd_id, 'images', disk_id)
+                if not os.path.isdir(image_dir):
+                    log.debug('verify: VM %s disk %s is not on domain %s',
+                              vm.name, disk_id, sd_id)
+                    continue
+                results[disk_id] = self.disk(vm.name, sd_id, disk_id, named)
+                self.vms.add(vm.vm_id)
+        for backup in backups:
+            vm = vms.get(backup.vm_id)
+            for disk in backup.disks:
+                if disk.disk_id in skip or disk.sd_id != sd_id:
+                    continue
+                what = 'VM %s disk %s' % (backup.name, disk.disk_id)
+                if vm is None or disk.disk_id not in vm.volumes:
+                    self.fail(what, 'OVF store', 'not in the newest OVF store')
+                    results[disk.disk_id] = False
+                    continue
+                if vm.active.get(disk.disk_id) not in (None, disk.base_id):
+                    self.fail(what, 'OVF store', 'its active volume is %s, not '
+                              'the base %s' % (vm.active.get(disk.disk_id),
+                                               disk.base_id))
+                    results[disk.disk_id] = False
+                if disk.overlay_id and os.path.lexists(
+                        volume_path(self.root, sd_id, disk.disk_id, disk.overlay_id)):
+                    self.fail(what, 'overlay', "this run's overlay %s is still "
+                              'there' % disk.overlay_id)
+                    results[disk.disk_id] = False
+        return results
+
+    def disk(self, vm_name, sd_id, disk_id, named):
+        """Verify one image: its .meta chain, its volumes against the OVF
+        store's, qemu-img's view of them. Return True when all hold."""
+        what = 'VM %s disk %s' % (vm_name, disk_id)
+        problems = self.image_problems(sd_id, disk_id, named)
+        for check, detail in problems:
+            self.fail(what, check, detail)
+        if problems:
+            self.disks_failed += 1
+            return False
+        self.disks_ok += 1
+        log.info('verify: %s: restorable (%d volumes)', what, len(named))
+        return True
+
+    def image_problems(self, sd_id, disk_id, named):
+        """Return [(check, detail)] of what is wrong with the image."""
+        image_dir = os.path.join(self.root, sd_id, 'images', disk_id)
+        try:
+            names = os.listdir(image_dir)       # one directory, as vdsm does
+        except OSError as error:
+            return [('volumes', 'cannot list the image directory: %s'
+                     % error.strerror)]
+        metas = {}
+        problems = []
+        for name in sorted(names):
+            volume_id = name[:-len('.meta')]
+            if not name.endswith('.meta') or not UUID.match(volume_id):
+                continue
+            try:
+                _, metas[volume_id] = read_meta(os.path.join(image_dir, name))
+            except (OSError, MetaError) as error:
+                problems.append(('chain', 'volume %s: %s' % (
+                    volume_id, describe_os_error(error))))
+        for volume_id, values in sorted(metas.items()):
+            wrong = meta_mismatch(values, IMAGE=disk_id, DOMAIN=sd_id,
+                                  LEGALITY='LEGAL')
+            if wrong:
+                problems.append(('chain', 'volume %s says %s' % (volume_id, wrong)))
+            if values.get('FORMAT') not in QEMU_FORMATS:
+                problems.append(('chain', 'volume %s says FORMAT=%s' % (
+                    volume_id, values.get('FORMAT'))))
+            if not os.path.isfile(os.path.join(image_dir, volume_id)):
+                problems.append(('volumes', 'volume %s has a .meta but no data '
+                                 'file' % volume_id))
+        for volume_id in named:
+            if volume_id not in metas:
+                problems.append(('volumes', 'volume %s named by the OVF store is '
+                                 'missing' % volume_id))
+        for volume_id in sorted(set(metas) - set(named)):
+            problems.append(('overlay', 'volume %s is not in the OVF store (an '
+                             'overlay left by a backup?)' % volume_id))
+        chain, chain_problem = leaf_chain(metas)
+        if chain_problem:
+            problems.append(('chain', chain_problem))
+        if problems:
+            return problems
+        return self.qemu_problems(image_dir, chain, metas)
+
+    def qemu_problems(self, image_dir, chain, metas):
+        """Given a legal chain (base first), return what qemu-img finds
+        wrong: its view against the .meta, and qemu-img check of each qcow2
+        volume."""
+        leaf = os.path.join(image_dir, chain[-1])
+        status, output, errors = run_captured(
+            [self.qemu_img, 'info', '--backing-chain', '--output=json', '-U', leaf],
+            QEMU_IMG_TIMEOUT, self.stop)
+        if status != 0:
+            return [('qemu-img info', describe_qemu(status, errors or output))]
+        try:
+            infos = json.loads(output)
+        except ValueError:
+            return [('qemu-img info', 'its output is not JSON')]
+        if len(infos) != len(chain):
+            return [('qemu-img info', 'it sees %d volumes, the .meta chain %d'
+                     % (len(infos), len(chain)))]
+        problems = []
+        for volume_id, info in zip(reversed(chain), infos):
+            values = metas[volume_id]
+            expected_format = QEMU_FORMATS[values['FORMAT']]
+            if info.get('format') != expected_format:
+                problems.append(('qemu-img info', 'volume %s is %s, its .meta says '
+                                 '%s' % (volume_id, info.get('format'),
+                                         values['FORMAT'])))
+            parent = values.get('PUUID')
+            expected_backing = None if parent == BLANK_UUID else parent
+            if info.get('backing-filename') != expected_backing:
+                problems.append(('qemu-img info', 'volume %s has backing file %s, '
+                                 'its .meta says PUUID=%s' % (
+                                     volume_id, info.get('backing-filename'), parent)))
+            capacity = meta_capacity(values)
+            if capacity is not None and info.get('virtual-size') != capacity:
+                problems.append(('qemu-img info', 'volume %s has virtual size %s, '
+                                 'its .meta says %d' % (
+                                     volume_id, info.get('virtual-size'), capacity)))
+        if problems:
+            return problems
+        for volume_id in chain:
+            if metas[volume_id]['FORMAT'] != 'COW':
+                continue
+            status, output, errors = run_captured(
+                [self.qemu_img, 'check', '-U', '-f', 'qcow2',
+                 os.path.join(image_dir, volume_id)], QEMU_IMG_TIMEOUT, self.stop)
+            if status == 3:
+                log.warning('verify: volume %s has leaked clusters (harmless: '
+                            'space only)', volume_id)
+            elif status != 0:
+                problems.append(('qemu-img check', 'volume %s: %s' % (
+                    volume_id, describe_qemu(status, output + errors))))
+        return problems
+
+
+def leaf_chain(metas):
+    """Given {volume id: parsed .meta} of an image, return (the chain from
+    its base to its one LEAF, None) or (None, what is not legal)."""
+    leaves = sorted(v for v, values in metas.items() if values.get('VOLTYPE') == 'LEAF')
+    if not leaves:
+        return None, 'no LEAF volume (vdsm: ImageIsNotLegalChain)'
+    if len(leaves) > 1:
+        return None, '%d LEAF volumes (%s)' % (len(leaves), ', '.join(leaves))
+    chain = []
+    volume_id = leaves[0]
+    while volume_id != BLANK_UUID:
+        if volume_id in chain:
+            return None, 'the PUUID links loop at volume %s' % volume_id
+        if volume_id not in metas:
+            return None, 'volume %s names parent %s, which is not there' % (
+                chain[0], volume_id)
+        chain.insert(0, volume_id)
+        volume_id = metas[volume_id].get('PUUID')
+    off_chain = sorted(set(metas) - set(chain))
+    if off_chain:
+        return None, 'volumes not on the chain of leaf %s: %s' % (
+            leaves[0], ', '.join(off_chain))
+    for volume_id in chain[:-1]:
+        if metas[volume_id].get('VOLTYPE') != 'INTERNAL':
+            return None, 'volume %s under the leaf says VOLTYPE=%s' % (
+                volume_id, metas[volume_id].get('VOLTYPE'))
+    return chain, None
+
+
+def meta_capacity(values):
+    """The virtual size a .meta gives: CAP (bytes), or SIZE (sectors) on
+    older domains; None when it gives neither."""
+    try:
+        if 'CAP' in values:
+            return int(values['CAP'])
+        if 'SIZE' in values:
+            return int(values['SIZE']) * 512
+    except ValueError:
+        pass
+    return None
+
+
+def describe_qemu(status, text):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if 'ERROR' in line or 'rror' in line]
+    detail = (errors or lines or [''])[0]
+    if isinstance(status, OSError):
+        return 'cannot run qemu-img: %s' % (status.strerror or status)
+    if status is None:
+        return 'qemu-img did not finish within %d seconds' % QEMU_IMG_TIMEOUT
+    return 'qemu-img %s: %s' % (describe_status(status), detail)
+
+
+def run_captured(command, timeout, stop):
+    """Run a command in its own session, stopped after timeout seconds or by
+    a stop request; return (exit status, None when it took too long, or the
+    OSError that prevented it; stdout; stderr)."""
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True, close_fds=True)
+    except OSError as error:
+        return error, '', ''
+    stop.child = process
+    try:
+        output, errors = process.communicate(timeout=timeout)
+        status = process.returncode
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        output, errors = process.communicate()
+        status = None
+    finally:
+        stop.child = None
+    return (status, output.decode('utf-8', 'replace'),
+            errors.decode('utf-8', 'replace'))
+
+
+def find_qemu_img(settings):
+    """Return the path of [verify] qemu_img; raise UsageError when it is
+    missing."""
+    program = settings.qemu_img or DEFAULT_QEMU_IMG
+    found = program if os.sep in program else shutil.which(program)
+    if not found or not is_executable(found):
+        raise UsageError('qemu-img (%s) is not there: install qemu-img (EL) or '
+                         'qemu-utils (Debian), or name it in [verify] qemu_img'
+                         % program)
+    return found
+
+
+def verify_copy(run, slave_root, kept, confirmed):
+    """End of step 7: verify the copy at the slave as a DR engine would
+    import it; set each backed-up disk's verified, run.verify_summary, and
+    run.fail for each failure. Return True when all held."""
+    backups = [backup for backup in run.created if backup.snapshot_ready]
+    chosen = {disk.disk_id for _, disk in confirmed}
+    skip = {disk.disk_id for backup in backups for disk in backup.disks
+            if disk.disk_id not in chosen}
+    stores = {}
+    for store in kept:
+        stores.setdefault(store.sd_id, []).append((store.disk_id, store.volume_id))
+    domains = sorted(set(run.plan.storage_domains if run.plan else ())
+                     | {disk.sd_id for _, disk in confirmed})
+    verifier = Verifier(slave_root, find_qemu_img(run.settings), run.stop)
+    for sd_id in domains:
+        results = verifier.domain(sd_id, stores.get(sd_id), backups, skip)
+        for _, disk in confirmed:
+            if disk.sd_id == sd_id:
+                disk.verified = results.get(disk.disk_id, False)
+                if not disk.verified:
+                    disk.problem = disk.problem or 'failed verification at the remote site'
+    for what, check, detail in verifier.failures:
+        run.failures.append('verify: %s: %s: %s' % (what, check, detail))
+    run.verify_summary = verifier.summary()
+    log.info('verify: %s', run.verify_summary)
+    return not verifier.failures
+
+
+def verify_only(args, settings, stop):
+    """--verify: mount the slave volume read-only and verify every storage
+    domain on it; change nothing, need no engine. Return the exit status."""
+    qemu_img = find_qemu_img(settings)
+    if not is_executable(settings.glusterfs):
+        raise UsageError('[gluster] glusterfs %s is not an executable file '
+                         '(install glusterfs-fuse / glusterfs-client, or name '
+                         'it)' % settings.glusterfs)
+    run = Run(args, settings, stop)
+    with slave_mounted(args, settings, run, stop, read_only=True) as root:
+        if root is None:
+            return EXIT_FAILED
+        verifier = Verifier(root, qemu_img, stop)
+        try:
+            domains = [name for name in sorted(os.listdir(root))
+                       if UUID.match(name)
+                       and os.path.isdir(os.path.join(root, name, 'images'))]
+        except OSError as error:
+            run.fail('cannot list the slave volume: %s', error.strerror)
+            domains = []
+        if not domains and not run.failures:
+            run.fail('no storage domain on %s::%s', slave_host(args.slave),
+                     args.slavevol)
+        for sd_id in domains:
+            verifier.domain(sd_id)
+    if run.failures or verifier.failures:
+        log.error('verify of %s::%s failed: %s', slave_host(args.slave),
+                  args.slavevol, verifier.summary())
+        return EXIT_FAILED
+    log.info('verify of %s::%s: %s', slave_host(args.slave), args.slavevol,
+             verifier.summary())
+    return EXIT_OK
 
 
 # Step 8: remove the snapshots ------------------------------------------------------------
@@ -2565,8 +3613,9 @@ def event_description(mastervol, failures, minutes, notes=()):
 def post_event(engine, args, settings, run):
     """Post the run's outcome to the engine as an event; return True when
     the engine took it."""
+    notes = run.notes + ([run.verify_summary] if run.verify_summary else [])
     alert, description = event_description(args.mastervol, run.failures,
-                                           run.minutes(), run.notes)
+                                           run.minutes(), notes)
     severity = types.LogSeverity.ALERT if alert else types.LogSeverity.NORMAL
     system = engine.system
     cluster = None
@@ -3314,15 +4363,18 @@ class Snapshots:
 
 
 @contextlib.contextmanager
-def taken_snapshots(run, engine):
+def taken_snapshots(run, engine, before=None):
     """Step 5 on the way in, step 8 on every way out: given the run with its
-    Plan, remove stale snapshots, snapshot the VMs and wait until they are
+    Plan, remove stale snapshots, call before() (the OVF store written with
+    no snapshot of ours in it), snapshot the VMs and wait until they are
     ready; yield Snapshots; then remove every snapshot of this run, whatever
     happened, and wait until they are gone."""
     snapshots = Snapshots(run, engine)
     try:
         with run.step('snapshot'):
             remove_stale_snapshots(engine, run.plan, run.settings, run)
+            if before is not None:
+                before()
             run.created = snapshot_vms(engine, run.plan, run.settings, run,
                                        run.stop)
         yield snapshots
@@ -3345,19 +4397,21 @@ def back_up(run):
         with reported(run, engine):                               # 9
             with run.step('check'):
                 run.plan = check_and_choose(run, engine)          # 4
-            with taken_snapshots(run, engine) as snapshots:       # 5, 8
-                with run.step('replicate'):
-                    replicated = replicate(run.args, run.settings, run,
-                                           run.stop)              # 6
-                run.check_stop()
-                if replicated:
-                    with run.step('remote copy'):
-                        snapshots.start_removal()
-                        drop_remote_overlays(run.args, run.settings,
-                                             run.created, run, run.stop)  # 7
-                else:
-                    log.warning('the remote site is left as it is, since '
-                                'geo-replication did not complete')
+            with master_mounted(run) as master:                   # 5-7
+                with taken_snapshots(run, engine, before=lambda:
+                                     write_ovf_stores(engine, run, master)
+                                     ) as snapshots:              # 5, 8
+                    with run.step('replicate'):
+                        replicated = replicate(run.args, run.settings, run,
+                                               run.stop)          # 6
+                    run.check_stop()
+                    if replicated:
+                        with run.step('remote copy'):             # 6, 7
+                            remote_copy(run, engine, master,
+                                        snapshots.start_removal)
+                    else:
+                        log.warning('the remote site is left as it is, '
+                                    'since geo-replication did not complete')
     return finish(run)
 
 
@@ -3396,6 +4450,8 @@ def main(argv=None):
         settings = read_config(args.config, needs_engine=not (
             args.verify or args.read_only))
         configure_logging(settings, args)
+        if not args.read_only:
+            find_qemu_img(settings)
     except UsageError as error:
         log.error('%s', error)
         if '--check' in (sys.argv[1:] if argv is None else argv):
@@ -3405,9 +4461,14 @@ def main(argv=None):
         return EXIT_USAGE
     if args.read_only:                    # no engine, no lock, no SDK
         return show_status(args, settings)
-    if args.verify:
-        log.error('--verify is not there yet')
-        return EXIT_USAGE
+    if args.verify:                       # no engine, no lock: changes nothing
+        stop = Stop()
+        stop.install()
+        try:
+            return verify_only(args, settings, stop)
+        except UsageError as error:
+            log.error('%s', error)
+            return EXIT_USAGE
     if MISSING_SDK is not None:
         log.error('the oVirt engine SDK cannot be imported (%s): install '
                   'python3-ovirt-engine-sdk4 (EL) or ovirt-engine-sdk-python '

@@ -65,6 +65,18 @@ def without_voltype(meta):
     return [line for line in meta.splitlines() if not line.startswith(b'VOLTYPE=')]
 
 
+def ovf_store_paths(engine):
+    """Return the relative paths (volume, .meta, .lease) of every OVF store
+    volume of the engine's domains: the engine writes them during a run
+    (update_ovf_store), so they are checked on their own."""
+    paths = set()
+    for sd_id in engine.storage_domain_ids():
+        for disk_id, volume_id in engine.ovf_stores(sd_id):
+            for suffix in ('', '.meta', '.lease'):
+                paths.add(os.path.join(sd_id, 'images', disk_id, volume_id + suffix))
+    return paths
+
+
 def our_snapshots(engine):
     """Return {vm name: [snapshot ids]} of the snapshots with our description."""
     left = {}
@@ -144,6 +156,11 @@ class Site:
     # the fakes -----------------------------------------------------------------
     def behave(self, **programs):
         (self.root / 'behaviour.json').write_text(json.dumps(programs))
+
+    def mounts(self, volume=SLAVEVOL):
+        """The glusterfs calls that mounted this volume."""
+        return [call for call in self.calls('glusterfs')
+                if call['argv'][call['argv'].index('--volfile-id') + 1] == volume]
 
     def calls(self, program=None):
         path = self.root / 'calls.jsonl'

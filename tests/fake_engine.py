@@ -14,6 +14,35 @@ What it reproduces (see DESIGN.md, "Facts about the real systems"):
   then ``ok`` with a new overlay volume (file, ``.meta``, ``.lease``) per disk,
   laid out as vdsm does: ``<root>/<sd_id>/images/<disk_id>/<volume_id>``;
   the disk's ``image_id`` then names the overlay.
+- Volumes as vdsm writes them. A ``.meta`` is vdsm's sorted ``KEY=value``
+  lines ending ``EOF`` (vdsm ``lib/vdsm/storage/volumemetadata.py``
+  ``VolumeMetadata.storage_format``, keys in ``constants.py``: CAP, CTIME,
+  DESCRIPTION, DISKTYPE, DOMAIN, FORMAT, GEN, IMAGE, LEGALITY, PUUID, SEQ,
+  TYPE, VOLTYPE). A base is raw (``FORMAT=RAW``, its size a multiple of 512,
+  ``CAP`` = its size) or qcow2 (``format='cow'``, made by the real
+  ``qemu-img convert``); an overlay is made by the real ``qemu-img create -f
+  qcow2 -b <base id> -F <raw|qcow2>`` in the image directory (the bare UUID
+  as backing file, as vdsm does), and the snapshot turns its parent's
+  ``VOLTYPE`` to ``INTERNAL`` (vdsm finds the leaf by ``VOLTYPE``:
+  ``image.py`` ``Image.getChain``).
+- OVF stores as the engine writes them: per storage domain two disks with
+  alias and content type ``OVF_STORE`` (``GET /storagedomains/{id}/disks``),
+  each a raw volume (``DISKTYPE=OVFS``) holding a tar of ``info.json``, one
+  ``<vm id>.ovf`` per VM with a disk on the domain, and ``metadata.json``;
+  the ``.meta`` DESCRIPTION is the JSON ``{"Updated", "Size", "Last
+  Updated", "Storage Domains", "Disk Description": "OVF_STORE"}``; a write
+  first sets ``Updated`` false, writes the tar, then sets ``Updated`` true
+  with the new ``Last Updated`` (Java's ``Date.toString()``) and ``Size``
+  (ovirt-engine ``ProcessOvfUpdateForStorageDomainCommand``,
+  ``OvfInfoFileConstants``, ``CreateOvfVolumeForStorageDomainCommand``; the
+  OVF's ``References/File ovf:href="<disk>/<volume>"`` and ``Disk`` elements
+  with ``ovf:vm_snapshot_id``, and ``SnapshotsSection_Type`` from
+  ``OvfOvirtWriter``/``OvfVmWriter``). ``POST
+  /storagedomains/{id}/updateovfstore`` answers at once and writes the store
+  ``ovf_delay`` seconds later, as the engine's asynchronous command does;
+  ``rewrite_ovf_store_after_snapshot()`` makes the engine's periodic write
+  (``OvfUpdateIntervalInMinutes``) fire right after the next snapshot is
+  made, i.e. in the middle of a backup.
 - Snapshot removal (live merge): 200 at once, ``locked`` for ``merge_delay``,
   then gone (404), the overlay files deleted and the disk's ``image_id`` the
   base's again. A failed merge leaves the snapshot ``ok``, files untouched.
@@ -58,12 +87,17 @@ request and every read through the Python API), all under one lock.
 
 import datetime
 import http.server
+import io
 import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import ssl
+import subprocess
+import tarfile
+import tempfile
 import threading
 import time
 import traceback
@@ -90,6 +124,11 @@ TICK_SECONDS = 0.02
 LEASE_SIZE = 512
 OVERLAY_SIZE = 512
 BASE_SIZE = 1024
+SECTOR = 512
+OVF_VOLUME_SIZE = 1 << 20     # the engine makes 128 MiB; sparse all the same
+OVF_STORES_PER_DOMAIN = 2     # ConfigValues.StorageDomainOvfStoreCount
+OVF_STORE_ALIAS = 'OVF_STORE'
+OVF_NS = 'http://schemas.dmtf.org/ovf/envelope/1/'
 XML_CONTENT_TYPE = 'application/xml'
 # ovirt-engine's AuditLogType (backend/manager/modules/common/.../AuditLogType.java)
 USER_CREATE_SNAPSHOT = 45
@@ -126,12 +165,15 @@ def refused(detail):
 
 
 class _Disk:
-    def __init__(self, disk_id, name, sd_id, shareable, size):
+    def __init__(self, disk_id, name, sd_id, shareable, size, content_type='data',
+                 base_format='raw'):
         self.id = disk_id
         self.name = name
         self.sd_id = sd_id
         self.shareable = shareable
-        self.size = size
+        self.size = size          # the virtual size, bytes (a multiple of 512)
+        self.content_type = content_type
+        self.base_format = base_format   # 'raw' or 'cow'
         self.chain = []           # volume ids, base first, the leaf last
         self.locked_by = set()    # snapshot ids of operations in progress
 
@@ -441,18 +483,54 @@ def _edit_meta(path, **changes):
         stream.write('\n'.join(lines) + '\n')
 
 
+def _meta_value(path, key):
+    """Given a .meta file, return the value of KEY, or None."""
+    try:
+        with open(path) as stream:
+            for line in stream:
+                if line.startswith(key + '='):
+                    return line.rstrip('\n').split('=', 1)[1]
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _ovf_description(sd_id, updated, last_updated, size):
+    """The DESCRIPTION JSON of an OVF_STORE volume, as ovirt-engine's
+    ProcessOvfUpdateForStorageDomainCommand.generateOvfStoreDescription."""
+    description = {'Updated': updated, 'Last Updated': last_updated,
+                   'Storage Domains': [{'uuid': sd_id}],
+                   'Disk Description': OVF_STORE_ALIAS}
+    if size is not None:
+        description['Size'] = size
+    return json.dumps(description, separators=(',', ':'))
+
+
+def _qemu_img(*args, cwd=None):
+    """Run the real qemu-img; raise RuntimeError with its output on failure."""
+    program = shutil.which('qemu-img')
+    if program is None:
+        raise RuntimeError('the fake engine needs qemu-img (apt-get install qemu-utils)')
+    result = subprocess.run([program] + list(args), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError('qemu-img %s failed: %s' % (' '.join(args),
+                                                        result.stdout.decode()))
+
+
 class FakeEngine:
     """A fake oVirt engine on https://localhost:PORT/ovirt-engine/api."""
 
     def __init__(self, ca=None, user='admin@internal', password='secret',
                  snapshot_delay=0.3, merge_delay=0.3, host='127.0.0.1', port=0,
-                 cert_names=('localhost', '127.0.0.1', '::1')):
+                 cert_names=('localhost', '127.0.0.1', '::1'), ovf_delay=0.3):
         self.ca = ca or trustme.CA()
         self.cert_names = tuple(cert_names)   # the names in the server certificate
         self.user = user
         self.password = password
         self.snapshot_delay = snapshot_delay
         self.merge_delay = merge_delay
+        self.ovf_delay = ovf_delay     # seconds from updateovfstore to the write
         self.host = host
         self.port = port
         self.requests = []
@@ -463,6 +541,13 @@ class FakeEngine:
         self.inline = True        # False: `follow` ignored; 'refuse': answered 400
         self.errors = []          # tracebacks of the fake's own bugs (answered 500)
         self.logged_out = 0
+        # every OVF store write: dicts of sd, reason ('created', 'requested',
+        # 'periodic'), last_updated, vms ({vm id: OVF text})
+        self.ovf_writes = []
+        self.ovf_store_fails = False   # True: updateovfstore answers, writes nothing
+        self._ovf_due = []             # (monotonic time, sd id) of requested writes
+        self._periodic_after_snapshot = 0
+        self._last_ovf_second = 0
         self._lock = threading.RLock()
         self._tokens = set()
         self._rules = []
@@ -556,6 +641,15 @@ class FakeEngine:
                 raise ValueError('storage domain %r exists' % name)
             self._storage_domains[sd_id] = dict(
                 id=sd_id, name=name, root=root_dir, type=type, address=address, path=path)
+            for _ in range(OVF_STORES_PER_DOMAIN):
+                disk = _Disk(str(uuid.uuid4()), OVF_STORE_ALIAS, sd_id, False, OVF_VOLUME_SIZE,
+                             content_type='ovf_store')
+                os.makedirs(os.path.dirname(self._volume_path(disk, 'x')), exist_ok=True)
+                volume_id = str(uuid.uuid4())
+                self._write_ovf_volume(disk, volume_id)
+                disk.chain.append(volume_id)
+                self._disks[disk.id] = disk
+            self._write_ovf_stores(sd_id, 'created')
         return sd_id
 
     def add_cluster(self, name):
@@ -569,7 +663,9 @@ class FakeEngine:
     def add_vm(self, name, status='up', disks=(), cluster='Default'):
         """Add a VM; return its id.
 
-        disks: [dict(sd=SD_ID, shareable=False, content=None, name=None), ...].
+        disks: [dict(sd=SD_ID, shareable=False, content=None, name=None,
+        format='raw'), ...]; format 'cow' makes a qcow2 base. The content is
+        padded with zeros to a multiple of 512 bytes (vdsm's sizes are).
 
         A disk given as dict(id=DISK_ID) attaches an existing (shareable) disk.
         """
@@ -593,8 +689,13 @@ class FakeEngine:
                 content = spec.get('content')
                 if content is None:
                     content = os.urandom(BASE_SIZE)
+                content += b'\0' * (-len(content) % SECTOR)
+                base_format = spec.get('format', 'raw')
+                if base_format not in ('raw', 'cow'):
+                    raise ValueError('disk format must be raw or cow, not %r' % base_format)
                 disk = _Disk(str(uuid.uuid4()), spec.get('name') or '%s_Disk%d' % (name, number),
-                             spec['sd'], bool(spec.get('shareable', False)), len(content))
+                             spec['sd'], bool(spec.get('shareable', False)), len(content),
+                             base_format=base_format)
                 os.makedirs(os.path.dirname(self._volume_path(disk, 'x')), exist_ok=True)
                 base_id = str(uuid.uuid4())
                 self._write_volume(disk, base_id, NULL_UUID, content)
@@ -636,6 +737,29 @@ class FakeEngine:
                 if snapshot.phase and snapshot.deadline is None:
                     snapshot.deadline = time.monotonic()
             self._advance()
+
+    def rewrite_ovf_store_after_snapshot(self, times=1):
+        """The engine's periodic OVF store write fires right after each of
+        the next `times` snapshots is made (in the middle of a backup): the
+        store then lists the snapshot, with the overlay as active volume."""
+        with self._lock:
+            self._periodic_after_snapshot += times
+
+    def write_ovf_stores(self, sd_id, reason='periodic'):
+        """Write the OVF stores of a domain now, as the engine does."""
+        with self._lock:
+            self._advance()
+            self._write_ovf_stores(sd_id, reason)
+
+    def storage_domain_ids(self):
+        with self._lock:
+            return list(self._storage_domains)
+
+    def ovf_stores(self, sd_id):
+        """Return [(disk id, volume id)] of the domain's OVF_STORE disks."""
+        with self._lock:
+            return [(d.id, d.image_id) for d in self._disks.values()
+                    if d.sd_id == sd_id and d.content_type == 'ovf_store']
 
     def fail_merge(self, vm_name, times=1):
         """The next `times` removals of a snapshot on that VM fail after the merge delay."""
@@ -969,6 +1093,9 @@ class FakeEngine:
     def _advance(self):
         """Make the changes that are due (call under the lock)."""
         now = time.monotonic()
+        for due in [due for due in self._ovf_due if due[0] <= now]:
+            self._ovf_due.remove(due)
+            self._write_ovf_stores(due[1], 'requested')
         for vm in self._vms.values():
             for snapshot in list(vm.snapshots.values()):
                 if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
@@ -986,6 +1113,10 @@ class FakeEngine:
         snapshot.phase = snapshot.deadline = None
         snapshot.status = 'ok'
         self._create_overlays(vm, snapshot)
+        if self._periodic_after_snapshot:
+            self._periodic_after_snapshot -= 1
+            for sd_id in sorted({self._disks[d].sd_id for d in snapshot.disk_ids}):
+                self._write_ovf_stores(sd_id, 'periodic')
 
     def _finish_removal(self, vm, snapshot):
         self._unlock_disks(snapshot)
@@ -1001,7 +1132,13 @@ class FakeEngine:
             for suffix in ('', '.meta', '.lease'):
                 _remove_file(self._volume_path(disk, overlay_id) + suffix)
             if index < len(disk.chain):   # an internal merge: the child now sits on the base
-                _edit_meta(self._volume_path(disk, disk.chain[index]) + '.meta', PUUID=base_id)
+                child = self._volume_path(disk, disk.chain[index])
+                base_format = _meta_value(self._volume_path(disk, base_id) + '.meta', 'FORMAT')
+                # qemu's block commit points the child's backing file at the base
+                _qemu_img('rebase', '-u', '-b', base_id, '-F',
+                          'raw' if base_format == 'RAW' else 'qcow2', os.path.basename(child),
+                          cwd=os.path.dirname(child))
+                _edit_meta(child + '.meta', PUUID=base_id)
             else:
                 _edit_meta(self._volume_path(disk, base_id) + '.meta', VOLTYPE='LEAF')
         del vm.snapshots[snapshot.id]
@@ -1015,8 +1152,7 @@ class FakeEngine:
             disk = self._disks[disk_id]
             base_id = disk.image_id
             overlay_id = str(uuid.uuid4())
-            self._write_volume(disk, overlay_id, base_id,
-                               b'QFI\xfb\0\0\0\3' + os.urandom(OVERLAY_SIZE - 8))
+            self._write_volume(disk, overlay_id, base_id, None)
             _edit_meta(self._volume_path(disk, base_id) + '.meta', VOLTYPE='INTERNAL')
             disk.chain.append(overlay_id)
             snapshot.volumes[disk_id] = (base_id, overlay_id)
@@ -1032,26 +1168,157 @@ class FakeEngine:
         return os.path.join(root, disk.sd_id, 'images', disk.id, volume_id)
 
     def _write_volume(self, disk, volume_id, parent_id, content):
+        """Write a volume, its .lease and its .meta as vdsm lays them out: a
+        base (parent_id NULL_UUID) holding content, raw or qcow2 by the
+        disk's base_format; otherwise a qcow2 overlay on parent_id made by
+        the real qemu-img (content None)."""
         path = self._volume_path(disk, volume_id)
-        raw = parent_id == NULL_UUID
-        _write_file(path, content)
+        is_base = parent_id == NULL_UUID
+        if is_base and disk.base_format == 'raw':
+            _write_file(path, content)
+            volume_format = 'RAW'
+        elif is_base:
+            with tempfile.NamedTemporaryFile(prefix='fake-engine-raw-') as raw:
+                raw.write(content)
+                raw.flush()
+                _qemu_img('convert', '-f', 'raw', '-O', 'qcow2', raw.name, path)
+            volume_format = 'COW'
+        else:
+            parent_format = _meta_value(self._volume_path(disk, parent_id) + '.meta',
+                                        'FORMAT')
+            # in the image directory, the bare UUID as backing file, as vdsm
+            _qemu_img('create', '-q', '-f', 'qcow2', '-b', parent_id, '-F',
+                      'raw' if parent_format == 'RAW' else 'qcow2', volume_id,
+                      cwd=os.path.dirname(path))
+            volume_format = 'COW'
         _write_file(path + '.lease', b'\0' * LEASE_SIZE)
-        meta = [
-            'CAP=%d' % max(disk.size, 1 << 30),
-            'CTIME=%d' % int(time.time()),
-            'DESCRIPTION={"DiskAlias":"%s","DiskDescription":""}' % disk.name,
-            'DISKTYPE=DATA',
-            'DOMAIN=%s' % disk.sd_id,
-            'FORMAT=%s' % ('RAW' if raw else 'COW'),
-            'GEN=0',
-            'IMAGE=%s' % disk.id,
-            'LEGALITY=LEGAL',
-            'PUUID=%s' % parent_id,
-            'TYPE=%s' % ('PREALLOCATED' if disk.shareable else 'SPARSE'),
-            'VOLTYPE=LEAF',
-            'EOF',
-        ]
-        _write_file(path + '.meta', ('\n'.join(meta) + '\n').encode())
+        description = '{"DiskAlias":"%s","DiskDescription":""}' % disk.name
+        self._write_meta(disk, volume_id, parent_id, volume_format, description,
+                         'DATA', disk.size)
+
+    def _write_meta(self, disk, volume_id, parent_id, volume_format, description,
+                    disktype, capacity):
+        meta = {
+            'CAP': capacity,
+            'CTIME': int(time.time()),
+            'DESCRIPTION': description,
+            'DISKTYPE': disktype,
+            'DOMAIN': disk.sd_id,
+            'FORMAT': volume_format,
+            'GEN': 0,
+            'IMAGE': disk.id,
+            'LEGALITY': 'LEGAL',
+            'PUUID': parent_id,
+            'SEQ': 0,
+            'TYPE': 'PREALLOCATED' if disk.shareable else 'SPARSE',
+            'VOLTYPE': 'LEAF',
+        }
+        lines = ['%s=%s\n' % (key, meta[key]) for key in sorted(meta)] + ['EOF\n']
+        _write_file(self._volume_path(disk, volume_id) + '.meta', ''.join(lines).encode())
+
+    # -- the OVF store -------------------------------------------------------
+
+    def _write_ovf_volume(self, disk, volume_id):
+        """A new OVF_STORE volume: raw, sparse, never written yet."""
+        path = self._volume_path(disk, volume_id)
+        with open(path, 'wb') as stream:
+            stream.truncate(OVF_VOLUME_SIZE)
+        _write_file(path + '.lease', b'\0' * LEASE_SIZE)
+        self._write_meta(disk, volume_id, NULL_UUID, 'RAW',
+                         _ovf_description(disk.sd_id, False, None, None), 'OVFS',
+                         OVF_VOLUME_SIZE)
+
+    def _ovf_date(self):
+        """Java's Date.toString() of now (seconds), later than the last one."""
+        second = max(int(time.time()), self._last_ovf_second + 1)
+        self._last_ovf_second = second
+        return time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(second))
+
+    def _write_ovf_stores(self, sd_id, reason):
+        """The engine's OVF update of a domain: the tar of every VM with a
+        disk there, written into each OVF_STORE volume, its .meta
+        DESCRIPTION set not updated before and updated after."""
+        date = self._ovf_date()
+        vms = {vm.id: self._vm_ovf(vm) for vm in self._vms.values()
+               if any(self._disks[d].sd_id == sd_id for d in vm.disk_ids)}
+        info = json.dumps({'Last Updated': date, 'Storage Domains': [{'uuid': sd_id}]},
+                          indent=2).encode()
+        status = {vm_id: 1 for vm_id in vms if self._vms[vm_id].status == 'up'}
+        metadata = json.dumps({'VM Status': status}, indent=2).encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode='w', format=tarfile.USTAR_FORMAT) as tar:
+            entries = [('info.json', info)]
+            entries += [('%s.ovf' % vm_id, text.encode()) for vm_id, text in vms.items()]
+            entries += [('metadata.json', metadata)]
+            for name, data in entries:
+                member = tarfile.TarInfo(name)
+                member.size = len(data)
+                member.mtime = int(time.time())
+                tar.addfile(member, io.BytesIO(data))
+        data = buffer.getvalue()
+        for disk in self._disks.values():
+            if disk.sd_id != sd_id or disk.content_type != 'ovf_store':
+                continue
+            path = self._volume_path(disk, disk.image_id)
+            before = _meta_value(path + '.meta', 'DESCRIPTION')
+            previous = json.loads(before).get('Last Updated') if before else None
+            _edit_meta(path + '.meta', DESCRIPTION=_ovf_description(sd_id, False, previous, None))
+            with open(path, 'r+b') as stream:
+                stream.write(data)
+            _edit_meta(path + '.meta',
+                       DESCRIPTION=_ovf_description(sd_id, True, date, len(data)))
+        self.ovf_writes.append(dict(sd=sd_id, reason=reason, last_updated=date, vms=vms))
+
+    def _vm_ovf(self, vm):
+        """The OVF of a VM as OvfVmWriter writes what a restore needs of
+        it: References/File per volume, a Disk per volume with its
+        snapshot, and the snapshots."""
+        active = [s for s in vm.snapshots.values() if s.type == 'active'][0]
+        owner = {}      # volume id -> snapshot id (the snapshot that froze it)
+        for snapshot in vm.snapshots.values():
+            for base, _ in snapshot.volumes.values():
+                owner[base] = snapshot.id
+        files, disks = [], []
+        for disk_id in vm.disk_ids:
+            disk = self._disks[disk_id]
+            parent = ''
+            for volume_id in disk.chain:
+                ref = '%s/%s' % (disk.id, volume_id)
+                meta_format = _meta_value(self._volume_path(disk, volume_id) + '.meta', 'FORMAT')
+                files.append('<File ovf:href="%s" ovf:id="%s" ovf:size="%d" '
+                             'ovf:description="" ovf:disk_storage_type="IMAGE" '
+                             'ovf:cinder_volume_type=""></File>' % (ref, volume_id, disk.size))
+                disks.append('<Disk ovf:diskId="%s" ovf:size="1" ovf:actual_size="1" '
+                             'ovf:vm_snapshot_id="%s" ovf:parentRef="%s" ovf:fileRef="%s" '
+                             'ovf:format="http://www.vmware.com/specifications/vmdk.html'
+                             '#sparse" ovf:volume-format="%s" ovf:volume-type="Sparse" '
+                             'ovf:disk-interface="VirtIO_SCSI" ovf:read-only="false" '
+                             'ovf:shareable="%s" ovf:boot="false" ovf:pass-discard="false" '
+                             'ovf:disk-alias="%s" ovf:wipe-after-delete="false"></Disk>'
+                             % (volume_id, owner.get(volume_id, active.id), parent, ref,
+                                meta_format or 'RAW', str(disk.shareable).lower(), disk.name))
+                parent = ref
+        snapshots = ''.join(
+            '<Snapshot ovf:id="%s"><Type>%s</Type><Description>%s</Description>'
+            '<CreationDate>%s</CreationDate></Snapshot>'
+            % (s.id, s.type.upper(), s.description, s.date.strftime('%Y/%m/%d %H:%M:%S'))
+            for s in vm.snapshots.values())
+        return ('<?xml version="1.0" encoding="UTF-8"?>'
+                '<ovf:Envelope xmlns:ovf="%s" '
+                'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+                'CIM_ResourceAllocationSettingData" '
+                'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+                'CIM_VirtualSystemSettingData" '
+                'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
+                '<References>%s</References>'
+                '<Section xsi:type="ovf:NetworksSection_Type"><Info>List of networks</Info>'
+                '</Section>'
+                '<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
+                '%s</Section>'
+                '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
+                '<Section xsi:type="ovf:SnapshotsSection_Type">%s</Section></Content>'
+                '</ovf:Envelope>' % (OVF_NS, ''.join(files), ''.join(disks), vm.name,
+                                     snapshots))
 
     # -- lookups -------------------------------------------------------------
 
@@ -1087,6 +1354,8 @@ class FakeEngine:
         ('GET', r'/', '_get_api'),
         ('GET', r'/storagedomains', '_list_storage_domains'),
         ('GET', r'/storagedomains/(?P<sd>[^/]+)', '_get_storage_domain'),
+        ('GET', r'/storagedomains/(?P<sd>[^/]+)/disks', '_list_domain_disks'),
+        ('POST', r'/storagedomains/(?P<sd>[^/]+)/updateovfstore', '_update_ovf_store'),
         ('GET', r'/clusters', '_list_clusters'),
         ('GET', r'/clusters/(?P<cluster>[^/]+)', '_get_cluster'),
         ('GET', r'/vms', '_list_vms'),
@@ -1195,6 +1464,20 @@ class FakeEngine:
             raise not_found('storage domain %s' % sd)
         return _xml_answer(200, Writer.write(self._storage_domain_obj(self._storage_domains[sd])))
 
+    def _list_domain_disks(self, query, body, sd):
+        if sd not in self._storage_domains:
+            raise not_found('storage domain %s' % sd)
+        disks = [d for d in self._disks.values() if d.sd_id == sd]
+        return _xml_answer(200, Writer.write([self._disk_obj(d) for d in disks], root='disks'))
+
+    def _update_ovf_store(self, query, body, sd):
+        """POST updateovfstore: answered at once, the write follows."""
+        if sd not in self._storage_domains:
+            raise not_found('storage domain %s' % sd)
+        if not self.ovf_store_fails:
+            self._ovf_due.append((time.monotonic() + self.ovf_delay, sd))
+        return _xml_answer(200, Writer.write(types.Action(status='complete')))
+
     def _cluster_obj(self, cluster_id):
         return _ref(types.Cluster, 'clusters', cluster_id, name=self._clusters[cluster_id])
 
@@ -1224,10 +1507,11 @@ class FakeEngine:
     def _disk_obj(self, disk):
         status = types.DiskStatus.LOCKED if disk.locked_by else types.DiskStatus.OK
         obj = _ref(types.Disk, 'disks', disk.id, name=disk.name, alias=disk.name,
-                   image_id=disk.image_id,
+                   image_id=disk.image_id, content_type=types.DiskContentType(disk.content_type),
                    storage_domains=[_ref(types.StorageDomain, 'storagedomains', disk.sd_id)],
                    shareable=disk.shareable, storage_type=types.DiskStorageType.IMAGE,
-                   format=types.DiskFormat.RAW if disk.shareable else types.DiskFormat.COW,
+                   format=(types.DiskFormat.RAW if disk.shareable or disk.content_type != 'data'
+                           else types.DiskFormat.COW),
                    sparse=not disk.shareable, status=status,
                    provisioned_size=max(disk.size, 1 << 30), actual_size=disk.size)
         return obj

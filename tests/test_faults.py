@@ -24,7 +24,8 @@ import threading
 import pytest
 
 from conftest import (MASTER, PASSWORD, USER, Result, alive, assert_invariants, mounts_under,
-                      needs_root, tree, wait_for, without_voltype)
+                      needs_root, ovf_store_paths, tree, wait_for,
+                      without_voltype)
 from fake_engine import USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS, FakeEngine
 
 pytestmark = needs_root
@@ -145,6 +146,8 @@ def check(site, result, before, expect):
     slave = tree(site.slave)
     for path, content in before.slave.items():
         assert path in slave, 'deleted at the slave: %s' % path
+        if path in ovf_store_paths(site.engine):
+            continue        # written by the engine during the run
         if path.endswith('.meta'):
             assert without_voltype(slave[path]) == without_voltype(content), path
         else:
@@ -425,7 +428,8 @@ def stopped_during_the_scheduler_then_back(site, live):
     site.engine.stop()
     site.engine.forget_sessions()         # a restarted engine knows no token
     open_gate(site)
-    wait_for(lambda: site.calls('umount'), message='the remote cleanup')
+    # the copy is confirmed with the engine before the slave is changed
+    live.wait_log('could not check 1 snapshots on the engine')
     site.engine.start()
 
 
@@ -496,7 +500,7 @@ STATE_CASES = [
                stopped_during_the_scheduler_then_back, absorbed(), gated=True),
     state_case('the-engine-stops-during-the-scheduler-for-good', ('web',), None,
                stopped_during_the_scheduler_for_good,
-               unreachable(r'VM web: snapshot \S+ could not be removed', left=True, dropped=True),
+               unreachable(r'VM web: snapshot \S+ could not be removed', left=True),
                gated=True, config={'snapshot': SHORT}),
     state_case('the-engine-stops-while-the-snapshot-is-made-and-comes-back', ('web',), stick('web'),
                stopped_while_the_snapshot_is_made_then_back,
@@ -678,7 +682,7 @@ def test_a_child_process_that_fails_is_survived_and_told(
     result = run(site, *args, config=site.config(snapshot=FAST, gluster=gluster),
                  timeout=RUN_LIMIT + 70)
     check(site, result, before, expect)
-    assert bool(site.calls('glusterfs')) == remote_cleanup
+    assert bool(site.mounts()) == remote_cleanup
     for call in site.calls('schedule_georep'):
         assert not alive(call['pid'])
 
@@ -703,13 +707,13 @@ def no_scheduler(site):
 
 
 def no_remote_cleanup(site):
-    assert site.calls('glusterfs') == []
+    assert site.mounts() == []
     (call,) = site.calls('schedule_georep')
     wait_for(lambda: not alive(call['pid']), timeout=10, message='the scheduler to end')
 
 
 def mount_stopped(site):
-    (call,) = site.calls('glusterfs')
+    (call,) = site.mounts()
     wait_for(lambda: not alive(call['pid']), timeout=10, message='the mount client to end')
 
 
@@ -740,7 +744,7 @@ SIGNAL_STEPS = [
     ('during-the-scheduler', lambda site: site.behave(schedule_georep={'hang': True}),
      lambda site: site.calls('schedule_georep'), None, False, no_remote_cleanup),
     ('during-the-mount', lambda site: site.behave(glusterfs={'gate': gate(site)}),
-     lambda site: site.calls('glusterfs'), None, False, mount_stopped),
+     lambda site: site.mounts(), None, False, mount_stopped),
     ('during-the-unmount', lambda site: site.behave(umount={'gate': gate(site)}),
      lambda site: site.calls('umount'), open_gate, True, None),
     ('during-the-removals-after-the-remote-cleanup', slow_merges,

@@ -43,7 +43,7 @@ def test_help_is_the_manual():
                              capture_output=True, text=True, timeout=60)
     assert process.returncode == 0
     assert 'The steps of a run' in process.stdout
-    assert 'Drop the overlays at the remote site' in process.stdout
+    assert 'Make the remote copy restorable' in process.stdout
 
 
 BAD_CONFIGS = [

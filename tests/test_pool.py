@@ -171,7 +171,9 @@ INJECTED = [
     ('check_session', 'ENOSPC', False),
     ('snapshot_vms', 'EACCES', False),
     ('replicate', 'ENOSPC', True),
-    ('drop_remote_overlays', 'ENOSPC', True),
+    ('write_ovf_stores', 'ENOSPC', False),
+    ('confirm_copies', 'EIO', True),
+    ('repair_chains', 'ENOSPC', True),
     ('slave_mounted', 'ENOSPC', True),
     ('replicate', 'bug', True),
 ]

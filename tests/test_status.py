@@ -108,8 +108,6 @@ def test_the_status_file_and_the_summary_give_the_time_of_each_step(site):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason='the remote-copy step (issue 9) sets confirmed, '
-                   'chain_repaired and verified: until then no disk counts as backed up')
 def test_after_a_successful_run_every_disk_counts_as_backed_up_and_verified(site):
     site.add_vm('web', disks=2)
     result = site.run()

@@ -29,7 +29,8 @@ sys.path.insert(0, str(HERE.parent))     # conftest, fake_engine
 
 import georep  # noqa: E402
 from conftest import (DESCRIPTION, PASSWORD, USER, VMBACKUP,  # noqa: E402
-                      mounts_under, our_snapshots, wait_for, without_voltype)
+                      mounts_under, our_snapshots, ovf_store_paths, wait_for,
+                      without_voltype)
 
 # one lab per machine: under xdist (make test: --dist loadgroup) every test
 # of this module must run on the same worker, which sets the lab up once
@@ -167,7 +168,7 @@ class World:
                        if s['description'] == USER_SNAPSHOT]
         return {disk: v['overlay'] for disk, v in snapshot['volumes'].items()}
 
-    def config(self):
+    def config(self, scheduler=None):
         path = self.tmp / 'backup.cfg'
         path.write_text(
             '[connection]\n'
@@ -181,22 +182,27 @@ class World:
             'poll_interval = 0.2\n'
             '[gluster]\n'
             'mount_log = %s\n'
+            'master_server = %s\n'
+            '%s'
             '[lock]\n'
             'lock_dir = %s\n'
             % (self.engine.url, USER, PASSWORD,
                self.engine.ca_pem_path(str(self.tmp)), self.mount_log,
+               self.lab.host,
+               'schedule_georep = %s\n' % scheduler if scheduler else '',
                self.tmp / 'lock'))
         path.chmod(0o600)
         return str(path)
 
-    def run(self, timeout_minutes, what):
+    def run(self, timeout_minutes, what, *extra, scheduler=None):
         """Run the tool; return (exit status, its output (the tool drops the
         scheduler's colours), {(vm, disk id): (base id, overlay id)} of the snapshots
         with our description the engine made during the run)."""
         made_before = len(self.engine.overlays)
         command = [sys.executable, str(VMBACKUP), self.lab.master,
-                   self.lab.host, self.lab.slave, '-c', self.config(),
-                   '-i', '5', '-t', str(timeout_minutes)]
+                   self.lab.host, self.lab.slave, '-c',
+                   self.config(scheduler=scheduler),
+                   '-i', '5', '-t', str(timeout_minutes)] + list(extra)
         env = dict(self.lab.env, TMPDIR=str(self.scratch))
         start = time.monotonic()
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
@@ -230,6 +236,12 @@ class World:
             for made in self.engine.overlays[made_before:]
             if made['description'] == DESCRIPTION}
         return process.returncode, output, self.run_overlays
+
+
+def qemu_img_check(path):
+    return subprocess.run(['qemu-img', 'check', '-U', str(path)],
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode in (0, 63)
 
 
 def scheduler_lines(output):
@@ -272,9 +284,11 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
     world = World(lab, engine, tmp_path)
     user_overlays = world.user_overlays()
     master_before = lab.master_tree()
-    # dom_md/metadata, 4 base images and the user's overlay, 3 files each
+    # dom_md/metadata, 4 base images, the user's overlay and 2 OVF stores,
+    # 3 files each
     assert len([p for p in master_before
-                if p.startswith(world.sd_id + '/')]) == 1 + 3 * (4 + 1)
+                if p.startswith(world.sd_id + '/')]) == 1 + 3 * (4 + 1 + 2)
+    ovf_paths = ovf_store_paths(engine)
 
     code, output, overlays = world.run(3, 'success')
 
@@ -296,9 +310,11 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
         # merged: the disk is on its base image again, at the master
         (view,) = [d for d in engine.vm(name)['disks'] if d['id'] == disk]
         assert view['image_id'] == base
-    # the tool found each of them at the slave, and deleted exactly those
-    assert ('deleted %d overlay files at the remote site (%d paths looked up)'
-            % (3 * len(overlays), 3 * len(overlays))) in output
+    # the tool confirmed each disk at the slave (size and mtime, mount to
+    # mount, as real geo-replication keeps them), then dropped its overlay
+    assert output.count('confirmed at the remote site') == len(overlays)
+    assert 'repaired %d of %d chains at the remote site' % (
+        len(overlays), len(overlays)) in output
     # at the slave: every file the master had before the snapshots, byte for
     # byte (.meta but for VOLTYPE); this run's overlays are not there
     slave = lab.slave_tree()
@@ -306,7 +322,8 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
                if path not in slave]
     assert not missing, 'missing at the slave:\n' + '\n'.join(missing)
     differ = [world.describe(path) for path, content in master_before.items()
-              if not same_file(path, content, slave[path])]
+              if path not in ovf_paths
+              and not same_file(path, content, slave[path])]
     assert not differ, ('not as the master had it, at the slave:\n'
                         + '\n'.join(differ))
     left = [world.describe(world.rel(disk, overlay) + suffix)
@@ -336,6 +353,69 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
     # the event
     the_event(engine, 'normal', 'Successfully backed up gluster volume %s to '
               'remote site. Backup completed in ' % lab.master)
+    # each base at the slave is the leaf again, and qemu-img finds it clean
+    for (name, disk), (base, overlay) in overlays.items():
+        meta = lab.read_slave(world.rel(disk, base) + '.meta')
+        assert b'\nVOLTYPE=LEAF\n' in meta, world.describe(world.rel(disk, base))
+        assert qemu_img_check(lab.slave_brick / world.rel(disk, base)), base
+    assert 'verify: 4 disks of 3 VMs verified restorable' in output
+
+    # --verify alone at the slave: no engine, no change
+    slave_before = lab.slave_tree()
+    code, output, _ = world.run(3, 'verify', '--verify')
+    assert code == 0, output
+    assert 'verify of %s::%s: 4 disks of 3 VMs verified restorable' % (
+        lab.host, lab.slave) in output
+    assert lab.slave_tree() == slave_before
+    assert_nothing_left(world, output)
+
+    # the second night, with the engine's periodic OVF write in the middle:
+    # the .meta rewritten in place last night syncs again (its gfid is the
+    # master's), the OVF store is put back at the slave
+    engine.rewrite_ovf_store_after_snapshot()
+    master_night2 = lab.master_tree()
+    code, output, overlays2 = world.run(3, 'second night')
+    assert code == 0, output
+    assert_nothing_left(world, output)
+    assert lab.session_state() == 'Stopped'
+    assert output.count('confirmed at the remote site') == len(overlays2) == 3
+    assert 'was rewritten during the run' in output
+    for (name, disk), (base, overlay) in overlays2.items():
+        path = world.rel(disk, base) + '.meta'
+        assert without_voltype(lab.read_slave(path)) == \
+            without_voltype(master_night2[path]), world.describe(path)
+        assert b'\nVOLTYPE=LEAF\n' in lab.read_slave(path)
+    requested = [w for w in engine.ovf_writes
+                 if w['sd'] == world.sd_id and w['reason'] == 'requested'][-1]
+    for disk_id, volume_id in engine.ovf_stores(world.sd_id):
+        meta = lab.read_slave(world.rel(disk_id, volume_id) + '.meta').decode()
+        assert requested['last_updated'] in meta, meta
+    assert 'verify: 4 disks of 3 VMs verified restorable' in output
+
+    # planted faults at the slave: --verify names each disk and its check
+    web_disks = [d['id'] for d in engine.vm('web')['disks']]
+    (db_disk,) = [d['id'] for d in engine.vm('db')['disks']]
+    db_leaf = overlays2[('db', db_disk)][0]          # the user's qcow2 overlay
+    with lab.mount_slave() as slave:
+        qcow2 = slave / world.rel(db_disk, db_leaf)
+        with open(str(qcow2), 'r+b') as stream:
+            stream.truncate(65536 + 512)
+        base = overlays2[('web', web_disks[0])][0]
+        os.unlink(str(slave / world.rel(web_disks[0], base)))
+        # a second volume whose .meta says LEAF too
+        second = overlays2[('web', web_disks[1])][0]
+        extra = slave / world.rel(web_disks[1], '%s' % overlays2[('web', web_disks[1])][1])
+        extra.with_name(extra.name + '.meta').write_text(
+            (slave / world.rel(web_disks[1], second + '.meta')).read_text())
+        extra.write_bytes(b'')
+    code, output, _ = world.run(3, 'verify of planted faults', '--verify')
+    assert code == 1, output
+    for disk, check in ((db_disk, 'qemu-img check'), (web_disks[0], 'volumes'),
+                        (web_disks[1], 'chain')):
+        assert re.search(r'ERROR verify: VM \S+ disk %s: %s: ' % (disk, check),
+                         output), (disk, check, output)
+    assert 'LEAF volumes' in output
+    assert_nothing_left(world, output)
 
 
 def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
@@ -359,8 +439,7 @@ def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
     assert state == 'Stopped'
     # the slave was not even mounted: nothing deleted there
     assert 'the overlays at the remote site are left as they are' in output
-    assert 'mounting ' not in output
-    assert not world.mount_log.exists()
+    assert 'mounting the slave volume' not in output
     deleted = [world.describe(path) for path in slave_before
                if path not in slave_after]
     assert not deleted, 'deleted at the slave:\n' + '\n'.join(deleted)
@@ -381,3 +460,30 @@ def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
     assert 'geo-replication' in event['description']
     # repaired on the way out of broken_replication(): rsync again
     assert lab.georep('config', 'rsync-command').stdout.strip() == 'rsync'
+
+
+def test_a_session_that_says_complete_without_syncing_fails_the_run_and_touches_nothing(
+        lab, engine, tmp_path):
+    """What gluster's scheduler does with no Active worker (NOTES.md): exit
+    0, "All Checkpoints COMPLETE", nothing synced. Here a scheduler that says
+    just that, over the real volumes."""
+    world = World(lab, engine, tmp_path)
+    liar = tmp_path / 'schedule_georep_that_lies'
+    liar.write_text('#!/bin/sh\n'
+                    'echo "[    OK] All Checkpoints COMPLETE, All status OK" >&2\n'
+                    'exit 0\n')
+    liar.chmod(0o755)
+    slave_before = lab.slave_tree()
+    code, output, overlays = world.run(3, 'complete without syncing',
+                                       scheduler=str(liar))
+    assert code == 1, output
+    assert_nothing_left(world, output)
+    assert len(overlays) == 3
+    for (name, disk), _ in overlays.items():
+        assert re.search(r'VM %s disk %s: the copy at the remote site is not '
+                         r'confirmed: base volume \S+ is not at the slave'
+                         % (name, disk), output), output
+    assert lab.slave_tree() == slave_before
+    assert 'verify:' not in output
+    event = the_event(engine, 'alert', 'Failed to backup gluster volume')
+    assert 'not confirmed' in event['description']
