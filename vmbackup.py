@@ -3604,7 +3604,7 @@ def event_description(mastervol, failures, minutes, notes=()):
         description = EVENT_SUCCEEDED.format(volume=mastervol,
                                              minutes='%g' % round(minutes, 1))
     if notes:
-        description += '. ' + '; '.join(notes)
+        description += '; ' + '; '.join(notes)
     if len(description) > EVENT_DESCRIPTION_LIMIT:
         description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
     return bool(failures), description

@@ -15,53 +15,29 @@ def settings(**values):
     return vmbackup.Settings(**values)
 
 
-def backup_with(disk_id=None, sd_id=SD, base_id=None, overlay_id=None, ready=True,
-                problem=None):
-    disk = vmbackup.DiskRecord(
-        disk_id=disk_id or str(uuid.uuid4()), sd_id=sd_id,
-        base_id=base_id or str(uuid.uuid4()),
-        overlay_id=overlay_id or str(uuid.uuid4()), problem=problem)
-    return vmbackup.VmBackup(vm_id=str(uuid.uuid4()), name='web', disks=[disk],
-                             snapshot_ready=ready)
+# volume_path: exact paths, and none when an id is not a UUID ----------------
 
-
-# overlay_paths: exact paths, and nothing when an id is not a UUID ----------
-
-def test_overlay_paths_names_the_three_files_of_each_overlay():
-    backup = backup_with()
-    disk = backup.disks[0]
-    prefix = '%s/images/%s/%s' % (SD, disk.disk_id, disk.overlay_id)
-    assert vmbackup.overlay_paths([backup]) == [prefix, prefix + '.meta',
-                                                prefix + '.lease']
+def test_volume_path_is_the_exact_path_of_a_volume():
+    disk_id, volume_id = str(uuid.uuid4()), str(uuid.uuid4())
+    assert vmbackup.volume_path('/mnt', SD, disk_id, volume_id) == \
+        '/mnt/%s/images/%s/%s' % (SD, disk_id, volume_id)
 
 
 @pytest.mark.parametrize('field, value', [
-    ('overlay_id', '..'),
-    ('overlay_id', '*'),
-    ('overlay_id', '../0b2f6b0e-3a51-4f7e-9d3c-5f2a1c9e8d70'),
-    ('disk_id', ''),
-    ('sd_id', 'dom_md'),
-    ('overlay_id', '0b2f6b0e-3a51-4f7e-9d3c-5f2a1c9e8d70/x'),
+    ('volume', '..'),
+    ('volume', '*'),
+    ('volume', '../0b2f6b0e-3a51-4f7e-9d3c-5f2a1c9e8d70'),
+    ('disk', ''),
+    ('disk', None),
+    ('sd', 'dom_md'),
+    ('volume', '0b2f6b0e-3a51-4f7e-9d3c-5f2a1c9e8d70/x'),
+    ('volume', '0b2f6b0e-3a51-4f7e-9d3c-5f2a1c9e8d70.meta'),
 ])
-def test_overlay_paths_refuses_an_id_that_is_not_a_uuid(field, value):
-    backup = backup_with()
-    setattr(backup.disks[0], field, value)
-    assert vmbackup.overlay_paths([backup]) == []
-
-
-@pytest.mark.parametrize('change', ['not ready', 'same id', 'no overlay', 'problem'])
-def test_overlay_paths_leaves_out_a_disk_whose_overlay_is_not_proven(change):
-    backup = backup_with()
-    disk = backup.disks[0]
-    if change == 'not ready':
-        backup.snapshot_ready = False
-    elif change == 'same id':
-        disk.overlay_id = disk.base_id
-    elif change == 'no overlay':
-        disk.overlay_id = None
-    else:
-        disk.problem = 'its snapshot is crash-consistent only'
-    assert vmbackup.overlay_paths([backup]) == []
+def test_volume_path_refuses_an_id_that_is_not_a_uuid(field, value):
+    ids = {'sd': SD, 'disk': str(uuid.uuid4()), 'volume': str(uuid.uuid4())}
+    ids[field] = value
+    with pytest.raises(vmbackup.MetaError):
+        vmbackup.volume_path('/mnt', ids['sd'], ids['disk'], ids['volume'])
 
 
 # backs_volume -----------------------------------------------------------------
@@ -112,7 +88,7 @@ def test_a_short_failure_list_is_not_cut():
 
 def test_notes_follow_the_outcome():
     _, text = vmbackup.event_description('v', [], 1, ['crash-consistent only: db'])
-    assert text.endswith('minutes. crash-consistent only: db')
+    assert text.endswith('minutes; crash-consistent only: db')
 
 
 # polls: timed start to start, backing off to poll_interval -------------------
