@@ -68,6 +68,7 @@ import enum
 import errno
 import fcntl
 import glob
+import http.client
 import io
 import json
 import logging
@@ -88,7 +89,9 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 import xml.etree.ElementTree as ElementTree
 
@@ -132,6 +135,8 @@ FALLBACK_STATUS_DIR = '/var/lib/vmbackup'     # this node only
 DEFAULT_PING_TIMEOUT = 10.0          # seconds, one monitoring ping
 DEFAULT_CHECK_WARNING = 25.0         # hours since the last success: WARNING
 DEFAULT_CHECK_CRITICAL = 49.0        # hours since the last success: CRITICAL
+STATUS_VERSION = 1                   # of the status file's schema (README)
+PING_BODY_LIMIT = 10000              # bytes of summary sent with a ping
 DEFAULT_REQUEST_TIMEOUT = 300        # seconds, one API request
 DEFAULT_WAIT_TIMEOUT = 10.0          # minutes, snapshots to appear / to go
 DEFAULT_POLL_INTERVAL = 5.0          # seconds, at most, between checks
@@ -152,6 +157,14 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 3
+
+# --check speaks Nagios: its exit status is the service state
+CHECK_OK = 0
+CHECK_WARNING = 1
+CHECK_CRITICAL = 2
+CHECK_UNKNOWN = 3
+CHECK_STATES = {CHECK_OK: 'OK', CHECK_WARNING: 'WARNING',
+                CHECK_CRITICAL: 'CRITICAL', CHECK_UNKNOWN: 'UNKNOWN'}
 
 VOLUME_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
 SLAVE_NAME = re.compile(r'^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*$')
@@ -288,6 +301,7 @@ class DiskRecord(Record):
         'overlay_dropped': None,  # the overlay's three files deleted
         'chain_repaired': None,   # the base's .meta says LEAF again
         'verified': None,         # the chain passed every check of verify
+        'size': None,             # bytes of the base volume confirmed at the slave
         'problem': None,          # why it is not backed up, one line
     }
 
@@ -342,6 +356,7 @@ class Run:
         self.step_seconds = collections.OrderedDict()   # step -> seconds
         self.plan = None                  # Plan, once the VMs are chosen
         self.created = []                 # VmBackups with a snapshot of ours
+        self.notes = []                   # lines for the event, good or bad
         self.ovf_stores = []              # OvfStores kept before the snapshots
         self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.exit_status = None
@@ -1738,8 +1753,10 @@ class Polls:
     what the run waits for). Given `since` (a time.monotonic()), the first
     check is due FIRST_POLL seconds after it, at once if that has passed."""
 
-    def __init__(self, settings, sleep=time.sleep, since=None):
+    def __init__(self, settings, sleep=time.sleep, since=None,
+                 clock=time.monotonic):
         self.since = since
+        self.clock = clock
         self.first = min(FIRST_POLL, settings.poll_interval)
         self.interval = settings.poll_interval
         self.sleep = sleep
@@ -1750,10 +1767,10 @@ class Polls:
         self.hurried = True
 
     def __iter__(self):
-        last = time.monotonic() if self.since is None else self.since
+        last = self.clock() if self.since is None else self.since
         while True:
-            self.sleep(max(0.0, last + self.delay - time.monotonic()))
-            last = time.monotonic()
+            self.sleep(max(0.0, last + self.delay - self.clock()))
+            last = self.clock()
             yield
             self.delay = (self.first if self.hurried
                           else min(self.delay * BACKOFF, self.interval))
@@ -2011,6 +2028,9 @@ def report_consistency(created, settings, run):
         else:
             log.warning('VM %s: its snapshot is %s: %s', backup.name,
                         CRASH_CONSISTENT, backup.consistency_reason)
+    if crash and not required:
+        run.notes.append('%s: %s' % (CRASH_CONSISTENT, ', '.join(
+            backup.name for backup in crash)))
     ready = [backup for backup in created if backup.snapshot_ready]
     if ready:
         log.info('%d of %d snapshots quiesced%s', len(ready) - len(crash),
@@ -2495,7 +2515,7 @@ def fetch_confirming(engine, run, vm_ids):
 
 def copy_problem(disk, master_root, slave_root):
     """Given a disk, return why its base at the slave is not the master's,
-    or None."""
+    or None (and then set its size: the base's bytes)."""
     if disk.overlay_id is None:
         return 'its image did not change with the snapshot'
     if master_root is None or slave_root is None:
@@ -2525,6 +2545,8 @@ def copy_problem(disk, master_root, slave_root):
             return ('%s at the slave is not the master\'s (modified %s, at the '
                     'master %s)' % (name, format_ns(slave.st_mtime_ns),
                                     format_ns(master.st_mtime_ns)))
+        if not suffix:
+            disk.size = slave.st_size
     return None
 
 
@@ -3571,23 +3593,30 @@ class Removal:
 
 # Step 9: the event --------------------------------------------------------------------------
 
+def event_description(mastervol, failures, minutes, notes=()):
+    """Given the volume, the run's failures, its minutes and notes (lines a
+    good run adds, e.g. what was verified), return (True for an alert, the
+    event's text, cut to EVENT_DESCRIPTION_LIMIT characters)."""
+    if failures:
+        description = '%s: %s' % (EVENT_FAILED.format(volume=mastervol),
+                                  '; '.join(failures))
+    else:
+        description = EVENT_SUCCEEDED.format(volume=mastervol,
+                                             minutes='%g' % round(minutes, 1))
+    if notes:
+        description += '. ' + '; '.join(notes)
+    if len(description) > EVENT_DESCRIPTION_LIMIT:
+        description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
+    return bool(failures), description
+
+
 def post_event(engine, args, settings, run):
     """Post the run's outcome to the engine as an event; return True when
     the engine took it."""
-    if run.failures:
-        severity = types.LogSeverity.ALERT
-        description = EVENT_FAILED.format(volume=args.mastervol)
-        description += ': ' + '; '.join(run.failures)
-        if run.verify_summary:
-            description += '; ' + run.verify_summary
-        if len(description) > EVENT_DESCRIPTION_LIMIT:
-            description = description[:EVENT_DESCRIPTION_LIMIT - 3] + '...'
-    else:
-        severity = types.LogSeverity.NORMAL
-        description = EVENT_SUCCEEDED.format(
-            volume=args.mastervol, minutes='%g' % round(run.minutes(), 1))
-        if run.verify_summary:
-            description += '; ' + run.verify_summary
+    notes = run.notes + ([run.verify_summary] if run.verify_summary else [])
+    alert, description = event_description(args.mastervol, run.failures,
+                                           run.minutes(), notes)
+    severity = types.LogSeverity.ALERT if alert else types.LogSeverity.NORMAL
     system = engine.system
     cluster = None
     if settings.cluster:
@@ -3640,6 +3669,613 @@ def event_was_taken(system, event):
         return False
     return any(e.origin == event.origin and e.custom_id == event.custom_id
                for e in latest)
+
+
+# Status: the status file, metrics, ping, and reading them back -------------------------------------
+
+def iso_utc(epoch):
+    """Given Unix time or None, return it as 2026-12-03T01:30:02Z, or None."""
+    if epoch is None:
+        return None
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(epoch))
+
+
+def local_time(epoch):
+    """Given Unix time, return it in this node's time zone, for a person."""
+    return time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(epoch))
+
+
+def disk_outcome(disk):
+    """Given a DiskRecord, return what became of its copy at the remote site:
+    'verified' (confirmed, made restorable and verified), 'backed up'
+    (confirmed and made restorable, verify did not run) or 'not backed up'."""
+    if disk.problem or not (disk.confirmed and disk.chain_repaired) \
+            or disk.overlay_dropped is False or disk.verified is False:
+        return 'not backed up'
+    return 'verified' if disk.verified else 'backed up'
+
+
+def vm_outcome(backup):
+    """Given a VmBackup, return 'backed up' (every disk of it backed up),
+    'no snapshot' or 'not backed up'."""
+    if not backup.snapshot_ready:
+        return 'no snapshot'
+    if backup.disks and all(disk_outcome(disk) != 'not backed up'
+                            for disk in backup.disks):
+        return 'backed up'
+    return 'not backed up'
+
+
+def status_path(settings, mastervol):
+    return os.path.join(settings.status_dir, '%s.json' % mastervol)
+
+
+def metrics_path(settings, mastervol):
+    return os.path.join(settings.textfile_dir, 'vmbackup_%s.prom' % mastervol)
+
+
+def status_document(run, previous, node):
+    """Given a finished Run (ended_at and exit_status set), the previous
+    status document of the volume (or None) and this node's name, return
+    the new status document (README, "Monitoring"), carrying over the last
+    success unless this run is one."""
+    backups = run.plan.backups if run.plan is not None else []
+    vms = []
+    totals = collections.OrderedDict((key, 0) for key in (
+        'vms', 'vms_backed_up', 'disks', 'disks_backed_up', 'disks_verified',
+        'bytes_backed_up', 'bytes_verified', 'snapshots_left'))
+    for backup in backups:
+        disks = []
+        for disk in backup.disks:
+            outcome = disk_outcome(disk)
+            totals['disks'] += 1
+            if outcome != 'not backed up':
+                totals['disks_backed_up'] += 1
+                totals['bytes_backed_up'] += disk.size or 0
+            if outcome == 'verified':
+                totals['disks_verified'] += 1
+                totals['bytes_verified'] += disk.size or 0
+            disks.append(collections.OrderedDict([
+                ('id', disk.disk_id), ('name', disk.name),
+                ('storage_domain', disk.sd_id), ('base', disk.base_id),
+                ('overlay', disk.overlay_id), ('size', disk.size),
+                ('confirmed', disk.confirmed),
+                ('overlay_dropped', disk.overlay_dropped),
+                ('chain_repaired', disk.chain_repaired),
+                ('verified', disk.verified), ('problem', disk.problem),
+                ('outcome', outcome)]))
+        outcome = vm_outcome(backup)
+        totals['vms'] += 1
+        totals['vms_backed_up'] += outcome == 'backed up'
+        totals['snapshots_left'] += bool(backup.snapshot_id
+                                         and backup.snapshot_removed is False)
+        vms.append(collections.OrderedDict([
+            ('id', backup.vm_id), ('name', backup.name),
+            ('snapshot', backup.snapshot_id),
+            ('snapshot_ready', backup.snapshot_ready),
+            ('consistency', backup.consistency),
+            ('snapshot_removed', backup.snapshot_removed),
+            ('outcome', outcome), ('disks', disks)]))
+    succeeded = run.exit_status == EXIT_OK
+    if succeeded:
+        last_success = collections.OrderedDict([
+            ('started_at', run.started_at), ('ended_at', run.ended_at),
+            ('ended', iso_utc(run.ended_at)),
+            ('duration_seconds', round(run.ended_at - run.started_at, 3)),
+            ('node', node)])
+    else:
+        last_success = (previous or {}).get('last_success')
+    return collections.OrderedDict([
+        ('version', STATUS_VERSION),
+        ('volume', run.mastervol),
+        ('slave', run.args.slave), ('slave_volume', run.args.slavevol),
+        ('node', node), ('pid', os.getpid()), ('vmbackup_version', VERSION),
+        ('started_at', run.started_at), ('started', iso_utc(run.started_at)),
+        ('ended_at', run.ended_at), ('ended', iso_utc(run.ended_at)),
+        ('duration_seconds', round(run.ended_at - run.started_at, 3)),
+        ('exit_status', run.exit_status),
+        ('succeeded', succeeded),
+        ('failures', list(run.failures)),
+        ('steps', collections.OrderedDict(
+            (name, round(seconds, 3))
+            for name, seconds in run.step_seconds.items())),
+        ('totals', totals),
+        ('vms', vms),
+        ('last_success', last_success),
+    ])
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def check_document(document):
+    """Given what a status file held (parsed JSON), return None when it is
+    a status document this version can read, else what is wrong with it."""
+    if not isinstance(document, dict):
+        return 'not a JSON object'
+    version = document.get('version')
+    if not isinstance(version, int) or isinstance(version, bool):
+        return 'no version'
+    if version > STATUS_VERSION:
+        return ('version %d, written by a newer vmbackup (this one reads up '
+                'to %d)' % (version, STATUS_VERSION))
+    for key in ('started_at', 'ended_at', 'duration_seconds'):
+        if not is_number(document.get(key)):
+            return '%s is not a number' % key
+    status = document.get('exit_status')
+    if not isinstance(status, int) or isinstance(status, bool):
+        return 'exit_status is not a whole number'
+    if not isinstance(document.get('failures'), list):
+        return 'failures is not a list'
+    if not isinstance(document.get('totals', {}), dict) \
+            or not isinstance(document.get('vms', []), list) \
+            or not isinstance(document.get('steps', {}), dict):
+        return 'totals, vms or steps of the wrong type'
+    last = document.get('last_success')
+    if last is not None and not (isinstance(last, dict)
+                                 and is_number(last.get('ended_at'))):
+        return 'last_success has no ended_at time'
+    return None
+
+
+def read_status(path):
+    """Given a status file's path, return (its document, None), or (None,
+    why it can't be used; None when there is no such file)."""
+    try:
+        with open(path, encoding='utf-8') as status_file:
+            document = json.load(status_file)
+    except FileNotFoundError:
+        return None, None
+    except OSError as error:
+        return None, 'cannot read %s: %s' % (path, error.strerror or error)
+    except ValueError as error:     # also UnicodeDecodeError
+        return None, '%s is not JSON: %s' % (path, one_line(error))
+    problem = check_document(document)
+    if problem:
+        return None, '%s is not a vmbackup status file: %s' % (path, problem)
+    return document, None
+
+
+def write_atomically(path, text):
+    """Given a path and its new text, write a temporary file beside it, fsync
+    it and rename it over path: a reader sees the old file or the new one,
+    never half of one. Raise OSError."""
+    directory = os.path.dirname(path) or '.'
+    handle, temporary = tempfile.mkstemp(
+        dir=directory, prefix='.%s.' % os.path.basename(path), suffix='.tmp')
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8') as output:
+            output.write(text)
+            output.flush()
+            os.fchmod(output.fileno(), 0o644)
+            os.fsync(output.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):     # the rename itself, durable
+        directory_handle = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_handle)
+        finally:
+            os.close(directory_handle)
+
+
+def metric_labels(labels):
+    """Given (name, value) pairs, return {name="value",...} escaped."""
+    return '{%s}' % ','.join(
+        '%s="%s"' % (name, str(value).replace('\\', '\\\\')
+                     .replace('"', '\\"').replace('\n', '\\n'))
+        for name, value in labels)
+
+
+# name, help; all gauges: each describes the last run and is replaced by the
+# next one (a counter would have to be kept across runs and nodes)
+METRICS = (
+    ('last_run_timestamp_seconds', 'When the last run of vmbackup for the '
+     'volume ended, in Unix time'),
+    ('last_success_timestamp_seconds', 'When the last successful run ended, '
+     'in Unix time; 0 when none is known'),
+    ('last_run_duration_seconds', 'How long the last run took'),
+    ('last_run_exit_status', 'Exit status of the last run: 0 backed up, 1 '
+     'failed'),
+    ('last_run_failures', 'Problems the last run reported'),
+    ('last_run_vms', 'VMs the last run chose to back up'),
+    ('last_run_vms_backed_up', 'VMs whose every disk the last run backed up'),
+    ('last_run_disks', 'Disks the last run chose to back up'),
+    ('last_run_disks_backed_up', 'Disks confirmed at the remote site and made '
+     'restorable by the last run'),
+    ('last_run_disks_verified', 'Disks backed up and verified by the last '
+     'run'),
+    ('last_run_backed_up_bytes', 'Size of the base volumes the last run '
+     'backed up'),
+    ('last_run_verified_bytes', 'Size of the base volumes the last run '
+     'backed up and verified'),
+    ('last_run_snapshots_left', 'Snapshots of the last run it could not '
+     'remove'),
+)
+
+
+def metrics_text(document):
+    """Given a status document, return the Prometheus text exposition of its
+    metrics for node_exporter's textfile collector, labelled by volume."""
+    volume = (('volume', document['volume']),)
+    totals = document.get('totals', {})
+    last = document.get('last_success') or {}
+    values = {
+        'last_run_timestamp_seconds': document['ended_at'],
+        'last_success_timestamp_seconds': last.get('ended_at', 0),
+        'last_run_duration_seconds': document['duration_seconds'],
+        'last_run_exit_status': document['exit_status'],
+        'last_run_failures': len(document['failures']),
+        'last_run_vms': totals.get('vms', 0),
+        'last_run_vms_backed_up': totals.get('vms_backed_up', 0),
+        'last_run_disks': totals.get('disks', 0),
+        'last_run_disks_backed_up': totals.get('disks_backed_up', 0),
+        'last_run_disks_verified': totals.get('disks_verified', 0),
+        'last_run_backed_up_bytes': totals.get('bytes_backed_up', 0),
+        'last_run_verified_bytes': totals.get('bytes_verified', 0),
+        'last_run_snapshots_left': totals.get('snapshots_left', 0),
+    }
+    lines = []
+
+    def gauge(name, help_text, samples):
+        lines.append('# HELP vmbackup_%s %s.' % (name, help_text))
+        lines.append('# TYPE vmbackup_%s gauge' % name)
+        for labels, value in samples:
+            lines.append('vmbackup_%s%s %s' % (name, metric_labels(labels),
+                                               repr(float(value))))
+
+    for name, help_text in METRICS:
+        gauge(name, help_text, [(volume, values[name])])
+    gauge('last_run_step_duration_seconds', 'Time the last run spent in each '
+          'step', [(volume + (('step', step),), seconds)
+                   for step, seconds in document.get('steps', {}).items()])
+    gauge('last_run_info', 'The node that made the last run, and its version '
+          'of vmbackup', [(volume + (('node', document.get('node', '')),
+                                     ('version', document.get(
+                                         'vmbackup_version', ''))), 1)])
+    return '\n'.join(lines) + '\n'
+
+
+def count_phrase(count, singular, plural=None):
+    return '%d %s' % (count, singular if count == 1 else (plural or singular + 's'))
+
+
+def human_duration(seconds):
+    """Given seconds, return them for a person: 42 s, 12.5 minutes, 3.2 hours,
+    2.1 days."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return '%.0f s' % seconds
+    if seconds < 90 * 60:
+        return '%.1f minutes' % (seconds / 60)
+    if seconds < 48 * 3600:
+        return '%.1f hours' % (seconds / 3600)
+    return '%.1f days' % (seconds / 86400)
+
+
+def outcome_counts(items, outcome):
+    """Given items and a function naming an item's outcome, return
+    "2 backed up, 1 no snapshot" in the order first seen."""
+    counts = collections.OrderedDict()
+    for item in items:
+        name = outcome(item)
+        counts[name] = counts.get(name, 0) + 1
+    return ', '.join('%d %s' % (count, name) for name, count in counts.items())
+
+
+def summary_lines(document, where):
+    """Given a status document and where it was written (or why not), return
+    the lines of the summary logged at the end of a run."""
+    totals = document['totals']
+    verdict = 'succeeded' if document['succeeded'] else 'FAILED'
+    lines = ['summary: backup of volume %s on %s %s in %s (exit status %d)' % (
+        document['volume'], document['node'], verdict,
+        human_duration(document['duration_seconds']),
+        document['exit_status'])]
+    vms = document['vms']
+    lines.append('summary: %s: %s' % (
+        count_phrase(totals['vms'], 'VM'),
+        outcome_counts(vms, lambda vm: vm['outcome']) or 'none chosen'))
+    disks = [disk for vm in vms for disk in vm['disks']]
+    lines.append('summary: %s: %s; %s backed up' % (
+        count_phrase(totals['disks'], 'disk'),
+        outcome_counts(disks, lambda disk: disk['outcome']) or 'none',
+        format_bytes(totals['bytes_backed_up'])))
+    for vm in vms:
+        if vm['outcome'] != 'backed up':
+            lines.append('summary: VM %s: %s%s' % (
+                vm['name'], vm['outcome'], ''.join(
+                    '; disk %s: %s' % (disk['name'] or disk['id'],
+                                       disk['problem'] or disk['outcome'])
+                    for disk in vm['disks']
+                    if disk['outcome'] == 'not backed up')))
+    if totals['snapshots_left']:
+        lines.append('summary: %s of this run left behind' % count_phrase(
+            totals['snapshots_left'], 'snapshot'))
+    if document['steps']:
+        lines.append('summary: time per step: %s' % ', '.join(
+            '%s %s' % (step, human_duration(seconds))
+            for step, seconds in document['steps'].items()))
+    lines.append('summary: status: %s' % where)
+    return lines
+
+
+def format_bytes(count):
+    for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if count < 1024 or unit == 'TiB':
+            return ('%d %s' if unit == 'bytes' else '%.1f %s') % (count, unit)
+        count /= 1024.0
+
+
+def ping_paragraph(document, where):
+    """Given a status document and where it was written (or why not), return
+    the one-paragraph summary sent with the ping."""
+    totals = document['totals']
+    text = ('vmbackup %s on %s: backup of volume %s to %s::%s %s in %s, exit '
+            'status %d. %d of %d VMs and %d of %d disks backed up (%d '
+            'verified, %s).' % (
+                document['vmbackup_version'], document['node'],
+                document['volume'], document['slave'],
+                document['slave_volume'],
+                'succeeded' if document['succeeded'] else 'failed',
+                human_duration(document['duration_seconds']),
+                document['exit_status'], totals['vms_backed_up'],
+                totals['vms'], totals['disks_backed_up'], totals['disks'],
+                totals['disks_verified'],
+                format_bytes(totals['bytes_backed_up'])))
+    if document['failures']:
+        text += ' Failures: %s.' % '; '.join(document['failures'])
+    text += ' Status: %s.' % where
+    return text
+
+
+def ping_target(ping_url, kind):
+    """Given [status] ping_url and 'start', 'success' or 'fail', return the
+    URL to POST to (Healthchecks: URL/start, URL, URL/fail)."""
+    url = urllib.parse.urlsplit(ping_url)
+    suffix = {'start': '/start', 'success': '', 'fail': '/fail'}[kind]
+    path = url.path.rstrip('/') + suffix if suffix else url.path
+    return urllib.parse.urlunsplit((url.scheme, url.netloc, path or '/',
+                                    url.query, ''))
+
+
+def ping_host(ping_url):
+    """Given [status] ping_url, return what may be logged of it: scheme and
+    host (the path may hold the check's secret UUID)."""
+    url = urllib.parse.urlsplit(ping_url)
+    return '%s://%s' % (url.scheme, url.hostname or '?')
+
+
+def ping(settings, kind, text=''):
+    """Given the settings, 'start', 'success' or 'fail' and the summary,
+    POST it to [status] ping_url once, waiting at most ping_timeout; return
+    True when it was taken. A failure is one warning."""
+    if not settings.ping_url:
+        return None
+    target = ping_target(settings.ping_url, kind)
+    host = ping_host(settings.ping_url)
+    body = text.encode('utf-8')[:PING_BODY_LIMIT]
+    request = urllib.request.Request(
+        target, data=body, method='POST',
+        headers={'Content-Type': 'text/plain; charset=utf-8',
+                 'User-Agent': 'vmbackup/%s' % VERSION})
+
+    def send():
+        with urllib.request.urlopen(request, timeout=settings.ping_timeout) \
+                as answer:
+            answer.read(1024)
+            return answer.status
+
+    try:
+        # the socket's timeout bounds each wait, the deadline all of them
+        status = with_deadline(send, settings.ping_timeout, 'pinging')
+    except (OSError, ValueError, http.client.HTTPException, Timeout) as error:
+        if isinstance(error, (Timeout, socket.timeout)) or isinstance(
+                getattr(error, 'reason', None), socket.timeout):
+            reason = ('no answer within %g seconds ([status] ping_timeout)'
+                      % settings.ping_timeout)
+        else:
+            reason = one_line(error).replace(target, host).replace(
+                settings.ping_url, host)
+        log.warning('monitoring ping (%s) to %s failed: %s', kind, host, reason)
+        return False
+    log.debug('monitoring ping (%s) to %s: HTTP %s', kind, host, status)
+    return True
+
+
+def record_run(run, node=None):
+    """Given a finished Run (exit_status and ended_at set), write the status
+    file, the metrics and the finishing ping, and log the summary. Their
+    failures are logged (an unwritten status file as an error, so cron
+    mails it), never raised: they don't change the exit status."""
+    settings = run.settings
+    node = node or os.uname().nodename
+    path = status_path(settings, run.mastervol)
+    previous, problem = read_status(path)
+    if problem:
+        log.warning('previous status: %s; the time of the last success is '
+                    'lost', problem)
+    document = status_document(run, previous, node)
+    try:
+        if settings.status_dir in (os.path.join(SHARED_STORAGE, 'vmbackup'),
+                                   FALLBACK_STATUS_DIR):
+            os.makedirs(settings.status_dir, mode=0o755, exist_ok=True)
+        write_atomically(path, json.dumps(document, indent=1) + '\n')
+        where = 'written to %s' % path
+    except OSError as error:
+        where = 'NOT written: %s: %s' % (path, error.strerror or error)
+        log.error('the status file of volume %s was not written: %s: %s; '
+                  '--status and --check still show the run before',
+                  run.mastervol, path, error.strerror or error)
+    if settings.textfile_dir:
+        target = metrics_path(settings, run.mastervol)
+        try:
+            write_atomically(target, metrics_text(document))
+        except OSError as error:
+            log.error('the metrics of volume %s were not written: %s: %s',
+                      run.mastervol, target, error.strerror or error)
+    for line in summary_lines(document, where):
+        log.info('%s', line)
+    ping(settings, 'success' if document['succeeded'] else 'fail',
+         ping_paragraph(document, where))
+    return document
+
+
+@contextlib.contextmanager
+def monitored(run):
+    """Given a Run past the config, with the lock held: ping the start; on
+    every way out of the block, record the run (status file, metrics,
+    finishing ping, summary). The block sets run.exit_status; an exception
+    that escapes it is a failed run, recorded, then raised again."""
+    ping(run.settings, 'start', 'vmbackup %s on %s: backup of volume %s '
+         'started' % (VERSION, os.uname().nodename, run.mastervol))
+    try:
+        yield run
+    except Failed:          # told already (the engine unreachable)
+        run.exit_status = EXIT_FAILED
+        raise
+    except BaseException as error:
+        run.failures.append('the run ended unexpectedly: %s' % (
+            one_line(error) if not isinstance(error, Interrupted)
+            else 'interrupted by %s' % error))
+        run.exit_status = EXIT_FAILED
+        raise
+    finally:
+        if run.exit_status is None:
+            run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
+        if run.ended_at is None:
+            run.ended_at = time.time()
+        record_run(run)
+
+
+def check_state(document, problem, now, warning_hours, critical_hours):
+    """Given the status document (or None and why), the time now and the
+    --warning and --critical hours, return (Nagios state, the text after
+    'VMBACKUP STATE - ', the performance data)."""
+    if document is None:
+        return CHECK_UNKNOWN, problem, ''
+    last = document.get('last_success')
+    age = now - last['ended_at'] if last else None
+    totals = document.get('totals', {})
+    perfdata = ' '.join([
+        'age=%s;%d;%d;0' % ('%ds' % max(0, age) if age is not None else 'U',
+                            warning_hours * 3600, critical_hours * 3600),
+        'duration=%.0fs;;;0' % document['duration_seconds'],
+        'vms=%d;;;0' % totals.get('vms', 0),
+        'disks=%d;;;0' % totals.get('disks', 0),
+        'failures=%d;;;0' % len(document['failures'])])
+    since = ('last success %s ago' % human_duration(age) if age is not None
+             else 'no successful run known')
+    ran = 'last run %s ago on %s' % (human_duration(now - document['ended_at']),
+                                     document.get('node', '?'))
+    if document['exit_status'] != EXIT_OK:
+        failures = document['failures']
+        first = failures[0] if failures else 'exit status %d' % (
+            document['exit_status'])
+        more = ' (and %d more)' % (len(failures) - 1) if len(failures) > 1 else ''
+        return (CHECK_CRITICAL, '%s FAILED: %s%s; %s' % (ran, first, more, since),
+                perfdata)
+    if age is None or age > critical_hours * 3600:
+        return (CHECK_CRITICAL, '%s, older than %g hours; %s' % (
+            since, critical_hours, ran), perfdata)
+    if age > warning_hours * 3600:
+        return (CHECK_WARNING, '%s, older than %g hours; %s' % (
+            since, warning_hours, ran), perfdata)
+    return (CHECK_OK, '%s: %d of %d VMs, %d of %d disks backed up in %s' % (
+        since, totals.get('vms_backed_up', 0), totals.get('vms', 0),
+        totals.get('disks_backed_up', 0), totals.get('disks', 0),
+        human_duration(document['duration_seconds'])), perfdata)
+
+
+def check_line(state, text, perfdata):
+    """Given check_state's answer, return the plugin's one output line."""
+    line = 'VMBACKUP %s - %s' % (CHECK_STATES[state],
+                                 ' '.join(text.split()).replace('|', '/'))
+    return line + ('|' + perfdata if perfdata else '')
+
+
+def status_report(document, path, now):
+    """Given a status document, its path and the time now, return the lines
+    --status prints for a person."""
+    totals = document.get('totals', {})
+    lines = ['Volume %s: the last run %s (exit status %d).' % (
+        document.get('volume', '?'),
+        'succeeded' if document['exit_status'] == EXIT_OK else 'FAILED',
+        document['exit_status'])]
+    lines.append('  ran on %s from %s to %s (%s), %s ago' % (
+        document.get('node', '?'), local_time(document['started_at']),
+        local_time(document['ended_at']),
+        human_duration(document['duration_seconds']),
+        human_duration(now - document['ended_at'])))
+    last = document.get('last_success')
+    if last:
+        lines.append('  last success: %s on %s, %s ago' % (
+            local_time(last['ended_at']), last.get('node', '?'),
+            human_duration(now - last['ended_at'])))
+    else:
+        lines.append('  last success: none known')
+    for failure in document['failures']:
+        lines.append('  failed: %s' % failure)
+    lines.append('  VMs: %d chosen, %d backed up; disks: %d chosen, %d backed '
+                 'up, %d verified, %s' % (
+                     totals.get('vms', 0), totals.get('vms_backed_up', 0),
+                     totals.get('disks', 0), totals.get('disks_backed_up', 0),
+                     totals.get('disks_verified', 0),
+                     format_bytes(totals.get('bytes_backed_up', 0))))
+    for vm in document.get('vms', []):
+        details = [vm.get('outcome', '?')]
+        if vm.get('consistency'):
+            details.append(vm['consistency'])
+        if vm.get('snapshot_removed') is False:
+            details.append('snapshot %s NOT removed' % vm.get('snapshot'))
+        lines.append('    VM %s: %s' % (vm.get('name'), ', '.join(details)))
+        for disk in vm.get('disks', []):
+            done = [label for key, label in (
+                ('confirmed', 'confirmed'), ('overlay_dropped', 'overlay dropped'),
+                ('chain_repaired', 'chain repaired'), ('verified', 'verified'))
+                if disk.get(key)]
+            failed = [label for key, label in (
+                ('confirmed', 'not confirmed'),
+                ('overlay_dropped', 'overlay not dropped'),
+                ('chain_repaired', 'chain not repaired'),
+                ('verified', 'verify failed')) if disk.get(key) is False]
+            lines.append('      disk %s: %s%s' % (
+                disk.get('name') or disk.get('id'), disk.get('outcome', '?'),
+                ' (%s)' % ', '.join(done + failed) if done or failed else '')
+                + (': %s' % disk['problem'] if disk.get('problem') else ''))
+    if document.get('steps'):
+        lines.append('  time per step: %s' % ', '.join(
+            '%s %s' % (step, human_duration(seconds))
+            for step, seconds in document['steps'].items()))
+    lines.append('  (from %s)' % path)
+    return lines
+
+
+def show_status(args, settings, now=None):
+    """--status and --check: print the last result of MASTERVOL from its
+    status file, touching nothing else; return the check's state (0 OK,
+    1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
+    now = time.time() if now is None else now
+    path = status_path(settings, args.mastervol)
+    document, problem = read_status(path)
+    if document is None and problem is None:
+        problem = ('no status file %s: no run of volume %s has finished '
+                   'where [status] dir points' % (path, args.mastervol))
+    elif document is not None and document.get('volume') != args.mastervol:
+        document, problem = None, ('%s is the status of volume %r, not %s' % (
+            path, document.get('volume'), args.mastervol))
+    state, text, perfdata = check_state(document, problem, now, args.warning,
+                                        args.critical)
+    if args.check or document is None:
+        print(check_line(state, text, perfdata))
+    if args.status and document is not None:
+        print('\n'.join(status_report(document, path, now)))
+    return state
 
 
 # The run ------------------------------------------------------------------------------------------
@@ -3696,8 +4332,9 @@ def reported(run, engine):
     with run.step('report', cleanup=True):
         posted = post_event(engine, run.args, run.settings, run)
     if not posted and not run.failures:
-        log.error('backup of volume %s done, but the engine did not take its '
-                  'event', run.mastervol)
+        # a failure after the event: the status file and the ping tell it
+        run.fail('backup of volume %s done, but the engine did not take its '
+                 'event', run.mastervol)
         run.exit_status = EXIT_FAILED
     else:
         run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
@@ -3817,10 +4454,13 @@ def main(argv=None):
             find_qemu_img(settings)
     except UsageError as error:
         log.error('%s', error)
+        if '--check' in (sys.argv[1:] if argv is None else argv):
+            # a Nagios plugin says UNKNOWN, not 2 (CRITICAL), for bad usage
+            print(check_line(CHECK_UNKNOWN, str(error), ''))
+            return CHECK_UNKNOWN
         return EXIT_USAGE
-    if args.read_only:
-        log.error('--status and --check are not there yet')
-        return EXIT_USAGE
+    if args.read_only:                    # no engine, no lock, no SDK
+        return show_status(args, settings)
     if args.verify:                       # no engine, no lock: changes nothing
         stop = Stop()
         stop.install()
@@ -3840,7 +4480,7 @@ def main(argv=None):
     try:
         if args.dry_run:                  # no lock: it changes nothing
             return back_up(run)
-        with take_lock(run):
+        with take_lock(run), monitored(run):     # status, metrics, ping
             return back_up(run)
     except LockHeld as error:
         # the same cron line on every node: the nodes that find the volume

@@ -16,10 +16,14 @@ import trustme
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))      # vmbackup, for tests/unit
 
 from fake_engine import FakeEngine  # noqa: E402
 
 VMBACKUP = HERE.parent / 'vmbackup.py'
+# the interpreter that runs the tool (make test-py36: EL8's Python 3.6 in a
+# venv of its own, while the tests and the fake engine run on this one)
+PYTHON = os.environ.get('VMBACKUP_PYTHON') or sys.executable
 FAKEBIN = HERE / 'fakebin'
 MASTER = 'vmstore'
 SLAVE_HOST = 'backup.example.com'
@@ -207,7 +211,7 @@ class Site:
         positional = [MASTER, SLAVE, SLAVEVOL]
         if args and args[0] == '--':
             positional, args = [], args[1:]
-        return [sys.executable, str(VMBACKUP), *positional, '-c', config,
+        return [PYTHON, str(VMBACKUP), *positional, '-c', config,
                 '-i', '1', *args]
 
     def env(self):

@@ -88,6 +88,16 @@ def main():
             for call in site.calls():
                 print('  ran %s %s' % (call['program'], ' '.join(call['argv'])))
             print('  mounts left: %s' % (mounts_under(scratch) or 'none'))
+            # the summary is at the end of the log above; this is what an
+            # administrator asks in the morning (no engine, no lock)
+            print('\n== vmbackup.py %s -c %s --status ==' % (MASTER, config))
+            sys.stdout.flush()
+            subprocess.call(site.command('--', MASTER, '--status', config=config),
+                            env=site.env())
+            print('\n== --check, as Nagios/Icinga run it ==')
+            sys.stdout.flush()
+            subprocess.call(site.command('--', MASTER, '--check', config=config),
+                            env=site.env())
             return code
         finally:
             for point in reversed(mounts_under(scratch)):

@@ -18,28 +18,14 @@ import ovirtsdk4.types as types
 import pytest
 import trustme
 
-try:
-    from fake_engine import FakeEngine
-except ImportError:  # tests/ is a package
-    from tests.fake_engine import FakeEngine
+from conftest import wait_for
+from fake_engine import FakeEngine
 
 USER = 'admin@internal'
 PASSWORD = 'secret'
 BULK_UP = 120
 BULK_DOWN = 5
 GEOREP = 'GLUSTER-Geo-rep-snapshot'
-
-
-def wait_for(predicate, timeout=5.0, interval=0.02):
-    """Given a predicate, return its first true value; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError('condition not met within %s s' % timeout)
-        time.sleep(interval)
 
 
 @pytest.fixture(scope='module')

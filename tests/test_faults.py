@@ -13,6 +13,7 @@ poll of the snapshot being created, and `after=('DELETE', ...)` (a
 capability added to FakeEngine.fail) aims at the polls of the removal.
 """
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import pytest
 from conftest import (MASTER, PASSWORD, USER, Result, alive, assert_invariants, mounts_under,
                       needs_root, ovf_store_paths, tree, wait_for,
                       without_voltype)
-from fake_engine import FakeEngine
+from fake_engine import USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS, FakeEngine
 
 pytestmark = needs_root
 
@@ -159,6 +160,14 @@ def check(site, result, before, expect):
         assert parts[3].split('.')[0] not in known, path
     if expect.dropped:
         assert extra == set(), extra
+
+    # the status file tells the same, whatever the way out (issue 11)
+    status = json.loads((site.status_dir / ('%s.json' % MASTER)).read_text())
+    assert status['exit_status'] == result.code, status
+    assert bool(status['failures']) == (result.code != 0), status
+    assert status['succeeded'] == (result.code == 0)
+    assert ('summary: status: written to %s' % (site.status_dir / ('%s.json' % MASTER))
+            in result.err), result.err
 
 
 # -- runs that are driven while they go on ----------------------------------------
@@ -713,8 +722,14 @@ def slow_merges(site):
 
 
 def merges_waited_for(site):
-    deletes = [r for r in site.engine.requests if r['method'] == 'DELETE']
-    assert deletes
+    """The signal did not cut the wait for the merges short: the engine had
+    finished the run's merge (its event 356) before the tool posted its own
+    event, the last thing it does."""
+    merged = site.engine.engine_events(USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS)
+    assert [event['vm_id'] for event in merged] == [site.engine.vm('web')['id']]
+    posted = [event for event in site.engine._event_records
+              if event.get('origin') == 'ovirt-georep-backup']
+    assert posted[-1]['time'] >= merged[-1]['time']
 
 
 SIGNAL_STEPS = [

@@ -3,12 +3,11 @@ snapshot, and every failure reported (issue: the same cron line on every
 node)."""
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import (HERE, MASTER, PASSWORD, SLAVE, SLAVE_HOST, SLAVEVOL,
-                      Result, assert_invariants, needs_root, wait_for)
+from conftest import (HERE, MASTER, PASSWORD, PYTHON, SLAVE, SLAVE_HOST,
+                      SLAVEVOL, Result, assert_invariants, needs_root, wait_for)
 
 pytestmark = needs_root
 
@@ -186,7 +185,7 @@ def test_an_error_injected_in_a_step_is_an_alert_with_the_snapshots_removed(
         site, function, kind, snapshotted):
     site.add_vm('web')
     command = site.command()
-    command = [sys.executable, str(HERE / 'inject.py'), function, kind, '--'] + command[2:]
+    command = [PYTHON, str(HERE / 'inject.py'), function, kind, '--'] + command[2:]
     process = subprocess.run(command, env=site.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, universal_newlines=True,
                              timeout=120)
@@ -208,7 +207,7 @@ def test_a_missing_sdk_is_one_line_and_exit_2(site):
             'runpy.run_path(%r, run_name="__main__")'
             % (str(HERE.parent / 'vmbackup.py'), MASTER, SLAVE, SLAVEVOL, config,
                str(HERE.parent / 'vmbackup.py')))
-    process = subprocess.run([sys.executable, '-c', code], env=site.env(),
+    process = subprocess.run([PYTHON, '-c', code], env=site.env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              universal_newlines=True, timeout=60)
     assert process.returncode == 2, process.stderr

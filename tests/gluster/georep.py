@@ -24,7 +24,7 @@ test modules import as `conftest`):
         with georep.GeoRepLab(tmp_path_factory.mktemp('lab')) as lab:
             yield lab
 
-What it does (see /work/shared/gluster-notes.md for why each step is there):
+What it does (NOTES.md beside this file says why each step is there):
 glusterd started by hand (`glusterd -N`, its own session), a master and a
 slave volume of one brick each under the work directory, passwordless root
 ssh to HOST over loopback through an sshd started by hand, a geo-replication
@@ -80,6 +80,8 @@ STATE_FILE = pathlib.Path('/var/tmp/georep-lab.state.json')
 # take the first's state file for a killed run's and tear the live lab
 # down (the kernel frees the name when the process ends; no file is left)
 LOCK_NAME = '\0georep-lab.lock'
+# seconds a lab waits for another one to end (a whole lab takes 3-5 minutes)
+LOCK_WAIT = 900
 SSH_DIR = pathlib.Path('/root/.ssh')
 # env variable that turns the real-gluster tests off on a machine that could
 # run them (e.g. a developer's laptop)
@@ -88,6 +90,14 @@ SKIP_ENV = 'VMBACKUP_SKIP_GLUSTER'
 # that what a lab killed before its tear-down left running can be found
 MARK_ENV = 'GEOREP_LAB'
 BRICK_INTERNAL = ('.glusterfs', '.trashcan')
+# the lab's volumes are named so (GeoRepLab's defaults); volumes of other
+# names in /var/lib/glusterd mean a real gluster node
+LAB_VOLUME_PREFIX = 'georeplab-'
+# package -> the service its installation enables: the lab starts its own
+# daemons by hand, so it disables what it made apt-get enable
+SERVICES = {'glusterfs-server': 'glusterd', 'openssh-server': 'ssh'}
+POLICY_RC_D = pathlib.Path('/usr/sbin/policy-rc.d')
+APT_LOCK_WAIT = ('-o', 'DPkg::Lock::Timeout=600')
 
 
 class GeoRepError(RuntimeError):
@@ -139,11 +149,47 @@ def skip_reason():
         os.close(os.open('/dev/fuse', os.O_RDWR))
     except OSError as exc:
         return '/dev/fuse cannot be opened: %s' % exc
+    node = gluster_node_reason()
+    if node:
+        return node
     if missing_binaries() or not find_scheduler():
         if not which('apt-get'):
             return ('glusterfs packages missing (%s) and no apt-get to '
                     'install them' % ', '.join(missing_binaries()
                                                or ['schedule_georep.py']))
+    return None
+
+
+def gluster_node_reason(processes=None, marked=None, workdir=None):
+    """None when no gluster of this machine's own is in the way, else why
+    the lab must not run here: a glusterd that no lab started (a real
+    gluster node, or one started by hand), or a glusterd work directory that
+    knows peers or volumes other than a lab's (a node whose glusterd is
+    only stopped: the lab's glusterd would start with its pool).
+    processes ({pid: (ppid, state, cmdline)}), marked (pid -> the lab mark
+    in its environment or None) and workdir (/var/lib/glusterd) are there
+    for the tests."""
+    processes = _proc_table() if processes is None else processes
+    marked = marked or _lab_mark
+    workdir = pathlib.Path(workdir or GLUSTERD_WORKDIR)
+    for pid, (_, state, cmd) in sorted(processes.items()):
+        if state != 'Z' and os.path.basename(cmd.split(' ')[0]) == 'glusterd' \
+                and not marked(pid):
+            return ('this is a gluster node: glusterd runs (pid %d) and no '
+                    'test lab started it; the real-gluster tests would take '
+                    'glusterd over, so they are skipped' % pid)
+    peers = workdir / 'peers'
+    if peers.is_dir() and os.listdir(str(peers)):
+        return ('this is a gluster node: %s lists peers; the real-gluster '
+                'tests would start its glusterd, so they are skipped' % peers)
+    volumes = workdir / 'vols'
+    theirs = sorted(name for name in (os.listdir(str(volumes))
+                                      if volumes.is_dir() else [])
+                    if not name.startswith(LAB_VOLUME_PREFIX))
+    if theirs:
+        return ('this is a gluster node: glusterd knows the volumes %s; the '
+                'real-gluster tests would start its glusterd, so they are '
+                'skipped' % ', '.join(theirs))
     return None
 
 
@@ -172,8 +218,11 @@ def _run(cmd, env=None, timeout=180, check=True, input=None, log=None):
 
 
 def ensure_packages(log=_log_default, timeout=900):
-    """apt-get install the packages the lab needs where any is missing.
-    Returns True when it installed something."""
+    """apt-get install the packages the lab needs where any is missing,
+    with no service started by the installation, and disable the services
+    the installation enabled (glusterd, ssh): the lab starts its own by
+    hand, and nothing it installed listens after it, nor after a reboot.
+    The packages stay installed. Returns the list of packages installed."""
     missing = []
     for package in PACKAGES:
         proc = _run(['dpkg-query', '-W', '-f=${Status}', package],
@@ -181,21 +230,90 @@ def ensure_packages(log=_log_default, timeout=900):
         if proc.returncode != 0 or 'install ok installed' not in proc.stdout:
             missing.append(package)
     if not missing and not missing_binaries() and find_scheduler():
-        return False
+        return []
     if not which('apt-get'):
         raise GeoRepError('packages missing (%s) and no apt-get'
                           % ', '.join(missing))
     env = clean_env({'DEBIAN_FRONTEND': 'noninteractive'})
-    log('installing %s' % ' '.join(PACKAGES))
-    _run(['apt-get', 'update', '-q'], env=env, timeout=timeout)
-    _run(['apt-get', 'install', '-y', '-q',
-          '-o', 'Dpkg::Options::=--force-confdef',
-          '-o', 'Dpkg::Options::=--force-confold'] + list(PACKAGES),
-         env=env, timeout=timeout)
+    _run(['apt-get', 'update', '-q'] + list(APT_LOCK_WAIT), env=env,
+         timeout=timeout)
+    # no recommends: glusterfs-server's would bring nfs-common and rpcbind,
+    # two more services, which the lab does not need
+    command = ['apt-get', 'install', '-y', '-q', '--no-install-recommends'
+               ] + list(APT_LOCK_WAIT) + [
+        '-o', 'Dpkg::Options::=--force-confdef',
+        '-o', 'Dpkg::Options::=--force-confold'] + (missing or list(PACKAGES))
+    new, upgraded = apt_plan(command, env)
+    log('apt-get installs %s' % ' '.join(new or ['nothing new']))
+    if upgraded:
+        # e.g. openssh-server exists only at the archive's version, and it
+        # needs openssh-client of the same version
+        log('apt-get also upgrades, because the packages above need it: %s'
+            % ', '.join(upgraded))
+    with services_not_started(log):
+        _run(command, env=env, timeout=timeout)
+    for package in missing:
+        if package in SERVICES:
+            disable_service(SERVICES[package], log)
     if missing_binaries() or not find_scheduler():
         raise GeoRepError('still missing after apt-get install: %s' % (
             ', '.join(missing_binaries()) or 'schedule_georep.py'))
-    return True
+    return missing
+
+
+def apt_plan(command, env):
+    """Given an apt-get install command, return ([packages it would
+    install], ['package old -> new' it would upgrade]), from a simulation."""
+    proc = _run(command[:2] + ['-s'] + command[2:], env=env, check=False)
+    return parse_apt_simulation(proc.stdout)
+
+
+def parse_apt_simulation(text):
+    """Given the output of `apt-get -s install ...`, return ([packages new
+    to the machine], ['package old -> new' of those upgraded])."""
+    new, upgraded = [], []
+    for line in text.splitlines():
+        # Inst openssh-client [1:9.2p1-2+deb12u6] (1:9.2p1-2+deb12u10 ...)
+        # Inst openssh-server (1:9.2p1-2+deb12u10 Debian:12.12/stable [amd64])
+        words = line.split()
+        if len(words) < 3 or words[0] != 'Inst':
+            continue
+        if words[2].startswith('[') and len(words) > 3:
+            upgraded.append('%s %s -> %s' % (words[1], words[2].strip('[]'),
+                                             words[3].lstrip('(')))
+        else:
+            new.append(words[1])
+    return new, upgraded
+
+
+@contextlib.contextmanager
+def services_not_started(log):
+    """While apt-get installs: a policy-rc.d that refuses every service
+    start (invoke-rc.d's interface), unless the machine already has one."""
+    if POLICY_RC_D.exists():
+        yield
+        return
+    POLICY_RC_D.write_text('#!/bin/sh\n# vmbackup tests/gluster/georep.py, '
+                           'while it runs apt-get: start no service\n'
+                           'exit 101\n')
+    POLICY_RC_D.chmod(0o755)
+    try:
+        yield
+    finally:
+        POLICY_RC_D.unlink()
+
+
+def disable_service(name, log):
+    """Disable (and stop, where systemd runs) the service name that a
+    package installation enabled."""
+    log('disabling the %s service that its package enabled' % name)
+    if os.path.isdir('/run/systemd/system') and which('systemctl'):
+        _run(['systemctl', 'stop', name + '.service'], check=False)
+    if which('deb-systemd-helper'):
+        _run(['deb-systemd-helper', 'disable', name + '.service'],
+             check=False)
+    if which('update-rc.d') and os.path.exists('/etc/init.d/' + name):
+        _run(['update-rc.d', name, 'disable'], check=False)
 
 
 def wait_until(condition, timeout, what, interval=0.5):
@@ -482,14 +600,29 @@ class GeoRepLab:
         return self
 
     def _take_lock(self):
-        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            lock.bind(LOCK_NAME)
-        except OSError:
-            lock.close()
-            raise GeoRepError('another lab runs on this machine (it holds '
-                              'the abstract socket @%s)' % LOCK_NAME[1:])
-        self._lock = lock
+        """Bind LOCK_NAME; while another lab holds it (another checkout's
+        make test on this machine), wait for it, up to LOCK_WAIT seconds."""
+        deadline = time.monotonic() + LOCK_WAIT
+        said = False
+        while True:
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                lock.bind(LOCK_NAME)
+            except OSError:
+                lock.close()
+            else:
+                self._lock = lock
+                return
+            if time.monotonic() >= deadline:
+                raise GeoRepError(
+                    'another lab has run on this machine for over %d s (it '
+                    'holds the abstract socket @%s)' % (LOCK_WAIT,
+                                                       LOCK_NAME[1:]))
+            if not said:
+                self.log('another lab runs on this machine: waiting for it '
+                         '(up to %d s)' % LOCK_WAIT)
+                said = True
+            time.sleep(2)
 
     def _adopt_stale_state(self):
         """Take over what a lab killed before its tear-down recorded, so

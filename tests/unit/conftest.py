@@ -1,0 +1,5 @@
+"""Unit tests import vmbackup.py from the work tree, as a module."""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
