@@ -113,8 +113,7 @@ def test_a_backup_leaves_each_base_the_leaf_at_the_slave_in_place_and_verified(s
     assert 'verify: 4 disks of 3 VMs verified restorable' in result.err
     assert len(re.findall(r'verify: VM \S+ disk \S+: restorable', result.err)) == 4
     assert engine.events[-1]['severity'] == 'normal'
-    assert engine.events[-1]['description'].endswith(
-        'minutes; 4 disks of 3 VMs verified restorable')
+    assert engine.events[-1]['description'].endswith('4 disks of 3 VMs verified restorable')
 
 
 def test_the_engines_periodic_ovf_write_during_the_run_is_put_back_at_the_slave(site):

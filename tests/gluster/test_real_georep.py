@@ -186,6 +186,7 @@ class World:
             '%s'
             '[lock]\n'
             'lock_dir = %s\n'
+            'skip_within = 0\n'
             % (self.engine.url, USER, PASSWORD,
                self.engine.ca_pem_path(str(self.tmp)), self.mount_log,
                self.lab.host,
@@ -438,7 +439,7 @@ def test_when_georep_cannot_complete_the_run_fails_and_leaves_the_slave_alone(
             '--timeout 1 minutes') in output
     assert state == 'Stopped'
     # the slave was not even mounted: nothing deleted there
-    assert 'the overlays at the remote site are left as they are' in output
+    assert 'the remote site is left as it is' in output
     assert 'mounting the slave volume' not in output
     deleted = [world.describe(path) for path in slave_before
                if path not in slave_after]
