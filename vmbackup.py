@@ -2796,33 +2796,12 @@ def volume_mounted(command, where, volume, settings, run, stop):
 
 
 def run_child(command, timeout, stop):
-    """Run a short-lived command in its own session, stopped by a stop
-    request or after `timeout` seconds; return (exit status, or None when it
-    was stopped for taking too long, or the OSError that prevented it; its
-    output)."""
-    try:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT,
-                                   start_new_session=True, close_fds=True)
-    except OSError as error:
-        return error, ''
-    stop.child = process
-    try:
-        output, _ = process.communicate(timeout=timeout)
-        status = process.returncode
-    except subprocess.TimeoutExpired:
-        terminate_child(process)
-        try:
-            output, _ = process.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-        status = None
-    finally:
-        stop.child = None
-    return status, output.decode('utf-8', 'replace').strip()
+    """Run a short-lived command (see run_captured); return (exit status, or
+    None when it was stopped for taking too long, or the OSError that
+    prevented it; its output and errors, as one text)."""
+    status, output, errors = run_captured(command, timeout, stop)
+    return status, '\n'.join(part.strip() for part in (output, errors)
+                             if part.strip())
 
 
 def describe_status(status):
@@ -3318,9 +3297,10 @@ def describe_qemu(status, text):
 
 
 def run_captured(command, timeout, stop):
-    """Run a command in its own session, stopped after timeout seconds or by
-    a stop request; return (exit status, None when it took too long, or the
-    OSError that prevented it; stdout; stderr)."""
+    """Run a command in its own session, stopped (SIGTERM to its group, then
+    SIGKILL) after timeout seconds or by a stop request; return (exit
+    status, None when it took too long, or the OSError that prevented it;
+    stdout; stderr)."""
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -3332,9 +3312,13 @@ def run_captured(command, timeout, stop):
         output, errors = process.communicate(timeout=timeout)
         status = process.returncode
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        output, errors = process.communicate()
+        terminate_child(process)
+        try:
+            output, errors = process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            output, errors = process.communicate()
         status = None
     finally:
         stop.child = None
