@@ -4123,6 +4123,9 @@ def monitored(run):
     except Failed:          # told already (the engine unreachable)
         run.exit_status = EXIT_FAILED
         raise
+    except LockHeld:        # a live run elsewhere may own the volume: its
+        run.exit_status = EXIT_LOCKED     # status is not ours to write
+        raise
     except BaseException as error:
         run.failures.append('the run ended unexpectedly: %s' % (
             one_line(error) if not isinstance(error, Interrupted)
@@ -4134,7 +4137,8 @@ def monitored(run):
             run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
         if run.ended_at is None:
             run.ended_at = time.time()
-        record_run(run)
+        if run.exit_status != EXIT_LOCKED:
+            record_run(run)
 
 
 def check_state(document, problem, now, warning_hours, critical_hours):

@@ -71,6 +71,8 @@ def test_under_node_local_locks_a_fresh_snapshot_of_another_run_stops_before_any
         lock={'lock_dir': str(other_lock)}, name='node2.cfg'))
     assert second.code == 3, second.output
     assert 'a run on another node may own it' in second.err
+    # nothing done: the second run writes no status (the first has not yet)
+    assert not (site.status_dir / (MASTER + '.json')).exists()
     assert len(snapshot_posts(site.engine)) == 1
     assert site.our_snapshots() == snapshots and deletes(site.engine) == []
     gate.touch()
