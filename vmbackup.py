@@ -424,14 +424,6 @@ class Stop:
         self.event.wait(max(seconds, 0))
 
 
-def terminate_child(process):
-    """Given a Popen started in its own session, stop its whole group."""
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-
-
 # Step 1: the command line and the config file ------------------------------
 
 def build_parser():
@@ -1186,6 +1178,306 @@ def is_conflict(error):
     return getattr(error, 'code', None) == 409
 
 
+# The engine client: VM look-ups ---------------------------------------------
+
+def list_vms(system, search, follow, positions=None):
+    """Given a search, return every VM it finds, page after page (the engine
+    answers at most PAGE_SIZE at a time), with `follow` inlined; fill
+    positions, when given, with {vm id: its place in the answer, from 0}."""
+    found = {}
+    page = 1
+    while True:
+        answer = list_page(system, search, page, follow)
+        new = [vm for vm in answer if vm.id not in found]
+        for vm in new:
+            found[vm.id] = vm
+            if positions is not None:
+                positions[vm.id] = len(positions)
+        if len(answer) < PAGE_SIZE or not new:
+            return list(found.values())
+        page += 1
+
+
+def list_page(system, search, page, follow, size=PAGE_SIZE):
+    """Given a search and a page number (of `size` VMs), return that page of
+    VMs, with `follow` inlined."""
+    query = '%s page %d' % (search, page)
+    answer = following(lambda **follows: system.vms_service().list(
+        search=query, max=size, **follows), follow)
+    return [fill_in(system, vm, follow) for vm in answer]
+
+
+def get_vm(system, vm_id, follow):
+    """Given a VM id, return the VM with `follow` inlined."""
+    service = system.vms_service().vm_service(vm_id)
+    return fill_in(system, following(service.get, follow), follow)
+
+
+def following(call, follow):
+    """Return call(follow=follow); an engine that does not know `follow`
+    (or this use of it) answers 400, and then call() without it."""
+    try:
+        return call(follow=follow)
+    except sdk.Error as error:
+        if getattr(error, 'code', None) != 400:
+            raise
+        log.debug('the engine refused follow=%s: %s', follow, one_line(error))
+        return call()
+
+
+def fill_in(system, vm, follow):
+    """Given a VM asked for with `follow`, fetch what the engine did not
+    inline (an engine older than 4.2, or a proxy that drops the parameter,
+    answers with links only): a VM always has its "Active VM" snapshot, so
+    an empty snapshot list was not inlined; neither was a disk without an
+    image id. Return the VM."""
+    wanted = set(follow.split(','))
+    service = system.vms_service().vm_service(vm.id)
+    if 'snapshots' in wanted and not vm.snapshots:
+        log.debug('VM %s: snapshots not inlined; asking for them', vm.name)
+        vm.snapshots = service.snapshots_service().list()
+    if 'disk_attachments.disk' in wanted:
+        if not vm.disk_attachments:
+            vm.disk_attachments = following(
+                service.disk_attachments_service().list, 'disk')
+        for attachment in vm.disk_attachments:
+            disk = attachment.disk
+            if (disk is not None and disk.id and disk.image_id is None
+                    and disk.storage_type in (None, types.DiskStorageType.IMAGE)):
+                log.debug('VM %s: disk %s not inlined; asking for it',
+                          vm.name, disk.id)
+                attachment.disk = system.disks_service().disk_service(
+                    disk.id).get()
+    return vm
+
+
+# Child processes and mounts --------------------------------------------------
+
+def terminate_child(process):
+    """Given a Popen started in its own session, stop its whole group."""
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+
+
+def describe_status(status):
+    """Given a child's exit status, say it in words."""
+    if status < 0:
+        try:
+            return 'was killed by %s' % signal.Signals(-status).name
+        except ValueError:
+            return 'was killed by signal %d' % -status
+    return 'exited with status %d' % status
+
+
+def run_captured(command, timeout, stop):
+    """Run a command in its own session, stopped (SIGTERM to its group, then
+    SIGKILL) after timeout seconds or by a stop request; return (exit
+    status, None when it took too long, or the OSError that prevented it;
+    stdout; stderr)."""
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True, close_fds=True)
+    except OSError as error:
+        return error, '', ''
+    stop.child = process
+    try:
+        output, errors = process.communicate(timeout=timeout)
+        status = process.returncode
+    except subprocess.TimeoutExpired:
+        terminate_child(process)
+        try:
+            output, errors = process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            output, errors = process.communicate()
+        status = None
+    finally:
+        stop.child = None
+    return (status, output.decode('utf-8', 'replace'),
+            errors.decode('utf-8', 'replace'))
+
+
+def run_child(command, timeout, stop):
+    """Run a short-lived command (see run_captured); return (exit status, or
+    None when it was stopped for taking too long, or the OSError that
+    prevented it; its output and errors, as one text)."""
+    status, output, errors = run_captured(command, timeout, stop)
+    return status, '\n'.join(part.strip() for part in (output, errors)
+                             if part.strip())
+
+
+# the scheduler colours its output even when it is no terminal's
+ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def log_output(stream, label):
+    """Log each line of a child's output as it comes, until it closes,
+    without terminal colour codes."""
+    with stream:
+        for raw in stream:
+            line = ANSI_ESCAPE.sub('', raw.decode('utf-8', 'replace')).rstrip()
+            if line:
+                log.info('%s: %s', label, line)
+
+
+def is_mount_point(directory):
+    """Tell whether directory is a mount point, by the kernel's mount table
+    (os.path.ismount misses a bind mount within one file system)."""
+    target = os.path.realpath(directory)
+    if os.path.ismount(target):
+        return True
+    try:
+        with open('/proc/self/mountinfo', encoding='utf-8') as table:
+            for line in table:
+                if unescape_mount_path(line.split()[4]) == target:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def unescape_mount_path(field):
+    """Given a mount point as /proc/self/mountinfo writes it, return it."""
+    return re.sub(r'\\([0-7]{3})', lambda match: chr(int(match.group(1), 8)),
+                  field)
+
+
+def wait_for_mount(directory, seconds=5):
+    deadline = time.monotonic() + seconds
+    while True:
+        if is_mount_point(directory):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def unmount_and_remove(directory, run, label='the slave volume'):
+    """Unmount the directory if mounted (lazily when it stays busy), then
+    remove it; never remove anything inside it."""
+    if is_mount_point(directory):
+        for attempt, command in enumerate((['umount', directory],
+                                           ['umount', directory],
+                                           ['umount', '-l', directory])):
+            try:
+                result = subprocess.run(command, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT,
+                                        timeout=UMOUNT_TIMEOUT)
+                message = result.stdout.decode('utf-8', 'replace').strip()
+            except (OSError, subprocess.TimeoutExpired) as error:
+                message = one_line(error)
+            if not is_mount_point(directory):
+                break
+            log.warning('could not unmount %s: %s', directory,
+                        message or 'still mounted')
+            time.sleep(1 + attempt)
+        if is_mount_point(directory):
+            run.fail('%s is still mounted at %s: unmount it by hand '
+                     '(umount %s)', label, directory, directory)
+            return
+        log.info('unmounted %s', directory)
+    try:
+        os.rmdir(directory)
+    except OSError as error:
+        log.warning('could not remove %s: %s', directory, error.strerror)
+
+
+def slave_host(slave):
+    return slave.rsplit('@', 1)[-1]
+
+
+def mount_command(args, settings, directory):
+    return [settings.glusterfs, '--volfile-server', slave_host(args.slave),
+            '--volfile-id', args.slavevol, '--client-pid=-1',
+            '-l', settings.mount_log, directory]
+
+
+def master_mount_command(args, settings, directory):
+    return [settings.glusterfs, '--volfile-server', settings.master_server,
+            '--volfile-id', args.mastervol, '--read-only',
+            '-l', settings.mount_log, directory]
+
+
+@contextlib.contextmanager
+def volume_mounted(command, where, volume, settings, run, stop):
+    """Given a glusterfs command line whose last word is the mount point
+    (replaced by a fresh temporary directory), mount for the block; yield
+    the directory, or None after run.fail when it could not be mounted.
+    Unmount and remove the directory on every way out."""
+    directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % volume)
+    try:
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(settings.mount_log), exist_ok=True)
+        command = command[:-1] + [directory]
+        log.info('mounting %s: %s', where,
+                 ' '.join(shlex.quote(part) for part in command))
+        mounted = False
+        status, output = run_child(command, settings.mount_timeout, stop)
+        for line in output.splitlines():
+            log.info('glusterfs: %s', line)
+        if isinstance(status, OSError):
+            run.fail('cannot run %s: %s', settings.glusterfs,
+                     status.strerror or status)
+        elif status is None:
+            run.fail('cannot mount %s: glusterfs did not finish within %d '
+                     'seconds ([gluster] mount_timeout)', where,
+                     settings.mount_timeout)
+        elif status != 0:
+            run.fail('cannot mount %s: glusterfs %s (see %s)',
+                     where, describe_status(status), settings.mount_log)
+        else:
+            mounted = wait_for_mount(directory)
+            if not mounted:
+                run.fail('cannot mount %s: glusterfs succeeded but %s is not a '
+                         'mount point (see %s)', where, directory,
+                         settings.mount_log)
+        yield directory if mounted else None
+    finally:
+        unmount_and_remove(directory, run, where.rsplit(' ', 1)[0])
+
+
+@contextlib.contextmanager
+def slave_mounted(args, settings, run, stop, read_only=False):
+    """Mount the slave volume in a fresh temporary directory for the block
+    (read_only: with --read-only, for --verify; else with --client-pid=-1,
+    gsyncd's client id, which the slave's features.read-only lets write);
+    yield its path, or None after run.fail. Unmount and remove the
+    directory on every way out."""
+    command = mount_command(args, settings, 'DIR')
+    if read_only:
+        command[command.index('--client-pid=-1')] = '--read-only'
+    with volume_mounted(command, 'the slave volume %s:%s' % (
+            slave_host(args.slave), args.slavevol), args.slavevol, settings,
+            run, stop) as directory:
+        yield directory
+
+
+@contextlib.contextmanager
+def master_mounted(run):
+    """Mount the master volume read-only ([gluster] master_server) in a
+    fresh temporary directory for the block, to read the OVF store the
+    engine writes and to confirm the copy: yield its path (None when no VM
+    is backed up: nothing to confirm). Raise Failed, before any snapshot,
+    when it can't be mounted; unmount and remove the directory on every
+    way out."""
+    if run.plan is None or not run.plan.backups:
+        yield None
+        return
+    args, settings = run.args, run.settings
+    with volume_mounted(master_mount_command(args, settings, 'DIR'),
+                        'the master volume %s:%s' % (settings.master_server,
+                                                     args.mastervol),
+                        args.mastervol, settings, run, run.stop) as directory:
+        if directory is None:
+            raise Failed()
+        yield directory
+
+
 # Step 4: choose the VMs -----------------------------------------------------------
 
 def check_session(run):
@@ -1292,77 +1584,6 @@ def backs_volume(domain, mastervol):
         return False
     path = (storage.path or '').rsplit(':', 1)[-1].strip('/')
     return path == mastervol
-
-
-def list_vms(system, search, follow, positions=None):
-    """Given a search, return every VM it finds, page after page (the engine
-    answers at most PAGE_SIZE at a time), with `follow` inlined; fill
-    positions, when given, with {vm id: its place in the answer, from 0}."""
-    found = {}
-    page = 1
-    while True:
-        answer = list_page(system, search, page, follow)
-        new = [vm for vm in answer if vm.id not in found]
-        for vm in new:
-            found[vm.id] = vm
-            if positions is not None:
-                positions[vm.id] = len(positions)
-        if len(answer) < PAGE_SIZE or not new:
-            return list(found.values())
-        page += 1
-
-
-def list_page(system, search, page, follow, size=PAGE_SIZE):
-    """Given a search and a page number (of `size` VMs), return that page of
-    VMs, with `follow` inlined."""
-    query = '%s page %d' % (search, page)
-    answer = following(lambda **follows: system.vms_service().list(
-        search=query, max=size, **follows), follow)
-    return [fill_in(system, vm, follow) for vm in answer]
-
-
-def get_vm(system, vm_id, follow):
-    """Given a VM id, return the VM with `follow` inlined."""
-    service = system.vms_service().vm_service(vm_id)
-    return fill_in(system, following(service.get, follow), follow)
-
-
-def following(call, follow):
-    """Return call(follow=follow); an engine that does not know `follow`
-    (or this use of it) answers 400, and then call() without it."""
-    try:
-        return call(follow=follow)
-    except sdk.Error as error:
-        if getattr(error, 'code', None) != 400:
-            raise
-        log.debug('the engine refused follow=%s: %s', follow, one_line(error))
-        return call()
-
-
-def fill_in(system, vm, follow):
-    """Given a VM asked for with `follow`, fetch what the engine did not
-    inline (an engine older than 4.2, or a proxy that drops the parameter,
-    answers with links only): a VM always has its "Active VM" snapshot, so
-    an empty snapshot list was not inlined; neither was a disk without an
-    image id. Return the VM."""
-    wanted = set(follow.split(','))
-    service = system.vms_service().vm_service(vm.id)
-    if 'snapshots' in wanted and not vm.snapshots:
-        log.debug('VM %s: snapshots not inlined; asking for them', vm.name)
-        vm.snapshots = service.snapshots_service().list()
-    if 'disk_attachments.disk' in wanted:
-        if not vm.disk_attachments:
-            vm.disk_attachments = following(
-                service.disk_attachments_service().list, 'disk')
-        for attachment in vm.disk_attachments:
-            disk = attachment.disk
-            if (disk is not None and disk.id and disk.image_id is None
-                    and disk.storage_type in (None, types.DiskStorageType.IMAGE)):
-                log.debug('VM %s: disk %s not inlined; asking for it',
-                          vm.name, disk.id)
-                attachment.disk = system.disks_service().disk_service(
-                    disk.id).get()
-    return vm
 
 
 def check_and_choose(run, engine):
@@ -2078,20 +2299,6 @@ def scheduler_command(args, settings):
         '--interval', str(args.interval), '--timeout', str(args.timeout)]
 
 
-# the scheduler colours its output even when it is no terminal's
-ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
-
-
-def log_output(stream, label):
-    """Log each line of a child's output as it comes, until it closes,
-    without terminal colour codes."""
-    with stream:
-        for raw in stream:
-            line = ANSI_ESCAPE.sub('', raw.decode('utf-8', 'replace')).rstrip()
-            if line:
-                log.info('%s: %s', label, line)
-
-
 SCHEDULER_EXITS = {
     1: 'the checkpoint was not reached within --timeout %(timeout)s minutes',
     255: 'a gluster command failed (see its output above)',
@@ -2702,180 +2909,7 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
              restored, len(kept))
 
 
-# Step 7: the overlays at the remote site -----------------------------------------------
-
-def slave_host(slave):
-    return slave.rsplit('@', 1)[-1]
-
-
-def mount_command(args, settings, directory):
-    return [settings.glusterfs, '--volfile-server', slave_host(args.slave),
-            '--volfile-id', args.slavevol, '--client-pid=-1',
-            '-l', settings.mount_log, directory]
-
-
-def master_mount_command(args, settings, directory):
-    return [settings.glusterfs, '--volfile-server', settings.master_server,
-            '--volfile-id', args.mastervol, '--read-only',
-            '-l', settings.mount_log, directory]
-
-
-@contextlib.contextmanager
-def slave_mounted(args, settings, run, stop, read_only=False):
-    """Mount the slave volume in a fresh temporary directory for the block
-    (read_only: with --read-only, for --verify; else with --client-pid=-1,
-    gsyncd's client id, which the slave's features.read-only lets write);
-    yield its path, or None after run.fail. Unmount and remove the
-    directory on every way out."""
-    command = mount_command(args, settings, 'DIR')
-    if read_only:
-        command[command.index('--client-pid=-1')] = '--read-only'
-    with volume_mounted(command, 'the slave volume %s:%s' % (
-            slave_host(args.slave), args.slavevol), args.slavevol, settings,
-            run, stop) as directory:
-        yield directory
-
-
-@contextlib.contextmanager
-def master_mounted(run):
-    """Mount the master volume read-only ([gluster] master_server) in a
-    fresh temporary directory for the block, to read the OVF store the
-    engine writes and to confirm the copy: yield its path (None when no VM
-    is backed up: nothing to confirm). Raise Failed, before any snapshot,
-    when it can't be mounted; unmount and remove the directory on every
-    way out."""
-    if run.plan is None or not run.plan.backups:
-        yield None
-        return
-    args, settings = run.args, run.settings
-    with volume_mounted(master_mount_command(args, settings, 'DIR'),
-                        'the master volume %s:%s' % (settings.master_server,
-                                                     args.mastervol),
-                        args.mastervol, settings, run, run.stop) as directory:
-        if directory is None:
-            raise Failed()
-        yield directory
-
-
-@contextlib.contextmanager
-def volume_mounted(command, where, volume, settings, run, stop):
-    """Given a glusterfs command line whose last word is the mount point
-    (replaced by a fresh temporary directory), mount for the block; yield
-    the directory, or None after run.fail when it could not be mounted.
-    Unmount and remove the directory on every way out."""
-    directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % volume)
-    try:
-        with contextlib.suppress(OSError):
-            os.makedirs(os.path.dirname(settings.mount_log), exist_ok=True)
-        command = command[:-1] + [directory]
-        log.info('mounting %s: %s', where,
-                 ' '.join(shlex.quote(part) for part in command))
-        mounted = False
-        status, output = run_child(command, settings.mount_timeout, stop)
-        for line in output.splitlines():
-            log.info('glusterfs: %s', line)
-        if isinstance(status, OSError):
-            run.fail('cannot run %s: %s', settings.glusterfs,
-                     status.strerror or status)
-        elif status is None:
-            run.fail('cannot mount %s: glusterfs did not finish within %d '
-                     'seconds ([gluster] mount_timeout)', where,
-                     settings.mount_timeout)
-        elif status != 0:
-            run.fail('cannot mount %s: glusterfs %s (see %s)',
-                     where, describe_status(status), settings.mount_log)
-        else:
-            mounted = wait_for_mount(directory)
-            if not mounted:
-                run.fail('cannot mount %s: glusterfs succeeded but %s is not a '
-                         'mount point (see %s)', where, directory,
-                         settings.mount_log)
-        yield directory if mounted else None
-    finally:
-        unmount_and_remove(directory, run, where.rsplit(' ', 1)[0])
-
-
-def run_child(command, timeout, stop):
-    """Run a short-lived command (see run_captured); return (exit status, or
-    None when it was stopped for taking too long, or the OSError that
-    prevented it; its output and errors, as one text)."""
-    status, output, errors = run_captured(command, timeout, stop)
-    return status, '\n'.join(part.strip() for part in (output, errors)
-                             if part.strip())
-
-
-def describe_status(status):
-    """Given a child's exit status, say it in words."""
-    if status < 0:
-        try:
-            return 'was killed by %s' % signal.Signals(-status).name
-        except ValueError:
-            return 'was killed by signal %d' % -status
-    return 'exited with status %d' % status
-
-
-def is_mount_point(directory):
-    """Tell whether directory is a mount point, by the kernel's mount table
-    (os.path.ismount misses a bind mount within one file system)."""
-    target = os.path.realpath(directory)
-    if os.path.ismount(target):
-        return True
-    try:
-        with open('/proc/self/mountinfo', encoding='utf-8') as table:
-            for line in table:
-                if unescape_mount_path(line.split()[4]) == target:
-                    return True
-    except OSError:
-        pass
-    return False
-
-
-def unescape_mount_path(field):
-    """Given a mount point as /proc/self/mountinfo writes it, return it."""
-    return re.sub(r'\\([0-7]{3})', lambda match: chr(int(match.group(1), 8)),
-                  field)
-
-
-def wait_for_mount(directory, seconds=5):
-    deadline = time.monotonic() + seconds
-    while True:
-        if is_mount_point(directory):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
-def unmount_and_remove(directory, run, label='the slave volume'):
-    """Unmount the directory if mounted (lazily when it stays busy), then
-    remove it; never remove anything inside it."""
-    if is_mount_point(directory):
-        for attempt, command in enumerate((['umount', directory],
-                                           ['umount', directory],
-                                           ['umount', '-l', directory])):
-            try:
-                result = subprocess.run(command, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT,
-                                        timeout=UMOUNT_TIMEOUT)
-                message = result.stdout.decode('utf-8', 'replace').strip()
-            except (OSError, subprocess.TimeoutExpired) as error:
-                message = one_line(error)
-            if not is_mount_point(directory):
-                break
-            log.warning('could not unmount %s: %s', directory,
-                        message or 'still mounted')
-            time.sleep(1 + attempt)
-        if is_mount_point(directory):
-            run.fail('%s is still mounted at %s: unmount it by hand '
-                     '(umount %s)', label, directory, directory)
-            return
-        log.info('unmounted %s', directory)
-    try:
-        os.rmdir(directory)
-    except OSError as error:
-        log.warning('could not remove %s: %s', directory, error.strerror)
-
+# Steps 6 and 7 together, and the old cleanup the bench measures --------------------
 
 def delete_overlays(root, paths, run):
     """Given the slave volume's mount point and the overlay files' relative
@@ -3294,36 +3328,6 @@ def describe_qemu(status, text):
     if status is None:
         return 'qemu-img did not finish within %d seconds' % QEMU_IMG_TIMEOUT
     return 'qemu-img %s: %s' % (describe_status(status), detail)
-
-
-def run_captured(command, timeout, stop):
-    """Run a command in its own session, stopped (SIGTERM to its group, then
-    SIGKILL) after timeout seconds or by a stop request; return (exit
-    status, None when it took too long, or the OSError that prevented it;
-    stdout; stderr)."""
-    try:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   start_new_session=True, close_fds=True)
-    except OSError as error:
-        return error, '', ''
-    stop.child = process
-    try:
-        output, errors = process.communicate(timeout=timeout)
-        status = process.returncode
-    except subprocess.TimeoutExpired:
-        terminate_child(process)
-        try:
-            output, errors = process.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            output, errors = process.communicate()
-        status = None
-    finally:
-        stop.child = None
-    return (status, output.decode('utf-8', 'replace'),
-            errors.decode('utf-8', 'replace'))
 
 
 def find_qemu_img(settings):
