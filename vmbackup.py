@@ -14,45 +14,41 @@ The steps of a run:
 
   1. Read the command line and the config file; refuse every bad value at
      once, before anything is contacted (exit 2).
-  2. Take the lock for the master volume: an flock on
-     LOCK_DIR/vmbackup-MASTERVOL.lock. It is on gluster's shared storage
-     when that is mounted, so one run per volume goes at a time in the whole
-     pool; otherwise in /run/lock, for this node only (a warning). Exit 3,
-     nothing done, when another run holds the lock, or when the volume was
-     backed up less than [lock] skip_within minutes ago.
+  2. Take the lock for the master volume, an flock on
+     LOCK_DIR/vmbackup-MASTERVOL.lock: on gluster's shared storage when it
+     is mounted, so that one run per volume goes at a time in the pool;
+     else in /run/lock, for this node only (a warning). Exit 3, nothing
+     done, when another run holds it, or when the volume was backed up
+     less than [lock] skip_within minutes ago.
   3. Connect to the oVirt engine, verifying its TLS certificate.
-  4. Check, then choose the VMs. The geo-replication session
-     MASTERVOL -> SLAVE::SLAVEVOL must exist, and so must the storage domain
-     that the master volume backs; otherwise exit 1, nothing changed. Choose
-     every VM that is up, is not HostedEngine and has a disk on that domain,
-     narrowed by --vm and --exclude (a name that matches no VM is an error);
-     --all-vms skips the domain: every running VM but HostedEngine, with
-     all its disks, as in 2016. Exit 3, nothing done, when a chosen VM has
-     a snapshot of ours that a live run on another node may own.
-  5. Snapshot them (disks on that domain only, no memory), all at once, and
-     wait for every snapshot to be ready; record for each disk its image id
-     before the snapshot (the base) and after it (the overlay). A snapshot
-     of ours left by an earlier run is removed first. Before the snapshots,
-     the engine writes the domain's OVF store (read back through a read-only
-     mount of the master, and kept).
-  6. Replicate: run gluster's schedule_georep.py, which sets a checkpoint,
-     runs geo-replication until the checkpoint is reached, and stops it.
-     Its exit 0 is no proof: each disk's base at the slave is then
-     confirmed to be the master's (size and mtime), and this run's
-     snapshots to be still there, before anything at the slave changes.
-  7. Make the remote copy restorable: mount the slave volume; for each
-     confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
-     .meta and .lease (after checking that .meta), and set VOLTYPE=LEAF in
-     the base's .meta, in place; put back the OVF store kept in step 5
-     where the engine rewrote it since; verify the copy as a DR engine
-     would import it (the .meta chains, the volumes the OVF store names,
-     qemu-img info and check); unmount.
+  4. Check that the geo-replication session MASTERVOL -> SLAVE::SLAVEVOL
+     and the storage domain the volume backs exist (else exit 1, nothing
+     changed). Choose every VM that is up, is not HostedEngine and has a
+     disk on that domain, narrowed by --vm and --exclude (a name that
+     matches no VM is an error); with --all-vms, every running VM but
+     HostedEngine with all its disks, as in 2016. Exit 3, nothing done,
+     when a chosen VM has a snapshot of ours that a live run on another
+     node may own.
+  5. Remove any snapshot of ours left by an earlier run; have the engine
+     write the domain's OVF store (read back through a read-only mount of
+     the master, and kept); snapshot the VMs (disks on that domain only, no
+     memory) all at once, wait until every snapshot is ready, and record
+     each disk's image id before (the base) and after (the overlay).
+  6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
+     Its exit 0 is no proof: confirm that each disk's base at the slave is
+     the master's (size and mtime) and that this run's snapshots are still
+     there, before anything at the slave changes.
+  7. Mount the slave volume; for each confirmed disk delete exactly
+     <sd>/images/<disk>/<overlay> and its .meta and .lease, and set
+     VOLTYPE=LEAF in the base's .meta, in place; put back the OVF store
+     kept in step 5 where the engine rewrote it; verify the copy as a DR
+     engine would import it; unmount.
   8. Remove the snapshots this run created (live merge), whatever happened
-     before, and wait until they are gone. (The removals are sent once the
-     copy is confirmed, so the engine merges while the slave is repaired.)
-  9. Post an event to the engine: normal when all went well, alert naming
-     what failed otherwise. Any error after the engine is reached, a full
-     disk included, is a failure of the run, told in one line.
+     before, and wait until they are gone (the removals start as soon as
+     the copy is confirmed).
+  9. Post an event to the engine: normal, or alert naming what failed. Any
+     error after the engine is reached, a full disk included, is a failure
+     of the run, told in one line.
  10. Log out; write the status file, and the metrics and the monitoring
      ping where configured; exit 0 when every step succeeded, 1 otherwise.
 
