@@ -38,11 +38,11 @@ The steps of a run:
      Its exit 0 is no proof: confirm that each disk's base at the slave is
      the master's (size and mtime) and that this run's snapshots are still
      there, before anything at the slave changes.
-  7. Mount the slave volume; for each confirmed disk delete exactly
-     <sd>/images/<disk>/<overlay> and its .meta and .lease, and set
-     VOLTYPE=LEAF in the base's .meta, in place; put back the OVF store
-     kept in step 5 where the engine rewrote it; verify the copy as a DR
-     engine would import it; unmount.
+  7. Make the remote copy restorable: mount the slave volume; for each
+     confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
+     .meta and .lease, and set VOLTYPE=LEAF in the base's .meta, in place;
+     put back the OVF store kept in step 5 where the engine rewrote it;
+     verify the copy as a DR engine would import it; unmount.
   8. Remove the snapshots this run created (live merge), whatever happened
      before, and wait until they are gone (the removals start as soon as
      the copy is confirmed).
