@@ -3,59 +3,75 @@
 remote site, crash-consistently, through gluster geo-replication.
 
 Geo-replication alone copies disk images while the guests write to them, so
-the copy at the remote site may be torn. vmbackup.py first takes a live
+the copy at the remote site may be torn. vmbackup first takes a live
 snapshot of every VM on the volume: from then on the guests write into new
 overlay images, and the base images stay still while gluster copies them.
-Once the copy is complete, the overlays are deleted at the remote site (they
-were copied in an unknown state), and the snapshots are removed again (live
-merge), so that the VMs end the night as they began it.
+Once the copy is complete and confirmed, the overlays are deleted at the
+remote site (they were copied in an unknown state), and the snapshots are
+removed again (live merge), so that the VMs end the night as they began it.
 
 The steps of a run:
 
   1. Read the command line and the config file; refuse every bad value at
      once, before anything is contacted (exit 2).
-  2. Take the lock for the master volume, so that two runs never overlap
-     (exit 3 when another run holds it).
+  2. Take the lock for the master volume, an flock on
+     LOCK_DIR/vmbackup-MASTERVOL.lock: on gluster's shared storage when it
+     is mounted, so that one run per volume goes at a time in the pool;
+     else in /run/lock, for this node only (a warning). Exit 3, nothing
+     done, when another run holds it, or when the volume was backed up
+     less than [lock] skip_within minutes ago.
   3. Connect to the oVirt engine, verifying its TLS certificate.
-  4. Choose the VMs: every VM that is up, is not HostedEngine and has a disk
-     on the storage domain that the master volume backs (narrowed by --vm and
-     --exclude).
-  5. Snapshot them (disks on that domain only, no memory), all at once, and
-     wait for every snapshot to be ready; record for each disk its image id
-     before the snapshot (the base) and after it (the overlay). A snapshot
-     left by an earlier run that crashed is removed first. Before the
-     snapshots, the engine writes the domain's OVF store (read back through
-     a read-only mount of the master, and kept).
-  6. Replicate: run gluster's schedule_georep.py, which sets a checkpoint,
-     runs geo-replication until the checkpoint is reached, and stops it.
-     Its exit 0 is no proof: each disk's base at the slave is then
-     confirmed to be the master's (size and mtime), and this run's
-     snapshots to be still there, before anything at the slave changes.
+  4. Check that the geo-replication session MASTERVOL -> SLAVE::SLAVEVOL
+     and the storage domain the volume backs exist (else exit 1, nothing
+     changed). Choose every VM that is up, is not HostedEngine and has a
+     disk on that domain, narrowed by --vm and --exclude (a name that
+     matches no VM is an error); with --all-vms, every running VM but
+     HostedEngine with all its disks, as in 2016. Exit 3, nothing done,
+     when a chosen VM has a snapshot of ours that a live run on another
+     node may own.
+  5. Remove any snapshot of ours left by an earlier run; have the engine
+     write the domain's OVF store (read back through a read-only mount of
+     the master, and kept); snapshot the VMs (disks on that domain only, no
+     memory) all at once, wait until every snapshot is ready, and record
+     each disk's image id before (the base) and after (the overlay).
+  6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
+     Its exit 0 is no proof: confirm that each disk's base at the slave is
+     the master's (size and mtime) and that this run's snapshots are still
+     there, before anything at the slave changes.
   7. Make the remote copy restorable: mount the slave volume; for each
      confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
-     .meta and .lease (after checking that .meta), and set VOLTYPE=LEAF in
-     the base's .meta, in place; put back the OVF store kept in step 5
-     where the engine rewrote it since; verify the copy as a DR engine
-     would import it (the .meta chains, the volumes the OVF store names,
-     qemu-img info and check); unmount.
+     .meta and .lease, and set VOLTYPE=LEAF in the base's .meta, in place;
+     put back the OVF store kept in step 5 where the engine rewrote it;
+     verify the copy as a DR engine would import it; unmount.
   8. Remove the snapshots this run created (live merge), whatever happened
-     before, and wait until they are gone. (The removals are sent once the
-     copy is confirmed, so the engine merges while the slave is repaired.)
-  9. Post an event to the engine: normal when all went well, alert naming
-     what failed otherwise.
- 10. Log out; exit 0 when every step succeeded, 1 otherwise.
+     before, and wait until they are gone (the removals start as soon as
+     the copy is confirmed).
+  9. Post an event to the engine: normal, or alert naming what failed. Any
+     error after the engine is reached, a full disk included, is a failure
+     of the run, told in one line.
+ 10. Log out; write the status file, and the metrics and the monitoring
+     ping where configured; exit 0 when every step succeeded, 1 otherwise.
 
-With --dry-run, steps 1, 3 and 4 are done and the rest is only printed.
-With --verify, only the verify of step 7 is done, at the slave mounted
-read-only, with no engine: what a DR administrator runs before a failover.
+Errors always reach stderr, whatever the logging config says, so cron mails
+them.
 
-Run it nightly from cron on a gluster node of the master volume, as root:
+With --dry-run, steps 1, 3 and 4 are done, without the lock, and the rest is
+only printed; it exits 1 when a check of step 4 fails. With --verify, only
+the verify of step 7 is done, at the slave mounted read-only, with no engine
+and no lock: what a DR administrator runs before a failover. --status and
+--check read the last run's status file and nothing else.
 
-  30 1 * * * root /usr/local/bin/vmbackup.py vmstore backup.example.com vmstore-dr -c /etc/vmbackup/backup.cfg -t 240 -q
+Run it nightly on every gluster node of the master volume's pool, as root,
+with the same line on each (/etc/cron.d/vmbackup); one node backs up, the
+others exit 3:
+
+  30 1 * * * root /usr/bin/vmbackup vmstore backup.example.com vmstore-dr -c /etc/vmbackup/backup.cfg -t 240 -q
 
 Exit status: 0 backed up; 1 the backup failed (an alert event was posted
 where the engine could be reached); 2 usage or config error, nothing done;
-3 another run holds the lock, nothing done.
+3 nothing done: another run holds the lock, the volume was backed up less
+than [lock] skip_within minutes ago, or a live run on another node may own
+a snapshot of ours.
 """
 
 import argparse
@@ -454,9 +470,10 @@ def build_parser():
     parser.add_argument('--exclude', action='append', default=[],
                         metavar='NAME', help='leave this VM out (repeatable)')
     parser.add_argument('--all-vms', action='store_true',
-                        help='the 2016 behaviour: every running VM with all '
-                             'its disks, even when no storage domain of '
-                             'MASTERVOL is found')
+                        help='the 2016 behaviour: every running VM but '
+                             'HostedEngine, with all its disks, wherever they '
+                             'are (no storage domain is looked for; the '
+                             'geo-replication session is still checked)')
     parser.add_argument('--require-quiesce', action='store_true',
                         help='fail the backup of a VM whose guest could not be '
                              'frozen (its copy is only crash-consistent)')
