@@ -695,7 +695,7 @@ def read_config(path, needs_engine=True):
         cluster=config.text('event', 'cluster'),
         lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
                               else FALLBACK_LOCK_DIR),
-        lock_is_shared=bool(shared) if lock_dir is None else is_fuse(lock_dir),
+        lock_is_shared=bool(shared) if lock_dir is None else is_gluster_mount(lock_dir),
         skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
                                   float, allow_zero=True),
         status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
@@ -735,16 +735,17 @@ def read_config(path, needs_engine=True):
 
 
 def shared_storage_dir():
-    """Return gluster's shared storage mount point when it is mounted (the
-    same file system on every node of the pool), else None."""
-    if is_mount_point(SHARED_STORAGE):
+    """Return gluster's shared storage mount point when a gluster volume is
+    mounted there (the same file system on every node of the pool), else
+    None."""
+    if is_mount_point(SHARED_STORAGE) and is_gluster_mount(SHARED_STORAGE):
         return SHARED_STORAGE
     return None
 
 
-def is_fuse(path):
-    """Tell whether path is on a FUSE file system (a gluster mount: an flock
-    there is seen by every client of the volume)."""
+def is_gluster_mount(path):
+    """Tell whether path is on a gluster FUSE mount (fuse.glusterfs): an
+    flock there is seen by every client of the volume, on every node."""
     with contextlib.suppress(OSError):
         with open('/proc/self/mountinfo', encoding='utf-8') as table:
             best = ('', '')
@@ -757,7 +758,7 @@ def is_fuse(path):
                     point.rstrip('/') + '/')
                 if inside and len(point) >= len(best[0]):
                     best = (point, fstype)
-            return best[1].startswith('fuse')
+            return best[1] == 'fuse.glusterfs'
     return False
 
 
