@@ -125,6 +125,9 @@ def parse_arguments(argv):
     parser.add_argument('--connections', type=int, default=None,
                         help='[connection] connections of the tool (default: '
                              "the tool's own)")
+    parser.add_argument('--logs', metavar='DIR',
+                        help='run the tool with -v and keep its log of each row '
+                             'in DIR (vmbackup-N-MERGE.log)')
     parser.add_argument('--strict', action='store_true',
                         help='exit 1 when a target is missed, not only when a '
                              'run fails')
@@ -261,7 +264,8 @@ def run_tool(ca, vm_count, args, merge_latency):
             with open(log_path, 'wb') as log_file:
                 started = time.time()
                 began = time.monotonic()
-                process = subprocess.Popen(site.command(config=config),
+                process = subprocess.Popen(site.command(*(['-v'] if args.logs else []),
+                                                        config=config),
                                            env=site.env(), stdin=subprocess.DEVNULL,
                                            stdout=log_file, stderr=subprocess.STDOUT)
                 watchdog = threading.Timer(RUN_LIMIT, process.kill)
@@ -272,6 +276,10 @@ def run_tool(ca, vm_count, args, merge_latency):
                 watchdog.cancel()
             process.returncode = os.waitstatus_to_exitcode(status)
             log_text = log_path.read_text(errors='replace')
+            if args.logs:
+                os.makedirs(args.logs, exist_ok=True)
+                shutil.copyfile(str(log_path), os.path.join(
+                    args.logs, 'vmbackup-%d-%g.log' % (vm_count, merge_latency)))
             cleanup = CLEANUP_LINE.search(log_text)
             lag_ok, lag_merge = lags(engine, started, wall, log_text)
             bound = args.create_latency + merge_latency
