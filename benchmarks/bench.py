@@ -24,10 +24,11 @@ with merges of --long-merge seconds:
   floor s      what a run that wastes nothing waiting on the engine takes:
                the engine's busy time on the requests no run can avoid (SSO
                login and logout, API root, storage domains, the VM list of
-               step 4, the OVF store's disks and update, the snapshot POSTs,
-               the DELETEs, the event) + the engine's latencies (OVF store
+               step 4, the OVF store's update, the snapshot POSTs, the
+               DELETEs, the event) + the engine's latencies (OVF store
                write, snapshot, merge) + the tool's own steps between the
-               waits, their wall time from its log: scheduler start ->
+               waits, their wall time from its log: master mount -> OVF
+               store update asked, scheduler start ->
                removals' start (geo-rep, slave mount, confirm), the part of
                repair + verify + slave unmount that outlasts the merges, the
                master's unmount (see floor_seconds)
@@ -90,7 +91,7 @@ TARGET_LAG = 0.5                            # seconds, each detection lag
 TARGET_LONG_BYTES = 1.10                    # bytes/VM, long merges over short
 UNAVOIDABLE = re.compile(r'^(POST /ovirt-engine/sso/oauth/token|GET /|GET /storagedomains'
                          r'|POST /vms/\{id\}/snapshots|DELETE /vms/\{id\}/snapshots/\{id\}.*'
-                         r'|GET /storagedomains/\{id\}/disks|POST /storagedomains/\{id\}/updateovfstore'
+                         r'|POST /storagedomains/\{id\}/updateovfstore'
                          r'|POST /events|POST /ovirt-engine/services/sso-logout)$')
 DISK_CONTENT = b'bench-base-image' * 4     # 64 bytes: small files, quick copies
 RUN_LIMIT = 900                             # seconds before a run is killed
@@ -210,9 +211,11 @@ def marks(log_text, started, wall):
     removed (all snapshots gone, as the tool saw it), exit."""
     found = {'exit': started + wall}
     lines = log_times(log_text)
-    for name, text in (('sched', 'replicating:'), ('removing', 'removing '),
-                       ('removed', 'all ')):
-        hits = [seconds for seconds, message in lines if message.startswith(text)]
+    for name, text in (('master', 'mounting the master volume'),
+                       ('ovf', 'storage domain .*: asking the engine to write'),
+                       ('sched', 'replicating:'), ('removing', 'removing '),
+                       ('removed', r'all \d+ snapshots removed')):
+        hits = [seconds for seconds, message in lines if re.match(text, message)]
         found[name] = hits[0] if hits else None
     if found['removing'] is not None:
         hits = [seconds for seconds, message in lines
@@ -229,10 +232,11 @@ def floor_seconds(timed, steps, create, merge, ovf_delay):
     a run that wastes nothing waiting on the engine still takes. That is
     the engine's busy time on the requests no run can avoid (login, API
     root, storage domains, the VM list pages before the first snapshot POST,
-    the OVF store's disks and its update, the POSTs, the DELETEs, the event,
-    the logout), plus the engine's latencies (the OVF store write, the
-    snapshot, the merge), plus the tool's own steps that sit between the
-    waits (its wall time on them, from its log): from the scheduler's start
+    the OVF store's update, the POSTs, the DELETEs, the event, the logout),
+    plus the engine's latencies (the OVF store write, the snapshot, the
+    merge), plus the tool's own steps that sit between the waits (its wall
+    time on them, from its log): the master's mount up to the OVF store's
+    update (the OVF store's disks asked for, their .meta read), from the scheduler's start
     to the removals' start (geo-replication, the slave mount, the confirm),
     the part of repair + verify + slave unmount that outlasts the merges
     (they run at the same time), and the master's unmount after the last
@@ -244,6 +248,8 @@ def floor_seconds(timed, steps, create, merge, ovf_delay):
               or UNAVOIDABLE.match(r['kind'])
               or (r['kind'].startswith('GET /vms?') and r['start'] < first_post)]
     own = 0.0
+    if steps['master'] is not None and steps['ovf'] is not None:
+        own += steps['ovf'] - steps['master']
     if steps['sched'] is not None and steps['removing'] is not None:
         own += steps['removing'] - steps['sched']
     deletes = [r['start'] + r['seconds'] for r in timed
