@@ -122,6 +122,7 @@ NULL_UUID = '00000000-0000-0000-0000-000000000000'
 FAULT_KINDS = ('fault', 'close', 'hang', 'expire', 'drop', 'html')
 VM_STATUSES = frozenset(status.value for status in types.VmStatus)
 TICK_SECONDS = 0.02
+ADVANCE_BATCH = 10     # snapshots finished per hold of the lock (clock, request)
 LEASE_SIZE = 512
 OVERLAY_SIZE = 512
 BASE_SIZE = 1024
@@ -666,8 +667,13 @@ class FakeEngine:
 
     def _tick(self):
         while not self._stopping.wait(TICK_SECONDS):
-            with self._lock:
-                self._advance()
+            # a batch at a time, the lock let go in between: the engine
+            # answers while it finishes hundreds of snapshots
+            while not self._stopping.is_set():
+                with self._lock:
+                    if self._advance(ADVANCE_BATCH) < ADVANCE_BATCH:
+                        break
+                time.sleep(0)
 
     # -- building the world --------------------------------------------------
 
@@ -1139,9 +1145,12 @@ class FakeEngine:
 
     # -- time ----------------------------------------------------------------
 
-    def _advance(self):
-        """Make the changes that are due (call under the lock)."""
+    def _advance(self, limit=None):
+        """Make the changes that are due (call under the lock), or only the
+        first `limit` snapshots of them (a request's look at the world: the
+        clock thread does the rest). Return how many snapshots were done."""
         now = time.monotonic()
+        done = 0
         for due in [due for due in self._ovf_due if due[0] <= now]:
             self._ovf_due.remove(due)
             self._write_ovf_stores(due[1], 'requested')
@@ -1149,6 +1158,9 @@ class FakeEngine:
             for snapshot in list(vm.snapshots.values()):
                 if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
                     continue
+                if limit is not None and done >= limit:
+                    return done
+                done += 1
                 phase, failed = snapshot.phase, snapshot.merge_fails
                 if snapshot.phase == 'creating':
                     self._finish_creation(vm, snapshot)
@@ -1156,6 +1168,7 @@ class FakeEngine:
                     self._finish_removal(vm, snapshot)
                 # done now, its files written: the time of its event and job
                 self._feed_finished(vm, snapshot, phase, failed, time.time())
+        return done
 
     def _finish_creation(self, vm, snapshot):
         self._unlock_disks(snapshot)
@@ -1433,7 +1446,7 @@ class FakeEngine:
             with self._lock:
                 if token not in self._tokens:
                     raise Fault(401, 'Unauthorized', 'Authentication is required')
-                self._advance()
+                self._advance(ADVANCE_BATCH)
                 path = _logged_path(full_path)
                 known_path = False
                 for route_method, pattern, name in self._ROUTES:
