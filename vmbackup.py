@@ -3603,7 +3603,8 @@ class Removal:
         if self.deadline is None:
             self.send()
         self.quit.set()
-        self.checker.join()
+        if self.checker is not None:
+            self.checker.join()
         # the merges went on while the slave was cleaned: the first check
         # is due FIRST_POLL after the removals were sent
         pace = Polls(self.settings, since=self.sent)
