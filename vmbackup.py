@@ -3481,7 +3481,12 @@ class Removal:
     check; a merge that failed (the snapshot back to ok) is retried up to
     REMOVE_ATTEMPTS times. The removals carry one correlation id, and the
     checks look at the VMs the engine's feed names (see Watch). wait_timeout
-    counts from the first send. A stop request does not cut it short."""
+    counts from the first send. A stop request does not cut it short.
+
+    From the first send until wait() the checks also run in a thread of
+    their own (the tool does file work meanwhile: repair, verify), so that
+    merges that end before wait() are known then; removals are sent again
+    only by wait(). Nothing else talks to the engine meanwhile."""
 
     def __init__(self, engine, targets, settings, plan):
         self.engine = engine
@@ -3494,6 +3499,9 @@ class Removal:
         self.sent = None            # time.monotonic() of the first send
         self.feed = Feed(engine, 'snapshot removal', REMOVAL_ENDS)
         self.watch = None
+        self.lock = threading.Lock()
+        self.quit = threading.Event()
+        self.checker = None         # the thread that checks until wait()
 
     def send(self):
         """Send the removals that are due."""
@@ -3528,6 +3536,26 @@ class Removal:
             else:
                 entry.state = RemovalState.MERGING
                 entry.attempts += 1
+        if self.checker is None:
+            self.checker = threading.Thread(target=self._check_meanwhile,
+                                            name='removal-checks', daemon=True)
+            self.checker.start()
+
+    def _check_meanwhile(self):
+        """Check, paced as wait() does, until no merge is awaited, or
+        wait() takes over."""
+        pace = Polls(self.settings, sleep=self.quit.wait, since=self.sent)
+        try:
+            for _ in pace:
+                if self.quit.is_set():
+                    return
+                if self.check():
+                    pace.hurry()
+                if all(entry.state is not RemovalState.MERGING
+                       for entry in self.entries.values()):
+                    return
+        except Exception as error:      # wait() checks again, in its thread
+            log.debug('the removal checks meanwhile stopped: %s', one_line(error))
 
     def check(self):
         """Look at the snapshots being merged that the feed names (or all of
@@ -3538,6 +3566,10 @@ class Removal:
             if entry.state is RemovalState.MERGING)
         if not awaited:
             return False
+        with self.lock:
+            return self._check(awaited)
+
+    def _check(self, awaited):
         look = self.watch.to_look_at(awaited)
         vms = fetch_vms(self.engine, sorted(look), self.plan,
                         'snapshots') if look else {}
@@ -3576,6 +3608,9 @@ class Removal:
         return the (VmBackup, snapshot id) pairs left."""
         if self.deadline is None:
             self.send()
+        self.quit.set()
+        if self.checker is not None:
+            self.checker.join()
         # the merges went on while the slave was cleaned: the first check
         # is due FIRST_POLL after the removals were sent
         pace = Polls(self.settings, since=self.sent)

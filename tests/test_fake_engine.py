@@ -574,3 +574,27 @@ def test_a_vm_is_written_again_only_when_it_changed(engine, connection, new_vm, 
     again = service.get(follow='snapshots')
     assert written == [vm_id]
     assert [s.id for s in again.snapshots] == [first.snapshots[0].id, snapshot.id]
+
+
+@pytest.mark.parametrize('parent_format', ['raw', 'qcow2'])
+def test_an_overlay_is_the_file_qemu_img_create_makes_with_its_own_backing_id(
+        tmp_path, parent_format):
+    import fake_engine
+    ids = ['%08d-0000-4000-8000-000000000000' % n for n in range(4)]
+    raw = tmp_path / 'content.raw'
+    raw.write_bytes(b'x' * 1048576)
+    for parent in ids[:2]:
+        if parent_format == 'raw':
+            (tmp_path / parent).write_bytes(raw.read_bytes())
+        else:
+            fake_engine._qemu_img('convert', '-f', 'raw', '-O', 'qcow2', str(raw),
+                                  str(tmp_path / parent))
+    fake_engine._overlay_templates.clear()
+    fake_engine._create_overlay(str(tmp_path / 'first'), ids[0], parent_format)
+    fake_engine._create_overlay(str(tmp_path / 'second'), ids[1], parent_format)
+    fake_engine._qemu_img('create', '-q', '-f', 'qcow2', '-b', ids[1], '-F', parent_format,
+                          'by-qemu-img', cwd=str(tmp_path))
+    assert (parent_format, 1048576) in fake_engine._overlay_templates   # the second: no qemu-img
+    made = (tmp_path / 'second').read_bytes()
+    assert made == (tmp_path / 'by-qemu-img').read_bytes()
+    assert ids[1].encode() in made and ids[0].encode() not in made
