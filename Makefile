@@ -49,7 +49,7 @@ test-py36: venv $(VENV36)/.installed
 	    --ignore=tests/test_bench_smoke.py --ignore=tests/test_packaging.py \
 	    $(PYTEST_ARGS)
 
-demo: venv
+demo: venv qemu-img
 	$(PY) tests/demo.py
 
 bench: venv
