@@ -158,6 +158,8 @@ DEFAULT_WAIT_TIMEOUT = 10.0          # minutes, snapshots to appear / to go
 DEFAULT_POLL_INTERVAL = 5.0          # seconds, at most, between checks
 DEFAULT_CONNECTIONS = 4              # API requests in flight at once
 DEFAULT_SCHEDULER_GRACE = 300        # seconds past --timeout before we stop it
+KILL_AFTER = 10                      # seconds from SIGTERM to SIGKILL, and after it
+CHILD_POLL = 1.0                     # seconds between looks at a running child
 FIRST_POLL = 0.25                    # seconds; each next wait is BACKOFF times longer
 BACKOFF = 1.25
 DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
@@ -1271,12 +1273,54 @@ def fill_in(system, vm, follow):
 
 # Child processes and mounts --------------------------------------------------
 
-def terminate_child(process):
-    """Given a Popen started in its own session, stop its whole group."""
+def terminate_child(process, signum=signal.SIGTERM):
+    """Given a Popen started in its own session, send its whole group
+    signum (SIGTERM)."""
     if process is None or process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signum)
+
+
+def stop_child(process, label):
+    """Given a Popen started in its own session, end its group: SIGTERM,
+    then SIGKILL after KILL_AFTER seconds, each wait bounded. Return the
+    signal that ended it ('SIGTERM' or 'SIGKILL'), None when it had ended
+    already, or 'alive' when not even SIGKILL ended it in time (a process
+    stuck in the kernel, on a hung mount: it is left, and said so)."""
+    if process.poll() is not None:
+        return None
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        terminate_child(process, signum)
+        try:
+            process.wait(timeout=KILL_AFTER)
+            return signal.Signals(signum).name
+        except subprocess.TimeoutExpired:
+            if signum == signal.SIGTERM:
+                log.warning('%s (pid %d) did not end %d seconds after SIGTERM: '
+                            'sending SIGKILL', label, process.pid, KILL_AFTER)
+    log.error('%s (pid %d) did not end even %d seconds after SIGKILL (stuck '
+              'in the kernel?); left running', label, process.pid, KILL_AFTER)
+    return 'alive'
+
+
+def wait_for_child(process, deadline, stop):
+    """Given a Popen, a deadline (time.monotonic(), or None: none) and the
+    Stop, wait until the process ends, the deadline passes or a stop is
+    requested, looking every CHILD_POLL seconds; return True when the
+    deadline passed with it still running."""
+    while not stop.requested:
+        wait = CHILD_POLL
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                return process.poll() is None
+        try:
+            process.wait(timeout=wait)
+            return False
+        except subprocess.TimeoutExpired:
+            continue
+    return False
 
 
 def describe_status(status):
@@ -1305,14 +1349,14 @@ def run_captured(command, timeout, stop):
         output, errors = process.communicate(timeout=timeout)
         status = process.returncode
     except subprocess.TimeoutExpired:
-        terminate_child(process)
-        try:
-            output, errors = process.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            output, errors = process.communicate()
-        status = None
+        status, output, errors = None, b'', b''
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            terminate_child(process, signum)
+            try:
+                output, errors = process.communicate(timeout=KILL_AFTER)
+                break
+            except subprocess.TimeoutExpired:
+                continue    # a grandchild may hold the pipes: bounded all the same
     finally:
         stop.child = None
     return (status, output.decode('utf-8', 'replace'),
@@ -2314,7 +2358,9 @@ def format_minutes(minutes):
 def scheduler_command(args, settings):
     return settings.schedule_georep + [
         args.mastervol, args.slave, args.slavevol,
-        '--interval', str(args.interval), '--timeout', str(args.timeout)]
+        '--interval', str(args.interval),
+        # the scheduler takes whole minutes
+        '--timeout', str(int(math.ceil(args.timeout)))]
 
 
 SCHEDULER_EXITS = {
@@ -2337,54 +2383,41 @@ def replicate(args, settings, run, stop):
                  error.strerror or error)
         return False
     stop.child = process
-    watchdog = None
-    expired = threading.Event()
-    if args.timeout > 0:
-        limit = args.timeout * 60 + settings.scheduler_grace
-
-        def expire():
-            expired.set()
-            log.error('the scheduler is still running %d seconds after its '
-                      '--timeout; stopping it', settings.scheduler_grace)
-            terminate_child(process)
-
-        watchdog = threading.Timer(limit, expire)
-        watchdog.daemon = True
-        watchdog.start()
     reader = threading.Thread(target=log_output, name='scheduler-output',
                               args=(process.stdout, 'schedule_georep'),
                               daemon=True)
     reader.start()
+    deadline = None
+    if args.timeout > 0:
+        deadline = (time.monotonic() + args.timeout * 60
+                    + settings.scheduler_grace)
+    expired = False
     try:
-        if stop.requested:
-            terminate_child(process)
-        status = process.wait()
+        expired = wait_for_child(process, deadline, stop)
+        if expired:
+            log.error('the scheduler is still running %d seconds after its '
+                      '--timeout; stopping it', settings.scheduler_grace)
     finally:
-        if watchdog is not None:
-            watchdog.cancel()
-        if process.poll() is None:
-            terminate_child(process)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        ended_by = stop_child(process, 'the scheduler')
         stop.child = None
         # a grandchild that kept the pipe open must not hold the run
         reader.join(timeout=5)
     status = process.returncode
-    if status == 0:
+    if expired:
+        run.fail('geo-replication failed: the scheduler did not end within '
+                 '--timeout %s minutes and %d seconds of grace; it was stopped '
+                 '(%s)', format_minutes(args.timeout), settings.scheduler_grace,
+                 {'SIGTERM': 'by SIGTERM', 'SIGKILL': 'by SIGKILL, it ignored '
+                  'SIGTERM', 'alive': 'SIGTERM and SIGKILL sent, but it is '
+                  'still running: see ps -g %d' % process.pid}.get(
+                      ended_by, 'it ended as it was stopped'))
+    elif status == 0:
         log.info('geo-replication reached its checkpoint')
         return True
-    if status in SCHEDULER_EXITS:
+    elif status in SCHEDULER_EXITS and not stop.requested:
         run.fail('geo-replication failed: ' + SCHEDULER_EXITS[status]
                  % {'timeout': args.timeout})
         return False
-    if expired.is_set():
-        run.fail('geo-replication: the scheduler did not end within --timeout '
-                 '%d minutes and %d seconds of grace; it was stopped',
-                 args.timeout, settings.scheduler_grace)
     elif stop.requested:
         run.fail('geo-replication: the scheduler was stopped by %s',
                  stop.signal_name)
