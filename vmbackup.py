@@ -124,6 +124,8 @@ else:
 VERSION = '2.1.0'
 
 EVENT_ORIGIN = 'ovirt-georep-backup'
+# the 2016 tool's snapshot description; ours name the volume after it
+# (snapshot_description): a run finds, adopts and removes only its own
 SNAPSHOT_DESCRIPTION = 'GLUSTER-Geo-rep-snapshot'
 HOSTED_ENGINE_NAME = 'HostedEngine'
 EVENT_SUCCEEDED = ('Successfully backed up gluster volume {volume} to remote '
@@ -345,6 +347,7 @@ class Plan(Record):
         'backups': [],
         'up_vm_count': 0,
         'vm_positions': {},         # vm id -> its place in the list of running VMs
+        'snapshot_description': None,   # of this run's snapshots
     }
 
 
@@ -1668,7 +1671,7 @@ def check_and_choose(run, engine):
         raise Failed() from None
     log.debug('%d VMs are up', len(vms))
     backups, problems = select_backups(vms, domains, set(args.vm),
-                                       set(args.exclude))
+                                       set(args.exclude), run.mastervol)
     unknown = [name for name in sorted(set(args.vm) | set(args.exclude))
                if name not in {vm.name for vm in vms}
                and not vm_exists(engine, name)]
@@ -1690,7 +1693,8 @@ def check_and_choose(run, engine):
                     'domain ' + ', '.join(domains.values()) if domains
                     else 'any storage domain')
     plan = Plan(storage_domains=domains, backups=backups, up_vm_count=len(vms),
-                vm_positions=vm_positions)
+                vm_positions=vm_positions,
+                snapshot_description=snapshot_description(run.mastervol))
     check_stale_snapshots(run, plan, vms)
     return plan
 
@@ -1702,11 +1706,14 @@ def vm_exists(engine, name):
         search='name=%s' % name, max=PAGE_SIZE))
 
 
-def select_backups(vms, domains, wanted, excluded):
+def select_backups(vms, domains, wanted, excluded, mastervol):
     """Given the running VMs (disks and snapshots inlined), the storage
-    domains ({} for all), and the --vm and --exclude names, return (a
-    VmBackup per VM to snapshot, sorted by name; the problems, one line
-    each, of VMs named with --vm that can't be backed up)."""
+    domains ({} for all), the --vm and --exclude names and the master
+    volume, return (a VmBackup per VM to snapshot, sorted by name, with the
+    snapshots of an earlier run of this volume's backup, or of the 2016
+    tool's, as stale; the problems, one line each, of VMs named with --vm
+    that can't be backed up). Another volume's backup snapshots are not
+    stale: its run may be live."""
     backups = []
     problems = []
     for vm in sorted(vms, key=lambda vm: vm.name or ''):
@@ -1733,33 +1740,66 @@ def select_backups(vms, domains, wanted, excluded):
                 log.debug('%s', message)
             continue
         stale = [snapshot for snapshot in (vm.snapshots or [])
-                 if snapshot.description == SNAPSHOT_DESCRIPTION
+                 if backup_snapshot_volume(snapshot.description)
+                 in ('', mastervol)
                  and snapshot.snapshot_type != types.SnapshotType.ACTIVE]
         backups.append(VmBackup(vm_id=vm.id, name=vm.name, disks=disks,
                                 stale_snapshot_ids=[s.id for s in stale]))
     return backups, problems
 
 
+def snapshot_description(mastervol):
+    """Given the master volume, return the description of its backup
+    snapshots: 'GLUSTER-Geo-rep-snapshot MASTERVOL'."""
+    return '%s %s' % (SNAPSHOT_DESCRIPTION, mastervol)
+
+
+def backup_snapshot_volume(description):
+    """Given a snapshot's description, return the master volume whose backup
+    snapshot it is, '' for the 2016 tool's (it names no volume), or None
+    when it is no backup snapshot (a user's)."""
+    if description == SNAPSHOT_DESCRIPTION:
+        return ''
+    prefix = SNAPSHOT_DESCRIPTION + ' '
+    if description and description.startswith(prefix) \
+            and VOLUME_NAME.match(description[len(prefix):]):
+        return description[len(prefix):]
+    return None
+
+
 def check_stale_snapshots(run, plan, vms):
     """Given the Plan, allow the removal of the snapshots with our
     description found on its VMs only when no live run may own them: when
-    the lock is cluster-wide (ours), or the snapshot is older than the
-    longest a run can take. Raise LockHeld otherwise (nothing done)."""
+    the lock is cluster-wide (ours), or the snapshot names this volume and
+    is older than the longest a run can take. The 2016 description names no
+    volume: a run of any volume may own it, so only the cluster-wide lock
+    allows its removal. Raise LockHeld otherwise (nothing done)."""
     if run.settings.lock_is_shared or run.args.dry_run:
         return
-    dates = {snapshot.id: snapshot.date for vm in vms
-             for snapshot in vm.snapshots or []}
+    snapshots = {snapshot.id: snapshot for vm in vms
+                 for snapshot in vm.snapshots or []}
     longest = longest_run_seconds(run.args, run.settings)
     for backup in plan.backups:
         for snapshot_id in backup.stale_snapshot_ids:
-            age = snapshot_age(dates.get(snapshot_id), time.time())
+            snapshot = snapshots.get(snapshot_id)
+            description = getattr(snapshot, 'description', None)
+            if description == SNAPSHOT_DESCRIPTION:
+                raise LockHeld(
+                    'VM %s has a snapshot %r (the description of vmbackup '
+                    'before 2.2, which names no volume): a run of any volume '
+                    'on another node may own it, and the lock in %s does not '
+                    'reach other nodes; nothing done (mount gluster\'s shared '
+                    'storage for a cluster-wide lock, or remove the snapshot '
+                    'when no run is live)' % (backup.name, description,
+                                              run.settings.lock_dir))
+            age = snapshot_age(getattr(snapshot, 'date', None), time.time())
             if age is None or age < longest:
                 raise LockHeld(
                     'VM %s has a snapshot %r %s: a run on another node may '
                     'own it, and the lock in %s does not reach other nodes; '
                     'nothing done (mount gluster\'s shared storage for a '
                     'cluster-wide lock, or remove the snapshot when no run is '
-                    'live)' % (backup.name, SNAPSHOT_DESCRIPTION,
+                    'live)' % (backup.name, description,
                                'of unknown age' if age is None else
                                'taken %s ago' % format_duration(age),
                                run.settings.lock_dir))
@@ -1841,7 +1881,7 @@ def print_plan(run):
             print('  %s: would first remove snapshot %s left by an earlier run'
                   % (backup.name, snapshot_id), file=out)
         print('  %s: snapshot %r without memory, disks:' % (
-            backup.name, SNAPSHOT_DESCRIPTION), file=out)
+            backup.name, plan.snapshot_description), file=out)
         for disk in backup.disks:
             print('    %s on %s, base image %s' % (disk.disk_id, disk.sd_id,
                                                    disk.base_id), file=out)
@@ -1876,8 +1916,8 @@ def remove_stale_snapshots(engine, plan, settings, run):
     if not stale:
         return
     for backup, snapshot_id in stale:
-        log.warning('VM %s: removing snapshot %s %r left by an earlier run',
-                    backup.name, snapshot_id, SNAPSHOT_DESCRIPTION)
+        log.warning('VM %s: removing snapshot %s left by an earlier run of '
+                    'the backup', backup.name, snapshot_id)
     left = Removal(engine, stale, settings, plan).wait()
     failed = {backup.vm_id for backup, _ in left}
     for backup in plan.backups:
@@ -1895,7 +1935,7 @@ def snapshot_vms(engine, plan, settings, run, stop):
 
     def create(backup):
         snapshot = types.Snapshot(
-            description=SNAPSHOT_DESCRIPTION,
+            description=plan.snapshot_description,
             persist_memorystate=False,
             disk_attachments=[types.DiskAttachment(disk=types.Disk(id=disk.disk_id))
                               for disk in backup.disks],
@@ -1965,16 +2005,18 @@ def find_late_snapshots(engine, plan):
     for backup in unanswered:
         if isinstance(states.get(backup.vm_id), sdk.Error):
             log.warning('VM %s: could not look again for a snapshot %r: %s',
-                        backup.name, SNAPSHOT_DESCRIPTION,
+                        backup.name, plan.snapshot_description,
                         one_line(states[backup.vm_id]))
     return found
 
 
 def look_for_snapshots(engine, backups, plan, found_message):
     """Given VmBackups whose snapshot request failed, fetch their VMs; set
-    the snapshot id of each that has a snapshot with our description that is
-    not a stale one (this run's), saying found_message (% its id). Return
-    those VmBackups and {vm_id: the VM or the sdk.Error of its look-up}."""
+    the snapshot id of each that has a snapshot with this run's description
+    (the Plan's: it names the volume, so another volume's live run's is
+    never taken) that is not a stale one (this run's), saying found_message
+    (% its id). Return those VmBackups and {vm_id: the VM or the sdk.Error
+    of its look-up}."""
     if not backups:
         return [], {}
     states = fetch_vms(engine, [backup.vm_id for backup in backups], plan,
@@ -1985,7 +2027,7 @@ def look_for_snapshots(engine, backups, plan, found_message):
         if vm is None or isinstance(vm, sdk.Error):
             continue
         mine = [snapshot for snapshot in vm.snapshots or []
-                if snapshot.description == SNAPSHOT_DESCRIPTION
+                if snapshot.description == plan.snapshot_description
                 and snapshot.id not in backup.stale_snapshot_ids]
         if mine:
             log.warning('VM %s: ' + found_message, backup.name, mine[0].id)
@@ -2630,7 +2672,9 @@ def write_ovf_stores(engine, run, master_root):
     written; it sets that only after the tar). Return the OvfStores as
     written then, read back from the master: the store that describes the
     VMs without this run's snapshots (run.fail for a domain where that
-    failed); they are run.ovf_stores too."""
+    failed), and without the VMs that carry another volume's backup
+    snapshot (left out of the backup: leave_out_vms); they are
+    run.ovf_stores too."""
     kept = []
     domains = run.plan.storage_domains if run.plan else {}
     if not domains or master_root is None:    # no VM to back up, or --all-vms
@@ -2668,8 +2712,90 @@ def write_ovf_stores(engine, run, master_root):
         kept += stores
         log.info('storage domain %s: OVF store written (%s), %d bytes kept',
                  name, stores[0].last_updated, len(stores[0].data))
+    kept = leave_out_vms(run, kept)
     run.ovf_stores = kept
     return kept
+
+
+def leave_out_vms(run, stores):
+    """Given the OvfStores just written, before this run's snapshots: a VM
+    with disks on two volumes may carry the live backup snapshot of the
+    other volume's run, and the store names it; a DR engine importing this
+    domain would register that snapshot's volumes, which the other run
+    deletes at its remote site. Such a VM is left out: not snapshotted by
+    this run (dropped from the Plan, one warning each) and its OVF dropped
+    from the stores kept (the other volume's store, written before its own
+    snapshot, describes it). Return the stores to keep."""
+    foreign = {}        # vm id -> (name, [(volume, snapshot id)])
+    for store in stores:
+        try:
+            vms = read_ovf_tar(store.data)
+        except MetaError:
+            continue            # verify says so
+        for vm in vms.values():
+            theirs = [(backup_snapshot_volume(description), sid)
+                      for sid, _, description in vm.snapshots
+                      if backup_snapshot_volume(description)
+                      not in (None, '', run.mastervol)]
+            if theirs:
+                foreign[vm.vm_id] = (vm.name, theirs)
+    if not foreign:
+        return stores
+    plan = run.plan
+    for vm_id, (name, theirs) in sorted(foreign.items(),
+                                        key=lambda item: item[1][0]):
+        chosen = any(backup.vm_id == vm_id for backup in plan.backups)
+        log.warning('VM %s left out of this backup of volume %s: it carries '
+                    'the backup snapshot %s of volume %s, which the OVF store '
+                    'kept for this volume would name; %s, and left out of '
+                    "this volume's OVF store (volume %s's describes it): back "
+                    'up the volumes one after the other to back it up with '
+                    'both', name, run.mastervol,
+                    ', '.join(sid for _, sid in theirs),
+                    ', '.join(sorted({volume for volume, _ in theirs})),
+                    'not snapshotted, its disks here copied as they are '
+                    '(not crash-consistent)' if chosen else 'not chosen',
+                    theirs[0][0])
+    plan.backups = [backup for backup in plan.backups
+                    if backup.vm_id not in foreign]
+    run.notes.append('left out (another volume\'s backup snapshot on them): '
+                     + ', '.join(sorted(name for name, _ in foreign.values())))
+    return [ovf_store_without(store, set(foreign)) for store in stores]
+
+
+def ovf_store_without(store, vm_ids):
+    """Given an OvfStore and VM ids, return a copy of it without their
+    OVFs: its tar written again without their <vm id>.ovf members (every
+    other member as it was), its .meta with the DESCRIPTION's Size of the
+    new tar. The engine takes each .ovf member of the tar as one VM to
+    register and ignores the VM Status (metadata.json) of a VM it has no
+    OVF for (ovirt-engine OvfUtils.getOvfEntities, setVmsStatus). Raise
+    nothing: a store that can't be read is returned as it is."""
+    names = {'%s.ovf' % vm_id for vm_id in vm_ids}
+    output = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(store.data), mode='r:') as source, \
+                tarfile.open(fileobj=output, mode='w',
+                             format=tarfile.USTAR_FORMAT) as tar:
+            for member in source.getmembers():
+                if member.name in names:
+                    continue
+                tar.addfile(member, source.extractfile(member)
+                            if member.isfile() else None)
+        lines = store.meta.split(b'\n')
+        index = [number for number, line in enumerate(lines)
+                 if line.startswith(b'DESCRIPTION=')][0]
+        description = json.loads(lines[index][len(b'DESCRIPTION='):].decode(
+            'utf-8'), object_pairs_hook=collections.OrderedDict)
+    except (tarfile.TarError, EOFError, IndexError, ValueError):
+        return store
+    data = output.getvalue()
+    description['Size'] = len(data)
+    lines[index] = b'DESCRIPTION=' + json.dumps(
+        description, separators=(',', ':')).encode('utf-8')
+    return OvfStore(sd_id=store.sd_id, disk_id=store.disk_id,
+                    volume_id=store.volume_id, meta=b'\n'.join(lines),
+                    data=data, last_updated=store.last_updated)
 
 
 def wait_for_ovf_stores(run, master_root, sd_id, volumes, before):
@@ -3180,7 +3306,7 @@ class Verifier:
         for vm in sorted(vms.values(), key=lambda vm: vm.name):
             backup = ours.get(vm.vm_id)
             for sid, _, description in vm.snapshots:
-                if description == SNAPSHOT_DESCRIPTION or (
+                if backup_snapshot_volume(description) is not None or (
                         backup is not None and sid == backup.snapshot_id):
                     self.fail('VM %s' % vm.name, 'OVF store', 'it lists the '
                               'backup snapshot %s: a DR engine would register '
@@ -3483,7 +3609,7 @@ def remove_snapshots(engine, created, plan, settings, run, removal=None):
     for backup, snapshot_id in left:
         run.fail('VM %s: snapshot %s %r is still there: remove it in the '
                  'Administration Portal', backup.name, snapshot_id,
-                 SNAPSHOT_DESCRIPTION)
+                 plan.snapshot_description if plan else SNAPSHOT_DESCRIPTION)
     if not left:
         log.info('all %d snapshots removed', len(removal.targets))
     return left

@@ -31,7 +31,9 @@ SLAVE = 'root@' + SLAVE_HOST
 SLAVEVOL = 'vmstore-dr'
 USER = 'admin@internal'
 PASSWORD = 'Pa55-w0rd-never-shown'
-DESCRIPTION = 'GLUSTER-Geo-rep-snapshot'
+# our snapshots name their volume; the 2016 tool's did not
+BARE_DESCRIPTION = 'GLUSTER-Geo-rep-snapshot'
+DESCRIPTION = BARE_DESCRIPTION + ' ' + MASTER
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason='the fake mount client bind-mounts: needs root')
@@ -78,11 +80,13 @@ def ovf_store_paths(engine):
 
 
 def our_snapshots(engine):
-    """Return {vm name: [snapshot ids]} of the snapshots with our description."""
+    """Return {vm name: [snapshot ids]} of the backup snapshots, of any
+    volume's (or of the 2016 tool's: its description names none)."""
     left = {}
     for name in engine.vm_names():
         ids = [s['id'] for s in engine.vm(name)['snapshots']
-               if s['description'] == DESCRIPTION]
+               if s['description'] == BARE_DESCRIPTION
+               or s['description'].startswith(BARE_DESCRIPTION + ' ')]
         if ids:
             left[name] = ids
     return left

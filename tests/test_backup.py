@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from conftest import (DESCRIPTION, MASTER, PASSWORD, SLAVE, SLAVE_HOST, SLAVEVOL,
-                      assert_invariants, needs_root, ovf_store_paths, tree,
+from conftest import (BARE_DESCRIPTION, DESCRIPTION, MASTER, PASSWORD, SLAVE,
+                      SLAVE_HOST, SLAVEVOL, assert_invariants, needs_root, ovf_store_paths, tree,
                       without_voltype)
 
 pytestmark = needs_root
@@ -421,3 +421,15 @@ def test_the_request_log_shows_the_snapshot_body_lists_disks_as_documented(site)
     ids = re.findall(r'<disk id="([^"]+)"', post['body'])
     assert sorted(ids) == sorted(d['id'] for d in site.engine.vm('web')['disks'])
     assert json.dumps(ids)
+
+
+def test_a_2016_snapshot_under_a_node_local_lock_stops_before_any_snapshot(site):
+    # its description names no volume: a run of any volume on another node
+    # may own it, however old; only the cluster-wide lock allows removing it
+    site.add_vm('web')
+    site.engine.add_snapshot('web', BARE_DESCRIPTION, age=3600)
+    result = site.run('-t', '1')
+    assert result.code == 3, result.output
+    assert 'names no volume' in result.err
+    assert snapshot_posts(site.engine) == []
+    assert [r for r in site.engine.requests if r['method'] == 'DELETE'] == []

@@ -1,10 +1,14 @@
 """One backup per volume across the pool: the lock, the preflight before any
 snapshot, and every failure reported (issue: the same cron line on every
 node)."""
+import io
 import os
 import subprocess
+import tarfile
 
 import pytest
+
+import vmbackup
 
 from conftest import (HERE, MASTER, PASSWORD, PYTHON, SLAVE, SLAVE_HOST,
                       SLAVEVOL, Result, assert_invariants, needs_root, wait_for)
@@ -217,3 +221,67 @@ def test_a_missing_sdk_is_one_line_and_exit_2(site):
     (line,) = process.stderr.strip().splitlines()
     assert 'the oVirt engine SDK cannot be imported' in line
     assert PASSWORD not in process.stderr
+
+
+def add_second_volume(site, name='data'):
+    """A second GlusterFS domain, on volume `name`, replicated to
+    `name`-dr. Return its domain id."""
+    master = site.root / 'volumes' / name
+    (site.root / 'volumes' / (name + '-dr')).mkdir(parents=True)
+    return site.engine.add_storage_domain('%s-sd' % name, str(master), type='glusterfs',
+                                          address='gluster1.example.com', path='/' + name)
+
+
+def store_at(root, sd_id, engine):
+    """{vm name: [(snapshot id, description)]} of the OVF store a DR engine
+    would import from the domain at root."""
+    store = vmbackup.newest_ovf_store(str(root), sd_id, engine.ovf_stores(sd_id))
+    described = {}
+    with tarfile.open(fileobj=io.BytesIO(store.data)) as tar:
+        for member in tar.getmembers():
+            if member.name.endswith('.ovf'):
+                vm = vmbackup.parse_ovf(member.name[:-4], tar.extractfile(member).read())
+                described[vm.name] = [(sid, text) for sid, _, text in vm.snapshots]
+    return described
+
+
+def test_two_volumes_runs_at_once_with_a_vm_on_both_both_succeed(site, stop_process, tmp_path):
+    data_sd = add_second_volume(site)
+    site.add_vm('web')
+    site.engine.add_vm('db', disks=[dict(sd=data_sd)])
+    site.engine.add_vm('shared', disks=[dict(sd=site.sd_id), dict(sd=data_sd)])
+    gate = tmp_path / 'gate'
+    site.behave(gluster={'sessions': ['%s %s::%s' % (MASTER, SLAVE_HOST, SLAVEVOL),
+                                      'data %s::data-dr' % SLAVE_HOST]},
+                schedule_georep={'gate': str(gate)})
+    # vmstore's run replicates (its snapshot of shared is live) when data's starts
+    first = site.start('-t', '30')
+    stop_process(first)
+    wait_for(lambda: site.calls('schedule_georep'), message="vmstore's run to replicate")
+    second = site.start('--', 'data', SLAVE, 'data-dr', '-t', '30')
+    stop_process(second)
+    wait_for(lambda: len(site.calls('schedule_georep')) == 2 or second.poll() is not None,
+             message="data's run to replicate")
+    gate.touch()
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    out1, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    assert_invariants(site, Result(first.returncode, out1, err1))
+    assert 'Traceback' not in err
+    # data's run left shared out, with one line saying why
+    (line,) = [line for line in err.splitlines() if 'left out of this backup' in line]
+    assert 'VM shared' in line and 'volume vmstore' in line
+    posted = {site.engine.vm_name_of(p['path'].split('/')[2]): p['body']
+              for p in snapshot_posts(site.engine)}
+    assert sorted(posted) == ['db', 'shared', 'web']
+    assert 'GLUSTER-Geo-rep-snapshot data' in posted['db']
+    assert 'GLUSTER-Geo-rep-snapshot vmstore' in posted['shared']
+    # the store each run kept at its remote site names no backup snapshot
+    data_store = store_at(site.root / 'volumes' / 'data-dr', data_sd, site.engine)
+    assert sorted(data_store) == ['db']
+    vmstore_store = store_at(site.slave, site.sd_id, site.engine)
+    assert sorted(vmstore_store) == ['shared', 'web']
+    for snapshots in list(data_store.values()) + list(vmstore_store.values()):
+        assert not [text for _, text in snapshots if 'Geo-rep' in text], snapshots
+    assert len(deletes(site.engine)) == 3        # each run removed only its own

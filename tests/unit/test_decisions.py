@@ -223,7 +223,7 @@ def test_select_backups_takes_the_vms_with_a_disk_on_the_domain_and_no_other_dis
     web = vm('web', sd_ids=(SD, 'elsewhere'))
     chosen, problems = vmbackup.select_backups(
         [web, vm('nfs', sd_ids=('elsewhere',)), vm('HostedEngine')],
-        {SD: 'vmstore-sd'}, set(), set())
+        {SD: 'vmstore-sd'}, set(), set(), 'vmstore')
     assert [b.name for b in chosen] == ['web'] and problems == []
     assert [d.disk_id for d in chosen[0].disks] == [web.disk_attachments[0].disk.id]
 
@@ -231,19 +231,65 @@ def test_select_backups_takes_the_vms_with_a_disk_on_the_domain_and_no_other_dis
 def test_select_backups_names_what_a_wanted_vm_lacks():
     chosen, problems = vmbackup.select_backups(
         [vm('nfs', sd_ids=('elsewhere',)), vm('HostedEngine'), vm('web')],
-        {SD: 'sd'}, {'nfs', 'HostedEngine'}, set())
+        {SD: 'sd'}, {'nfs', 'HostedEngine'}, set(), 'vmstore')
     assert chosen == []
     assert problems == ['VM HostedEngine is the hosted engine and is never snapshotted',
                         'VM nfs has no disk that can be snapshotted on storage domain sd']
 
 
-def test_select_backups_marks_our_snapshots_stale_and_no_other():
-    ours = types.Snapshot(id='s1', description=vmbackup.SNAPSHOT_DESCRIPTION,
+def test_select_backups_marks_this_volumes_and_the_2016_snapshots_stale_and_no_other():
+    def snapshot(snapshot_id, description, kind=types.SnapshotType.REGULAR):
+        return types.Snapshot(id=snapshot_id, description=description, snapshot_type=kind)
+
+    snapshots = [
+        snapshot('ours', 'GLUSTER-Geo-rep-snapshot vmstore'),
+        snapshot('2016', 'GLUSTER-Geo-rep-snapshot'),
+        # another volume's run may be live: never ours to remove
+        snapshot('theirs', 'GLUSTER-Geo-rep-snapshot data'),
+        snapshot('user', 'before upgrade'),
+        snapshot('user2', 'GLUSTER-Geo-rep-snapshot of vmstore, kept by hand'),
+        snapshot('active', 'GLUSTER-Geo-rep-snapshot vmstore', types.SnapshotType.ACTIVE),
+    ]
+    (chosen,), _ = vmbackup.select_backups([vm('web', snapshots=snapshots)],
+                                           {SD: 'sd'}, set(), set(), 'vmstore')
+    assert chosen.stale_snapshot_ids == ['ours', '2016']
+
+
+@pytest.mark.parametrize('description, volume', [
+    ('GLUSTER-Geo-rep-snapshot vmstore', 'vmstore'),
+    ('GLUSTER-Geo-rep-snapshot', ''),
+    ('GLUSTER-Geo-rep-snapshot data', 'data'),
+    ('GLUSTER-Geo-rep-snapshot two words', None),
+    ('keep: GLUSTER-Geo-rep-snapshot', None),
+    (None, None),
+])
+def test_a_backup_snapshots_description_names_its_volume(description, volume):
+    assert vmbackup.backup_snapshot_volume(description) == volume
+    if volume:
+        assert vmbackup.snapshot_description(volume) == description
+
+
+class MapEngine:
+    """What look_for_snapshots asks of the engine: map() over the VMs."""
+
+    def __init__(self, vms):
+        self.vms = {vm.id: vm for vm in vms}
+
+    def map(self, calls):
+        return {key: self.vms[key] for key, _ in calls}
+
+
+def test_a_lost_answer_adopts_only_a_snapshot_of_this_volume():
+    theirs = types.Snapshot(id='theirs', description='GLUSTER-Geo-rep-snapshot data',
+                            snapshot_type=types.SnapshotType.REGULAR)
+    ours = types.Snapshot(id='ours', description='GLUSTER-Geo-rep-snapshot vmstore',
                           snapshot_type=types.SnapshotType.REGULAR)
-    users = types.Snapshot(id='s2', description='before upgrade',
-                           snapshot_type=types.SnapshotType.REGULAR)
-    active = types.Snapshot(id='s3', description=vmbackup.SNAPSHOT_DESCRIPTION,
-                            snapshot_type=types.SnapshotType.ACTIVE)
-    (chosen,), _ = vmbackup.select_backups([vm('web', snapshots=[ours, users, active])],
-                                           {SD: 'sd'}, set(), set())
-    assert chosen.stale_snapshot_ids == ['s1']
+    lost = vm('shared', snapshots=[theirs])
+    found = vm('web', snapshots=[theirs, ours])
+    plan = vmbackup.Plan(snapshot_description=vmbackup.snapshot_description('vmstore'))
+    backups = [vmbackup.VmBackup(vm_id=lost.id, name='shared'),
+               vmbackup.VmBackup(vm_id=found.id, name='web')]
+    adopted, _ = vmbackup.look_for_snapshots(MapEngine([lost, found]), backups, plan,
+                                             'found %s')
+    assert [(b.name, b.snapshot_id) for b in adopted] == [('web', 'ours')]
+    assert backups[0].snapshot_id is None
