@@ -457,10 +457,12 @@ def build_parser():
                         help='gluster volume that backs the oVirt storage domain')
     parser.add_argument('slave', metavar='SLAVE', nargs='?',
                         help='HOST, root@HOST or user@HOST of the remote site '
-                             '(not needed by --status and --check)')
+                             '(--status and --check: only to name one of a '
+                             "volume's two sessions)")
     parser.add_argument('slavevol', metavar='SLAVEVOL', nargs='?',
-                        help='gluster volume at the remote site (not needed '
-                             'by --status and --check)')
+                        help='gluster volume at the remote site (--status and '
+                             "--check: only to name one of a volume's two "
+                             'sessions)')
     parser.add_argument('-c', '--config', required=True,
                         help='path to the config file')
     parser.add_argument('-i', '--interval', type=int, default=10,
@@ -479,6 +481,9 @@ def build_parser():
                              'HostedEngine, with all its disks, wherever they '
                              'are (no storage domain is looked for; the '
                              'geo-replication session is still checked)')
+    parser.add_argument('--force', action='store_true',
+                        help='run even when [lock] skip_within says this '
+                             'session was backed up a short while ago')
     parser.add_argument('--require-quiesce', action='store_true',
                         help='fail the backup of a VM whose guest could not be '
                              'frozen (its copy is only crash-consistent)')
@@ -530,15 +535,18 @@ def check_arguments(args):
     """Given the parsed arguments, raise UsageError for values that can't work."""
     problems = []
     names = [('MASTERVOL', args.mastervol)]
-    if not args.read_only:
-        if args.slave is None or args.slavevol is None:
+    if args.read_only and (args.slave is None) != (args.slavevol is None):
+        problems.append('--status and --check take SLAVE and SLAVEVOL both '
+                        '(to name the session) or neither')
+    elif args.slave is None or args.slavevol is None:
+        if not args.read_only:
             problems.append('SLAVE and SLAVEVOL are needed (only --status and '
                             '--check do without)')
-        else:
-            names.append(('SLAVEVOL', args.slavevol))
-            if not SLAVE_NAME.match(args.slave):
-                problems.append('SLAVE %r is not HOST, root@HOST or user@HOST'
-                                % args.slave)
+    else:
+        names.append(('SLAVEVOL', args.slavevol))
+        if not SLAVE_NAME.match(args.slave):
+            problems.append('SLAVE %r is not HOST, root@HOST or user@HOST'
+                            % args.slave)
     for label, value in names:
         if not VOLUME_NAME.match(value):
             problems.append('%s %r is not a gluster volume name' % (label, value))
@@ -898,8 +906,10 @@ def bootstrap_logging():
 @contextlib.contextmanager
 def take_lock(run):
     """Given the run, hold an exclusive flock on LOCK_DIR/vmbackup-VOL.lock
-    for the block; raise LockHeld when another run has it, or when a run on
-    any node backed the volume up less than [lock] skip_within minutes ago.
+    for the block; raise LockHeld when another run has it, or when a full
+    run (no --vm, no --exclude) on any node backed the same session up
+    less than [lock] skip_within minutes ago (a run with --vm or --exclude,
+    or --force, is never skipped; only a full success counts).
 
     On gluster's shared storage (a FUSE mount on every node) the flock is
     cluster-wide, so the same cron line on every node makes one backup per
@@ -938,25 +948,26 @@ def take_lock(run):
                                run.mastervol, describe_holder(holder), path)
                            ) from None
         last = read_lock_record(handle)
-        recent = recently_backed_up(last, settings.skip_within, time.time())
-        if recent:
-            raise LockHeld('volume %s was backed up %s ([lock] skip_within '
-                           '= %g minutes); nothing done'
-                           % (run.mastervol, recent, settings.skip_within))
+        session = session_name(run.args.slave, run.args.slavevol)
+        full = is_full_run(run.args)
+        recent = recently_backed_up(last, session, settings.skip_within,
+                                    time.time())
+        if recent and full and not run.args.force:
+            raise LockHeld('%s was backed up %s ([lock] skip_within = %g '
+                           'minutes; --force runs anyway); nothing done'
+                           % (session, recent, settings.skip_within))
         record = {'node': socket.gethostname(), 'pid': os.getpid(),
-                  'started': run.started_at}
-        for key in ('last_success', 'last_success_node'):
-            if key in last:
-                record[key] = last[key]
+                  'started': run.started_at, 'session': session,
+                  'sessions': lock_sessions(last)}
         write_lock_record(handle, record)
         try:
             yield path
         finally:
             record['ended'] = time.time()
             record['exit'] = run.exit_status
-            if run.exit_status == EXIT_OK and not run.args.dry_run:
-                record['last_success'] = record['ended']
-                record['last_success_node'] = record['node']
+            if run.exit_status == EXIT_OK and not run.args.dry_run and full:
+                record['sessions'][session] = {'last_success': record['ended'],
+                                               'node': record['node']}
             with contextlib.suppress(OSError):
                 write_lock_record(handle, record)
 
@@ -993,18 +1004,46 @@ def describe_holder(record):
     return text
 
 
-def recently_backed_up(record, skip_within, now):
-    """Given the lock record of the last run, the [lock] skip_within minutes
-    and the time now, return how long ago and by whom the volume was last
-    backed up when that is less than skip_within ago, else None."""
-    last = record.get('last_success')
-    if not skip_within or not isinstance(last, (int, float)):
+def session_name(slave, slavevol):
+    """Given SLAVE and SLAVEVOL, return the session's name, HOST::SLAVEVOL
+    (the user is no part of it), the key of its last full success."""
+    return '%s::%s' % (slave_host(slave), slavevol)
+
+
+def is_full_run(args):
+    """Tell whether the run backs up every VM it finds (no --vm, no
+    --exclude; --all-vms is full): only a full success counts for
+    [lock] skip_within and as the last success."""
+    return not args.vm and not args.exclude
+
+
+def lock_sessions(record):
+    """Given a lock record, return {session: {'last_success': epoch, 'node':
+    name}} of its well-formed entries. A record of vmbackup 2.1 (one
+    last_success for the volume, whichever session or VMs it was) has
+    none: it skips nothing."""
+    sessions = record.get('sessions')
+    if not isinstance(sessions, dict):
+        return {}
+    return {name: {'last_success': entry['last_success'],
+                   'node': str(entry.get('node') or '')}
+            for name, entry in sessions.items()
+            if isinstance(name, str) and isinstance(entry, dict)
+            and is_number(entry.get('last_success'))}
+
+
+def recently_backed_up(record, session, skip_within, now):
+    """Given the lock record of the last run, the session, the [lock]
+    skip_within minutes and the time now, return how long ago and by whom
+    the session's last full success was when that is less than skip_within
+    ago, else None."""
+    last = lock_sessions(record).get(session)
+    if not skip_within or last is None:
         return None
-    age = now - last
+    age = now - last['last_success']
     if not 0 <= age < skip_within * 60:
         return None
-    return '%s ago by %s' % (format_duration(age),
-                             record.get('last_success_node') or 'a node')
+    return '%s ago by %s' % (format_duration(age), last['node'] or 'a node')
 
 
 def format_time(epoch):
@@ -3918,7 +3957,10 @@ def status_document(run, previous, node):
     """Given a finished Run (ended_at and exit_status set), the previous
     status document of the volume (or None) and this node's name, return
     the new status document (README, "Monitoring"), carrying over the last
-    success unless this run is one."""
+    success unless this run is one. The last success is the session's
+    (MASTERVOL -> SLAVE::SLAVEVOL), and only a full run (no --vm, no
+    --exclude) is one; `sessions` keeps the last run and the last success
+    of each session of the volume, for --check SLAVE SLAVEVOL."""
     backups = run.plan.backups if run.plan is not None else []
     vms = []
     totals = collections.OrderedDict((key, 0) for key in (
@@ -3957,15 +3999,18 @@ def status_document(run, previous, node):
             ('snapshot_removed', backup.snapshot_removed),
             ('outcome', outcome), ('disks', disks)]))
     succeeded = run.exit_status == EXIT_OK
-    if succeeded:
+    session = session_name(run.args.slave, run.args.slavevol)
+    full = is_full_run(run.args)
+    sessions = status_sessions(previous, session)
+    if succeeded and full:
         last_success = collections.OrderedDict([
             ('started_at', run.started_at), ('ended_at', run.ended_at),
             ('ended', iso_utc(run.ended_at)),
             ('duration_seconds', round(run.ended_at - run.started_at, 3)),
             ('node', node)])
     else:
-        last_success = (previous or {}).get('last_success')
-    return collections.OrderedDict([
+        last_success = sessions.get(session, {}).get('last_success')
+    document = collections.OrderedDict([
         ('version', STATUS_VERSION),
         ('volume', run.mastervol),
         ('slave', run.args.slave), ('slave_volume', run.args.slavevol),
@@ -3981,8 +4026,93 @@ def status_document(run, previous, node):
             for name, seconds in run.step_seconds.items())),
         ('totals', totals),
         ('vms', vms),
+        ('session', session),
+        ('full_run', full),
         ('last_success', last_success),
     ])
+    sessions[session] = session_entry(document)
+    document['sessions'] = sessions
+    return document
+
+
+SESSION_RUN_KEYS = ('node', 'started_at', 'ended_at', 'duration_seconds',
+                    'exit_status', 'failures', 'totals', 'full_run')
+
+
+def session_entry(document):
+    """Given a status document, return what `sessions` keeps of its run:
+    {'last_run': its summary, 'last_success': ...}."""
+    return collections.OrderedDict([
+        ('last_run', collections.OrderedDict(
+            (key, document.get(key)) for key in SESSION_RUN_KEYS)),
+        ('last_success', document.get('last_success'))])
+
+
+def document_session(document):
+    """Given a status document, return the name of its run's session
+    (vmbackup 2.1 wrote only slave and slave_volume), or None."""
+    if isinstance(document.get('session'), str):
+        return document['session']
+    slave, slavevol = document.get('slave'), document.get('slave_volume')
+    if isinstance(slave, str) and isinstance(slavevol, str):
+        return session_name(slave, slavevol)
+    return None
+
+
+def status_sessions(previous, session):
+    """Given the previous status document or None and this run's session,
+    return {session name: session_entry} of its well-formed sessions (a 2.1
+    document: its own, this run's when it names none)."""
+    sessions = collections.OrderedDict()
+    if not previous:
+        return sessions
+    known = previous.get('sessions')
+    if not isinstance(known, dict):     # read_status checked the document
+        sessions[document_session(previous) or session] = session_entry(previous)
+        return sessions
+    for name, entry in known.items():
+        if isinstance(name, str) and session_view_problem(entry) is None:
+            sessions[name] = entry
+    return sessions
+
+
+def session_view_problem(entry):
+    """Given an entry of `sessions`, return None when it can be read as a
+    status document, else what is wrong with it."""
+    if not isinstance(entry, dict) or not isinstance(entry.get('last_run'), dict):
+        return 'not an object with last_run'
+    return check_document(dict(entry['last_run'], version=STATUS_VERSION,
+                               last_success=entry.get('last_success')))
+
+
+def session_view(document, session):
+    """Given a status document of the volume and the session asked for
+    (None: the volume's), return (the document to report: the volume's, or
+    a view of the session's last run, None) or (None, why not)."""
+    sessions = document.get('sessions')
+    sessions = sessions if isinstance(sessions, dict) else {}
+    if session is None:
+        if len(sessions) > 1:
+            return None, ('volume %s has %d geo-replication sessions (%s): '
+                          'name one: --check %s SLAVE SLAVEVOL' % (
+                              document.get('volume'), len(sessions),
+                              ', '.join(sorted(sessions)),
+                              document.get('volume')))
+        return document, None
+    if document_session(document) == session:
+        return document, None
+    entry = sessions.get(session)
+    if entry is None:
+        return None, ('no run of %s -> %s is recorded (known: %s)' % (
+            document.get('volume'), session,
+            ', '.join(sorted(sessions)) or document_session(document)))
+    problem = session_view_problem(entry)
+    if problem:
+        return None, 'the record of session %s: %s' % (session, problem)
+    view = collections.OrderedDict(entry['last_run'])
+    view.update(volume=document.get('volume'), session=session, vms=[],
+                steps={}, last_success=entry.get('last_success'))
+    return view, None
 
 
 def is_number(value):
@@ -4407,8 +4537,11 @@ def status_report(document, path, now):
     """Given a status document, its path and the time now, return the lines
     --status prints for a person."""
     totals = document.get('totals', {})
-    lines = ['Volume %s: the last run %s (exit status %d).' % (
+    lines = ['Volume %s%s: the last run %s (exit status %d).' % (
         document.get('volume', '?'),
+        # the session, where the volume has more than one (or one was named)
+        ' -> %s' % document['session'] if document.get('session')
+        and len(document.get('sessions') or ()) != 1 else '',
         'succeeded' if document['exit_status'] == EXIT_OK else 'FAILED',
         document['exit_status'])]
     lines.append('  ran on %s from %s to %s (%s), %s ago' % (
@@ -4473,6 +4606,9 @@ def show_status(args, settings, now=None):
     elif document is not None and document.get('volume') != args.mastervol:
         document, problem = None, ('%s is the status of volume %r, not %s' % (
             path, document.get('volume'), args.mastervol))
+    if document is not None:
+        document, problem = session_view(document, session_name(
+            args.slave, args.slavevol) if args.slave else None)
     state, text, perfdata = check_state(document, problem, now, args.warning,
                                         args.critical)
     if args.check or document is None:

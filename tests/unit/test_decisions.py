@@ -144,21 +144,35 @@ def test_polls_hurry_goes_back_to_the_first_wait():
 
 # the lock's record ------------------------------------------------------------
 
-def test_a_recent_success_is_told_with_its_node_and_age():
-    record = {'last_success': 1000.0, 'last_success_node': 'gluster2'}
-    assert vmbackup.recently_backed_up(record, 60, 1000.0 + 600) == \
+SESSION_NAME = 'dr.example.com::vmstore-dr'
+
+
+def lock_record(last_success, node='gluster2', session=SESSION_NAME):
+    return {'sessions': {session: {'last_success': last_success, 'node': node}}}
+
+
+def test_a_recent_success_of_the_session_is_told_with_its_node_and_age():
+    assert vmbackup.recently_backed_up(lock_record(1000.0), SESSION_NAME, 60,
+                                       1000.0 + 600) == \
         '10 min ago by gluster2'
 
 
 @pytest.mark.parametrize('record, skip_within, now', [
-    ({'last_success': 1000.0}, 60, 1000.0 + 3601),      # too old
-    ({'last_success': 1000.0}, 0, 1001.0),              # skip_within 0: never
+    (lock_record(1000.0), 60, 1000.0 + 3601),              # too old
+    (lock_record(1000.0), 0, 1001.0),                      # skip_within 0: never
     ({}, 60, 1000.0),                                   # no success known
-    ({'last_success': 'x'}, 60, 1000.0),                # garbled
-    ({'last_success': 2000.0}, 60, 1000.0),             # in the future: clock skew
+    (lock_record('x'), 60, 1000.0),                        # garbled
+    ({'sessions': {SESSION_NAME: 'x'}}, 60, 1000.0),
+    ({'sessions': ['x']}, 60, 1000.0),
+    (lock_record(2000.0), 60, 1000.0),                     # in the future: clock skew
+    # another session of the same volume: a second slave is not skipped
+    (lock_record(1000.0, session='dr2.example.com::vmstore-dr'), 60, 1001.0),
+    # vmbackup 2.1's record: one success for the volume, whichever session
+    # or VMs it was: it skips nothing, and breaks nothing
+    ({'last_success': 1000.0, 'last_success_node': 'gluster2', 'pid': 7}, 60, 1001.0),
 ])
-def test_no_recent_success_lets_the_run_go(record, skip_within, now):
-    assert vmbackup.recently_backed_up(record, skip_within, now) is None
+def test_no_recent_success_of_the_session_lets_the_run_go(record, skip_within, now):
+    assert vmbackup.recently_backed_up(record, SESSION_NAME, skip_within, now) is None
 
 
 # stale snapshots: the longest a run can take -----------------------------------

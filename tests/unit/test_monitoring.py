@@ -16,7 +16,7 @@ NOW = 1800000000.0
 def make_run(exit_status=0, failures=(), backups=(), steps=(), started=NOW - 600,
              ended=NOW):
     args = types.SimpleNamespace(mastervol='vmstore', slave='root@dr.example.com',
-                                 slavevol='vmstore-dr')
+                                 slavevol='vmstore-dr', vm=[], exclude=[])
     run = Run(args, Settings(status_dir='/nonexistent'), stop=None)
     run.started_at, run.ended_at, run.exit_status = started, ended, exit_status
     run.failures = list(failures)
