@@ -2,9 +2,11 @@
 snapshot, and every failure reported (issue: the same cron line on every
 node)."""
 import io
+import json
 import os
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -285,3 +287,67 @@ def test_two_volumes_runs_at_once_with_a_vm_on_both_both_succeed(site, stop_proc
     for snapshots in list(data_store.values()) + list(vmstore_store.values()):
         assert not [text for _, text in snapshots if 'Geo-rep' in text], snapshots
     assert len(deletes(site.engine)) == 3        # each run removed only its own
+
+
+def test_only_a_full_success_skips_a_full_run_and_nothing_skips_a_partial_or_forced_one(site):
+    site.add_vm('web')
+    site.add_vm('db')
+    config = site.config(lock={'skip_within': '60'})
+    steps = [
+        (('--vm', 'web'), 0),       # a partial success: does not count...
+        ((), 0),                    # ...so the nightly full run goes
+        ((), 3),                    # a full success counts
+        (('--vm', 'web'), 0),       # a partial run is never skipped
+        (('--exclude', 'db'), 0),
+        (('--force',), 0),          # --force runs anyway
+        ((), 3),
+    ]
+    for args, code in steps:
+        result = site.run('-q', *args, config=config)
+        assert result.code == code, (args, result.output)
+        if code == 3:
+            # every exit 3 is silent under -q: cron mails stdout and stderr
+            assert result.out == '' and result.err == '', (args, result.output)
+    assert len(snapshot_posts(site.engine)) == 1 + 2 + 1 + 1 + 2
+
+
+def test_all_vms_counts_as_a_full_run(site):
+    site.add_vm('web')
+    (site.root / 'volumes' / 'othervol').mkdir()     # a volume no domain uses
+    site.behave(gluster={'sessions': ['othervol %s::%s' % (SLAVE_HOST, SLAVEVOL)]})
+    config = site.config(lock={'skip_within': '60'})
+    first = site.run('--', 'othervol', SLAVE, SLAVEVOL, '-q', '--all-vms', config=config)
+    assert first.code == 0, first.output
+    second = site.run('--', 'othervol', SLAVE, SLAVEVOL, '-q', '--all-vms', config=config)
+    assert second.code == 3 and second.output == ''
+
+
+def test_a_second_slave_of_the_same_volume_is_not_skipped(site):
+    site.add_vm('web')
+    (site.root / 'volumes' / 'vmstore-dr2').mkdir()
+    site.behave(gluster={'sessions': ['%s %s::%s' % (MASTER, SLAVE_HOST, SLAVEVOL),
+                                      '%s %s::vmstore-dr2' % (MASTER, SLAVE_HOST)]})
+    config = site.config(lock={'skip_within': '60'})
+    assert site.run('-q', config=config).code == 0
+    other = site.run('--', MASTER, SLAVE, 'vmstore-dr2', '-q', config=config)
+    assert other.code == 0, other.output
+    again = site.run('-q', config=config)
+    assert again.code == 3 and again.output == ''
+    record = json.loads((site.lock_dir / ('vmbackup-%s.lock' % MASTER)).read_text())
+    assert sorted(record['sessions']) == ['%s::%s' % (SLAVE_HOST, SLAVEVOL),
+                                          '%s::vmstore-dr2' % SLAVE_HOST]
+
+
+def test_a_lock_record_of_the_previous_version_skips_nothing_and_breaks_nothing(site):
+    site.add_vm('web')
+    lock = site.lock_dir / ('vmbackup-%s.lock' % MASTER)
+    # vmbackup 2.1: one last success for the volume, whatever the session
+    # or the VMs of that run
+    lock.write_text(json.dumps({'node': 'gluster2', 'pid': 4242, 'started': time.time() - 60,
+                                'ended': time.time() - 30, 'exit': 0,
+                                'last_success': time.time() - 30,
+                                'last_success_node': 'gluster2'}) + '\n')
+    config = site.config(lock={'skip_within': '60'})
+    first = site.run('-q', config=config)
+    assert first.code == 0, first.output
+    assert site.run('-q', config=config).code == 3

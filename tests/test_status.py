@@ -9,7 +9,8 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import MASTER, PASSWORD, VMBACKUP, assert_invariants, needs_root
+from conftest import (MASTER, PASSWORD, SLAVE, SLAVE_HOST, VMBACKUP, assert_invariants,
+                      needs_root)
 from ping_server import closed_port_url, hanging_ping_server, ping_server  # noqa: F401
 
 HOUR = 3600
@@ -314,3 +315,45 @@ def test_check_needs_no_slave_arguments_but_a_backup_does(tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert process.returncode == 2
     assert 'SLAVE and SLAVEVOL are needed' in process.stderr
+
+
+@needs_root
+def test_a_partial_run_is_no_last_success_for_the_check(site):
+    site.add_vm('web')
+    site.add_vm('db')
+    assert site.run('--vm', 'web').code == 0
+    result = check(site)
+    assert result.code == 2, result.output
+    assert 'no successful run known' in result.out
+    assert status_of(site)['full_run'] is False
+
+
+@needs_root
+def test_check_and_status_take_the_session_where_a_volume_has_two(site):
+    site.add_vm('web')
+    (site.root / 'volumes' / 'vmstore-dr2').mkdir()
+    good = '%s %s::vmstore-dr' % (MASTER, SLAVE_HOST)
+    site.behave(gluster={'sessions': [good]})
+    assert site.run().code == 0
+    # (the session's names come before --check: argparse takes positionals
+    # in one run) the second session is missing: that run fails
+    failed = site.run('--', MASTER, SLAVE, 'vmstore-dr2')
+    assert failed.code == 1, failed.output
+    unnamed = check(site)
+    assert unnamed.code == 3, unnamed.output
+    assert 'has 2 geo-replication sessions' in unnamed.out
+    assert 'backup.example.com::vmstore-dr, backup.example.com::vmstore-dr2' in unnamed.out
+    first = site.run('--', MASTER, SLAVE, 'vmstore-dr', '--check')
+    assert first.code == 0, first.output
+    assert first.out.startswith('VMBACKUP OK - last success')
+    second = site.run('--', MASTER, SLAVE, 'vmstore-dr2', '--check')
+    assert second.code == 2, second.output
+    assert 'FAILED' in second.out
+    status = site.run('--', MASTER, SLAVE, 'vmstore-dr2', '--status')
+    assert 'Volume vmstore -> backup.example.com::vmstore-dr2: the last run FAILED' \
+        in status.out
+    unknown = site.run('--', MASTER, SLAVE, 'elsewhere', '--check')
+    assert unknown.code == 3 and 'no run of vmstore -> backup.example.com::elsewhere' \
+        in unknown.out
+    half = site.run('--', MASTER, SLAVE, '--check')
+    assert half.code == 3 and 'SLAVE and SLAVEVOL both' in half.out
