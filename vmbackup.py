@@ -18,8 +18,10 @@ The steps of a run:
      LOCK_DIR/vmbackup-MASTERVOL.lock: on gluster's shared storage when it
      is mounted, so that one run per volume goes at a time in the pool;
      else in /run/lock, for this node only (a warning). Exit 3, nothing
-     done, when another run holds it, or when the volume was backed up
-     less than [lock] skip_within minutes ago.
+     done, when another run holds it, or when a full run of the session
+     MASTERVOL -> SLAVE::SLAVEVOL succeeded less than [lock] skip_within
+     minutes ago (a run with --vm or --exclude is never skipped and does
+     not count; --force runs anyway).
   3. Connect to the oVirt engine, verifying its TLS certificate.
   4. Check that the geo-replication session MASTERVOL -> SLAVE::SLAVEVOL
      and the storage domain the volume backs exist (else exit 1, nothing
@@ -27,13 +29,16 @@ The steps of a run:
      disk on that domain, narrowed by --vm and --exclude (a name that
      matches no VM is an error); with --all-vms, every running VM but
      HostedEngine with all its disks, as in 2016. Exit 3, nothing done,
-     when a chosen VM has a snapshot of ours that a live run on another
-     node may own.
-  5. Remove any snapshot of ours left by an earlier run; have the engine
-     write the domain's OVF store (read back through a read-only mount of
-     the master, and kept); snapshot the VMs (disks on that domain only, no
-     memory) all at once, wait until every snapshot is ready, and record
-     each disk's image id before (the base) and after (the overlay).
+     when a chosen VM has a snapshot of this volume's backup that a live
+     run on another node may own.
+  5. Remove any snapshot of this volume's backup left by an earlier run;
+     have the engine write the domain's OVF store (read back through a
+     read-only mount of the master, and kept); leave out a VM that
+     carries another volume's backup snapshot (a warning); snapshot the
+     VMs (disks on that domain only, no memory, description
+     "GLUSTER-Geo-rep-snapshot MASTERVOL") all at once, wait until every
+     snapshot is ready, and record each disk's image id before (the base)
+     and after (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
      Its exit 0 is no proof: confirm that each disk's base at the slave is
      the master's (size and mtime) and that this run's snapshots are still
@@ -69,9 +74,12 @@ others exit 3:
 
 Exit status: 0 backed up; 1 the backup failed (an alert event was posted
 where the engine could be reached); 2 usage or config error, nothing done;
-3 nothing done: another run holds the lock, the volume was backed up less
-than [lock] skip_within minutes ago, or a live run on another node may own
-a snapshot of ours.
+3 nothing done: another run holds the lock, a full run of the session
+succeeded less than [lock] skip_within minutes ago, or a live run on another
+node may own a snapshot of ours; silent under -q.
+
+--status and --check take SLAVE SLAVEVOL, before the option, to name the
+session where the volume has two.
 """
 
 import argparse
