@@ -431,5 +431,7 @@ def test_a_2016_snapshot_under_a_node_local_lock_stops_before_any_snapshot(site)
     result = site.run('-t', '1')
     assert result.code == 3, result.output
     assert 'names no volume' in result.err
+    quiet = site.run('-t', '1', '-q')
+    assert quiet.code == 3 and quiet.output == '', quiet.output
     assert snapshot_posts(site.engine) == []
     assert [r for r in site.engine.requests if r['method'] == 'DELETE'] == []
