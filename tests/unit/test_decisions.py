@@ -1,6 +1,9 @@
 """The pure decisions of vmbackup.py, without an engine or a process: fast."""
 import argparse
 import datetime
+import io
+import json
+import tarfile
 import uuid
 
 import ovirtsdk4.types as types
@@ -307,3 +310,46 @@ def test_a_lost_answer_adopts_only_a_snapshot_of_this_volume():
                                              'found %s')
     assert [(b.name, b.snapshot_id) for b in adopted] == [('web', 'ours')]
     assert backups[0].snapshot_id is None
+
+
+# the OVF store kept without a VM that carries another volume's snapshot -------
+
+def ovf_store(members):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode='w', format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            member = tarfile.TarInfo(name)
+            member.size, member.mtime = len(data), 1796182202
+            tar.addfile(member, io.BytesIO(data))
+    data = buffer.getvalue()
+    description = json.dumps({'Updated': True, 'Size': len(data),
+                              'Last Updated': 'Thu Dec 03 01:30:02 UTC 2026',
+                              'Disk Description': 'OVF_STORE'}, separators=(',', ':'))
+    meta = ('CAP=1048576\nDESCRIPTION=%s\nDISKTYPE=OVFS\nVOLTYPE=LEAF\nEOF\n'
+            % description).encode()
+    return vmbackup.OvfStore(sd_id='sd', disk_id='d', volume_id='v', meta=meta, data=data,
+                             last_updated='Thu Dec 03 01:30:02 UTC 2026')
+
+
+def test_an_ovf_store_without_a_vm_drops_only_its_ovf_and_says_its_new_size():
+    ovf = ('<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/">'
+           '<Content><Name>%s</Name></Content></ovf:Envelope>')
+    store = ovf_store([('info.json', b'{"Last Updated": "Thu Dec 03 01:30:02 UTC 2026"}'),
+                       ('vm-a.ovf', (ovf % 'a').encode()),
+                       ('vm-b.ovf', (ovf % 'b').encode()),
+                       ('metadata.json', b'{"VM Status": {"vm-a": 1, "vm-b": 1}}')])
+    kept = vmbackup.ovf_store_without(store, {'vm-b'})
+    assert sorted(vmbackup.read_ovf_tar(kept.data)) == ['vm-a']
+    with tarfile.open(fileobj=io.BytesIO(kept.data)) as tar:
+        assert [m.name for m in tar.getmembers()] == ['info.json', 'vm-a.ovf',
+                                                      'metadata.json']
+        assert tar.extractfile('metadata.json').read() == \
+            b'{"VM Status": {"vm-a": 1, "vm-b": 1}}'
+    values = vmbackup.parse_meta(kept.meta, 'v.meta')
+    description = json.loads(values['DESCRIPTION'])
+    assert description['Size'] == len(kept.data)
+    assert description['Last Updated'] == 'Thu Dec 03 01:30:02 UTC 2026'
+    # every other line of the .meta as the engine wrote it
+    assert [line for line in kept.meta.split(b'\n') if not line.startswith(b'DESCRIPTION')] \
+        == [line for line in store.meta.split(b'\n') if not line.startswith(b'DESCRIPTION')]
+    assert vmbackup.ovf_info(kept.data)['Last Updated'] == kept.last_updated
