@@ -353,3 +353,12 @@ def test_an_ovf_store_without_a_vm_drops_only_its_ovf_and_says_its_new_size():
     assert [line for line in kept.meta.split(b'\n') if not line.startswith(b'DESCRIPTION')] \
         == [line for line in store.meta.split(b'\n') if not line.startswith(b'DESCRIPTION')]
     assert vmbackup.ovf_info(kept.data)['Last Updated'] == kept.last_updated
+
+
+@pytest.mark.parametrize('record, field', [
+    (vmbackup.Plan, 'vm_positions'), (vmbackup.OvfVm, 'volumes'),
+    (vmbackup.Plan, 'backups')])
+def test_records_do_not_share_a_default_list_or_dict(record, field):
+    first, second = record(), record()
+    assert getattr(first, field) is not getattr(second, field)
+    assert getattr(first, field) == getattr(second, field)
