@@ -205,6 +205,33 @@ def test_a_domain_whose_ovf_store_was_not_kept_is_not_changed_at_the_slave(site,
     assert 'verify:' not in result.err
 
 
+def test_a_vm_with_a_stale_snapshot_of_a_crashed_run_is_backed_up_on_its_real_base(site):
+    engine = site.engine
+    site.add_vm('web')
+    shutil.copytree(str(site.master), str(site.slave), dirs_exist_ok=True)
+    # the crashed run's snapshot, older than a run can take (-t 1), its
+    # overlay the disk's image at step 4
+    stale = engine.add_snapshot('web', DESCRIPTION, age=3600)
+    (crashed,) = [m for m in engine.overlays if m['snapshot_id'] == stale]
+    result = site.run('-t', '1')
+
+    assert result.code == 0, result.output
+    assert_invariants(site, result)
+    assert 'left by an earlier run' in result.err
+    # its removal was a live merge: the overlay deleted at the master, the
+    # disk's image the base's again, and tonight's overlay made on that
+    for suffix in ('', '.meta', '.lease'):
+        assert not os.path.exists(volume(site, site.master, crashed['disk_id'],
+                                         crashed['overlay'], suffix))
+    (made,) = [m for m in this_runs_overlays(engine) if m['snapshot_id'] != stale]
+    assert made['base'] == crashed['base']
+    assert engine.vm('web')['disks'][0]['image_id'] == crashed['base']
+    assert 'base %s confirmed at the remote site' % crashed['base'] in result.err
+    assert meta_of(volume(site, site.slave, made['disk_id'], made['base'],
+                          '.meta'))['VOLTYPE'] == 'LEAF'
+    assert 'verify: 1 disk of 1 VM verified restorable' in result.err
+
+
 CONFIRM_FAULTS = [
     # (behaviour of the scheduler, what the alert says)
     ({'copy': False}, r'base volume \S+\.meta is \d+ bytes at the slave, \d+ at the master'
