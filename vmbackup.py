@@ -30,8 +30,10 @@ The steps of a run:
      when a chosen VM has a snapshot of ours that a live run on another
      node may own.
   5. Remove any snapshot of ours left by an earlier run; have the engine
-     write the domain's OVF store (read back through a read-only mount of
-     the master, and kept); snapshot the VMs (disks on that domain only, no
+     bring the domain's OVF store up to date and wait for its word on the
+     events feed (199: written; 1052: nothing to update, the store is
+     current, as on a quiet night), then read the store back through a
+     read-only mount of the master and keep it; snapshot the VMs (disks on that domain only, no
      memory) all at once, wait until every snapshot is ready, and record
      each disk's image id before (the base) and after (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
@@ -4581,9 +4583,9 @@ class Snapshots:
 @contextlib.contextmanager
 def taken_snapshots(run, engine, before=None):
     """Step 5 on the way in, step 8 on every way out: given the run with its
-    Plan, remove stale snapshots, call before() (the OVF store written with
-    no snapshot of ours in it), snapshot the VMs and wait until they are
-    ready; yield Snapshots; then remove every snapshot of this run, whatever
+    Plan, remove stale snapshots (and record the bases after), call
+    before() (the OVF store kept with no snapshot of ours in it), snapshot
+    the VMs and wait until they are ready; yield Snapshots; then remove every snapshot of this run, whatever
     happened, and wait until they are gone."""
     snapshots = Snapshots(run, engine)
     try:
