@@ -1806,9 +1806,9 @@ def print_plan(run):
                 shlex.quote(part)
                 for part in master_mount_command(args, settings, 'DIR'))),
               file=out)
-        print('and have the engine write the OVF store of %s first, and keep '
-              'it.' % (', '.join(plan.storage_domains.values()) or 'no domain'),
-              file=out)
+        print('and have the engine bring the OVF store of %s up to date '
+              'first, and keep it.' % (', '.join(plan.storage_domains.values())
+                                      or 'no domain'), file=out)
     print('VMs to snapshot (%d of %d running):' % (len(plan.backups),
                                                   plan.up_vm_count), file=out)
     for backup in plan.backups:
