@@ -181,7 +181,7 @@ def test_a_quiet_night_keeps_the_ovf_store_the_engine_has_as_current(site):
               r'\(event 190\)'),
     ('stuck', r'storage domain vmstore-sd: the engine did not say within 0.03 minutes '
               r'\(\[snapshot\] wait_timeout\) that its OVF store is written or current'),
-])
+], ids=['the-write-fails', 'the-engine-never-says'])
 def test_a_domain_whose_ovf_store_was_not_kept_is_not_changed_at_the_slave(site, fails, says):
     engine = site.engine
     build(site)
