@@ -33,9 +33,10 @@ The steps of a run:
      bring the domain's OVF store up to date and wait for its word on the
      events feed (199: written; 1052: nothing to update, the store is
      current, as on a quiet night), then read the store back through a
-     read-only mount of the master and keep it; snapshot the VMs (disks on that domain only, no
-     memory) all at once, wait until every snapshot is ready, and record
-     each disk's image id before (the base) and after (the overlay).
+     read-only mount of the master and keep it; snapshot the VMs (disks on
+     that domain only, no memory) all at once, wait until every snapshot is
+     ready, and record each disk's image id before (the base) and after
+     (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
      Its exit 0 is no proof: confirm that each disk's base at the slave is
      the master's (size and mtime) and that this run's snapshots are still
@@ -4587,8 +4588,9 @@ def taken_snapshots(run, engine, before=None):
     """Step 5 on the way in, step 8 on every way out: given the run with its
     Plan, remove stale snapshots (and record the bases after), call
     before() (the OVF store kept with no snapshot of ours in it), snapshot
-    the VMs and wait until they are ready; yield Snapshots; then remove every snapshot of this run, whatever
-    happened, and wait until they are gone."""
+    the VMs and wait until they are ready; yield Snapshots; then remove
+    every snapshot of this run, whatever happened, and wait until they are
+    gone."""
     snapshots = Snapshots(run, engine)
     try:
         with run.step('snapshot'):
