@@ -60,8 +60,9 @@ class Written:
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory, ca):
-    """Three runs of the real tool on one VM, [status] textfile_dir set: good,
-    failed (the scheduler's timeout), good. Return their metrics files."""
+    """Runs of the real tool on one VM, [status] textfile_dir set: good,
+    failed (the scheduler's timeout), good; then, the status file removed
+    (a new volume), a failed one. Return their metrics files."""
     tmp = tmp_path_factory.mktemp('rules')
     with FakeEngine(ca=ca, user=USER, password=PASSWORD, snapshot_delay=0.1,
                     merge_delay=0.1) as engine:
@@ -73,7 +74,10 @@ def runs(tmp_path_factory, ca):
             config = site.config(status={'dir': str(site.status_dir),
                                          'textfile_dir': str(textfiles)})
             written = []
-            for schedule_georep, code in (({}, 0), ({'exit': 1}, 1), ({}, 0)):
+            for schedule_georep, code in (({}, 0), ({'exit': 1}, 1), ({}, 0),
+                                          ({'exit': 1}, 1)):
+                if len(written) == 3:
+                    (site.status_dir / ('%s.json' % MASTER)).unlink()
                 site.behave(schedule_georep=schedule_georep)
                 result = site.run('-t', '5', config=config)
                 assert result.code == code, result.output
@@ -81,10 +85,11 @@ def runs(tmp_path_factory, ca):
         finally:
             for point in reversed(mounts_under(tmp)):
                 subprocess.run(['umount', '-l', point], check=False)
-    good, failed, good_again = written
+    good, failed, _, first_failed = written
     assert failed.value('vmbackup_last_run_exit_status') == 1
     assert failed.value('vmbackup_last_success_timestamp_seconds') == good.ended
-    return good, failed, good_again
+    assert first_failed.value('vmbackup_last_success_timestamp_seconds') == 0
+    return written
 
 
 def origin(runs):
@@ -96,13 +101,14 @@ def restore_point_samples(written, newest_restore_point):
     """The restore point metrics (vmbackup_restore_point_timestamp_seconds,
     vmbackup_restore_points) where the file has none: until the restore
     points land, written here as the file will carry them (the newest one
-    taken at the end of the newest good run, one kept)."""
+    taken at the end of the newest good run, one kept; 0 and none when no
+    run succeeded)."""
     names = {name for name, _, _ in written.samples}
     if 'vmbackup_restore_point_timestamp_seconds' in names:
         return []
     volume = {'volume': MASTER}
     return [('vmbackup_restore_point_timestamp_seconds', volume, newest_restore_point),
-            ('vmbackup_restore_points', volume, 1.0)]
+            ('vmbackup_restore_points', volume, 1.0 if newest_restore_point else 0.0)]
 
 
 def scraped(written, zero, instance, file_label, newest_restore_point):
@@ -113,8 +119,8 @@ def scraped(written, zero, instance, file_label, newest_restore_point):
     samples.append(('node_textfile_mtime_seconds', {'file': file_label},
                     written.mtime))
     for name, labels, value in samples:
-        if name.endswith(('_timestamp_seconds', '_mtime_seconds')) and value > 0:
-            value -= zero
+        if name.endswith(('_timestamp_seconds', '_mtime_seconds')):
+            value -= zero       # 0 (none known) too: its age stays what it was
         labels = dict(labels, instance=instance, job='node')
         series[series_name(name, labels)] = value
     return series
@@ -242,7 +248,7 @@ def test_no_alert_fires_on_the_metrics_of_a_good_run(runs, tmp_path):
 @needs_root
 @pytest.mark.parametrize('style', ['path', 'name'])
 def test_each_alert_fires_on_the_metrics_of_a_failed_run(runs, tmp_path, style):
-    good, failed, _ = runs
+    good, failed = runs[:2]
     zero = origin(runs)
     node = 'gluster1:9100'
     label = file_label(style)
@@ -263,7 +269,7 @@ def test_each_alert_fires_on_the_metrics_of_a_failed_run(runs, tmp_path, style):
 def test_a_node_that_lost_the_race_keeps_a_failed_run_and_no_alert_fires(runs, tmp_path):
     # gluster2 made the failed run and then lost every race (exit 3 writes
     # nothing): its file stays; gluster1 made the good runs around it
-    good, failed, good_again = runs
+    good, failed, good_again = runs[:3]
     zero = origin(runs)
     timelines = {
         'gluster1:9100': [
@@ -290,3 +296,17 @@ def test_metrics_that_disappear_from_every_node_alert(runs, tmp_path):
                         (ended + 2 * HOUR, None)]}
     promtool_test(tmp_path, timelines, ended + 3 * HOUR, [
         (ended + HOUR, ()), (ended + 2 * HOUR + 20 * 60, ('VmbackupMetricsGone',))])
+
+
+@needs_root
+def test_a_first_run_that_fails_alerts_at_once(runs, tmp_path):
+    # no success known: last success 0, no restore point
+    first_failed = runs[3]
+    zero = origin(runs)
+    failed_at = int(first_failed.ended) - zero
+    node = 'gluster1:9100'
+    timelines = {node: [(failed_at, scraped(first_failed, zero, node,
+                                            file_label('path'), 0))]}
+    promtool_test(tmp_path, timelines, failed_at + HOUR, [
+        (failed_at + 20 * 60, ('VmbackupLastRunFailed', 'VmbackupNoRecentSuccess',
+                               'VmbackupRestorePointTooOld'))])
