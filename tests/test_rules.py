@@ -2,26 +2,31 @@
 real `promtool check rules` and `promtool test rules` (Debian's prometheus
 package, installed when missing) on series made from metrics files that the
 real vmbackup.py wrote against the fake engine: a good run, a failed one,
-and a good one again.
+a good one again, and the first run of a volume, failed.
 
 promtool's clock starts at 0, so every timestamp of the files is moved by
-the same amount (ORIGIN): an age, time() - timestamp, stays what it was.
+the same amount (origin()): an age, time() - timestamp, stays what it was.
 node_exporter's textfile collector adds node_textfile_mtime_seconds{file}
 for each file it read, the file's mtime in whole seconds, `file` its path
 (node_exporter collector/textfile.go, exportMTimes; the bare file name
 before 1.3.0): the tests take it from the file's own mtime."""
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import MASTER, PASSWORD, USER, Site, mounts_under, needs_root
 from fake_engine import FakeEngine
-from test_packaging import DIST, needs_command
+from test_packaging import DIST
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'gluster'))
+import georep  # noqa: E402
 
 RULES = DIST / 'vmbackup.rules.yml'
 ALERTS = ('VmbackupNoRecentSuccess', 'VmbackupLastRunFailed',
@@ -33,10 +38,44 @@ TEXTFILE_DIR = '/var/lib/node_exporter/textfile_collector'
 
 
 def promtool(*args):
-    needs_command('promtool', 'prometheus')
+    if not shutil.which('promtool'):
+        install_promtool()
     return subprocess.run(['promtool'] + [str(arg) for arg in args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=120)
+
+
+def install_promtool():
+    """Install Debian's prometheus package (promtool) as the lab installs
+    its packages: no service started while apt-get runs, and the prometheus
+    service that the package enables disabled again, so that nothing the
+    tests installed starts at boot."""
+    if not shutil.which('apt-get'):
+        pytest.fail('promtool is missing and there is no apt-get to install '
+                    'prometheus')
+    env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+    lock = ['-o', 'DPkg::Lock::Timeout=600']
+    install = ['apt-get'] + lock + ['install', '-y', '-q',
+                                    '--no-install-recommends', 'prometheus']
+    with georep.services_not_started(print):
+        process = command(install, env)
+        if process.returncode != 0:       # a new machine has no package lists
+            command(['apt-get'] + lock + ['update', '-qq'], env)
+            process = command(install, env)
+    assert process.returncode == 0 and shutil.which('promtool'), \
+        'apt-get install prometheus: %s' % process.stderr[-2000:]
+    if shutil.which('update-rc.d'):
+        command(['update-rc.d', 'prometheus', 'disable'], env)
+    if shutil.which('deb-systemd-helper'):    # it acts only for a maintainer script
+        command(['deb-systemd-helper', 'disable', 'prometheus.service'],
+                dict(env, DPKG_MAINTSCRIPT_PACKAGE='prometheus',
+                     DPKG_MAINTSCRIPT_NAME='postinst'))
+
+
+def command(argv, env):
+    return subprocess.run(argv, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True,
+                          timeout=900)
 
 
 def samples_of(text):
