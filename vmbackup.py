@@ -169,6 +169,15 @@ REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge fail
 EVENT_ATTEMPTS = 3
 EVENT_LOOKBACK = 100                 # latest events searched for our own
 
+# the largest values the config and the command line take: beyond them a
+# wait is a mistake, and the time arithmetic and the waits overflow
+MAX_SECONDS = 7 * 86400              # a week, for every timeout in seconds
+MAX_MINUTES = 30 * 24 * 60           # 30 days: -t, wait_timeout, skip_within
+MAX_CHECK_HOURS = 10 * 365 * 24      # --warning, --critical
+MAX_CONNECTIONS = 64                 # [connection] connections
+LATEST_TIME = 2 ** 32                # a timestamp past this (2106) is garbage
+CLOCK_SKEW = 300                     # seconds in the future a timestamp may be
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -537,19 +546,24 @@ def check_arguments(args):
     for label, value in names:
         if not VOLUME_NAME.match(value):
             problems.append('%s %r is not a gluster volume name' % (label, value))
-    if args.interval < 1:
-        problems.append('--interval must be at least 1 second, not %d'
-                        % args.interval)
-    if args.timeout < 0:
+    if not 1 <= args.interval <= MAX_SECONDS:
+        problems.append('--interval must be 1 to %d seconds, not %d'
+                        % (MAX_SECONDS, args.interval))
+    if not 0 <= args.timeout <= MAX_MINUTES:
         problems.append('--timeout must be 0 (wait for ever) or a number of '
-                        'minutes, not %d' % args.timeout)
+                        'minutes up to %d, not %d' % (MAX_MINUTES, args.timeout))
+    for option, names in (('--vm', args.vm), ('--exclude', args.exclude)):
+        if any(not name.strip() for name in names):
+            problems.append('%s needs the name of a VM, not an empty one'
+                            % option)
     overlap = sorted(set(args.vm) & set(args.exclude))
     if overlap:
         problems.append('VM named both in --vm and --exclude: %s'
                         % ', '.join(overlap))
-    if not (0 < args.warning <= args.critical):
+    if not (0 < args.warning <= args.critical <= MAX_CHECK_HOURS):
         problems.append('--warning and --critical are hours, 0 < warning <= '
-                        'critical (not %g and %g)' % (args.warning, args.critical))
+                        'critical <= %d (not %g and %g)' % (
+                            MAX_CHECK_HOURS, args.warning, args.critical))
     if problems:
         raise UsageError('; '.join(problems))
 
@@ -577,7 +591,11 @@ class ConfigReader:
             return default
         return value
 
-    def number(self, section, key, default, kind, allow_zero=False):
+    def number(self, section, key, default, kind, allow_zero=False,
+               maximum=MAX_SECONDS):
+        """Return the key's value as kind (int or float): finite, more than 0
+        (or 0 with allow_zero) and at most maximum; else add a problem and
+        return default."""
         text = self.text(section, key)
         if text is None:
             return default
@@ -591,6 +609,10 @@ class ConfigReader:
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             self.problems.append('[%s] %s = %s must be %s' % (
                 section, key, text, '0 or more' if allow_zero else 'more than 0'))
+            return default
+        if value > maximum:
+            self.problems.append('[%s] %s = %s must be at most %d' % (
+                section, key, text, maximum))
             return default
         return value
 
@@ -630,12 +652,9 @@ def read_config(path, needs_engine=True):
     --check) the engine's keys and the scheduler are not required."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding='utf-8') as config_file:
-            parser.read_file(config_file)
-    except OSError as error:
-        raise UsageError('cannot read config file %s: %s'
-                         % (path, error.strerror or error)) from None
-    except (configparser.Error, UnicodeDecodeError) as error:
+        parser.read_string(read_trusted_file(path, 'config file'),
+                           source=path)
+    except configparser.Error as error:
         first_line = str(error).splitlines()[0]
         raise UsageError('config file %s is not a valid INI file: %s'
                          % (path, first_line)) from None
@@ -673,10 +692,12 @@ def read_config(path, needs_engine=True):
         timeout=config.number('connection', 'timeout', DEFAULT_REQUEST_TIMEOUT,
                               int),
         connections=config.number('connection', 'connections',
-                                  DEFAULT_CONNECTIONS, int),
+                                  DEFAULT_CONNECTIONS, int,
+                                  maximum=MAX_CONNECTIONS),
         logger_conf=config.path('logging', 'logger_conf'),
         wait_timeout=config.number('snapshot', 'wait_timeout',
-                                   DEFAULT_WAIT_TIMEOUT, float),
+                                   DEFAULT_WAIT_TIMEOUT, float,
+                                   maximum=MAX_MINUTES),
         poll_interval=config.number('snapshot', 'poll_interval',
                                     DEFAULT_POLL_INTERVAL, float),
         require_quiesce=config.boolean('snapshot', 'require_quiesce'),
@@ -697,7 +718,7 @@ def read_config(path, needs_engine=True):
                               else FALLBACK_LOCK_DIR),
         lock_is_shared=bool(shared) if lock_dir is None else is_gluster_mount(lock_dir),
         skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
-                                  float, allow_zero=True),
+                                  float, allow_zero=True, maximum=MAX_MINUTES),
         status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
                                   else FALLBACK_STATUS_DIR),
         textfile_dir=config.path('status', 'textfile_dir'),
@@ -706,8 +727,8 @@ def read_config(path, needs_engine=True):
                                    DEFAULT_PING_TIMEOUT, float),
     )
     if settings.ping_url is not None:
-        url = urllib.parse.urlsplit(settings.ping_url)
-        if url.scheme not in ('http', 'https') or not url.hostname:
+        url = split_url(settings.ping_url)
+        if url is None or url.scheme not in ('http', 'https') or not url.hostname:
             problems.append('[status] ping_url = %r is not an http(s) URL'
                             % settings.ping_url)
     if settings.logger_conf is not None and not os.path.isfile(settings.logger_conf):
@@ -765,8 +786,8 @@ def is_gluster_mount(path):
 def check_server_url(server, insecure):
     """Given [connection] server, return (the API URL to use, a problem or
     None). A 2016 config's https://ENGINE/api is taken as the v4 API."""
-    url = urllib.parse.urlsplit(server)
-    if url.scheme not in ('https', 'http') or not url.hostname:
+    url = split_url(server)
+    if url is None or url.scheme not in ('https', 'http') or not url.hostname:
         return server, ('[connection] server = %r is not an '
                         'https://ENGINE/ovirt-engine/api URL' % server)
     if url.scheme == 'http' and not insecure:
@@ -777,6 +798,57 @@ def check_server_url(server, insecure):
     if path in ('', '/api'):
         path = '/ovirt-engine/api'
     return urllib.parse.urlunsplit((url.scheme, url.netloc, path, '', '')), None
+
+
+def split_url(text):
+    """Given a URL, return urlsplit's answer, or None when it cannot be
+    split (an unclosed IPv6 bracket) or names no valid port."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port             # a ValueError when out of range
+    except ValueError:
+        return None
+    return url if port != 0 else None
+
+
+def read_trusted_file(path, what):
+    """Given the path of the config file (or of the logging config it
+    names), return its text; raise UsageError when it cannot be read, is
+    not a regular file (a FIFO would hang the run), or can be changed by
+    someone other than root and the user running vmbackup: it names the
+    programs run as root, and logging's config is evaluated as Python.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for
+        # a writer; it changes nothing for a regular file
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise UsageError('cannot read %s %s: %s'
+                         % (what, path, error.strerror or error)) from None
+    with open(descriptor, 'rb') as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError('%s %s is not a regular file' % (what, path))
+        if info.st_uid not in (0, os.geteuid()):
+            raise UsageError(
+                '%s %s belongs to uid %d, not to root or to the user running '
+                'vmbackup, and it names what vmbackup runs: chown root %s'
+                % (what, path, info.st_uid, path))
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UsageError(
+                '%s %s can be changed by %s, and it names what vmbackup runs: '
+                'chmod go-w %s' % (what, path, 'every user' if info.st_mode
+                                   & stat.S_IWOTH else 'its group', path))
+        try:
+            data = stream.read()
+        except OSError as error:
+            raise UsageError('cannot read %s %s: %s'
+                             % (what, path, error.strerror or error)) from None
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as error:
+        raise UsageError('%s %s is not UTF-8 text: %s'
+                         % (what, path, error.reason)) from None
 
 
 def warn_if_readable_by_others(path):
@@ -831,11 +903,14 @@ def configure_logging(settings, args):
     """Given the settings and the command line, set up logging; raise
     UsageError when the logger_conf file is broken."""
     if settings.logger_conf:
+        text = read_trusted_file(settings.logger_conf, '[logging] logger_conf')
         try:
-            logging.config.fileConfig(settings.logger_conf,
+            logging.config.fileConfig(io.StringIO(text),
                                       disable_existing_loggers=False)
-        except (OSError, KeyError, ValueError, TypeError,
-                configparser.Error, ImportError) as error:
+        except Exception as error:
+            # fileConfig evaluates each handler's args= as Python: a syntax
+            # error, an unknown name or any error of that expression is the
+            # file's fault, as are its missing sections and bad levels
             raise UsageError('[logging] logger_conf %s cannot be used: %s'
                              % (settings.logger_conf,
                                 str(error).splitlines()[0] if str(error)
@@ -1506,8 +1581,13 @@ def check_session(run):
     session = '%s::%s' % (args.slave, args.slavevol)
     command = [settings.gluster, '--mode=script', 'volume', 'geo-replication',
                args.mastervol, session, 'status', '--xml']
-    status, output = run_child(command, GLUSTER_CLI_TIMEOUT, run.stop)
-    problem = session_problem(status, output)
+    # stderr apart: gluster may warn there, and its XML is stdout alone
+    status, output, errors = run_captured(command, GLUSTER_CLI_TIMEOUT,
+                                          run.stop)
+    for line in errors.splitlines():
+        if line.strip():
+            log.info('gluster: %s', line.strip())
+    problem = session_problem(status, output, errors)
     if problem is None:
         log.info('geo-replication session %s -> %s exists', args.mastervol,
                  session)
@@ -1526,10 +1606,11 @@ def check_session(run):
     raise Failed()
 
 
-def session_problem(status, output):
-    """Given the exit status and output of `gluster volume geo-replication
-    M S::V status --xml`, return None when the session exists, 'missing'
-    when gluster says there is none, or what went wrong, in words.
+def session_problem(status, output, errors=''):
+    """Given the exit status, stdout and stderr of `gluster volume
+    geo-replication M S::V status --xml`, return None when the session
+    exists, 'missing' when gluster says there is none, or what went wrong,
+    in words. The XML is read from stdout alone.
 
     GlusterFS 10.3, measured: exit 0 with cliOutput/opRet 0 and a session
     element when it exists; exit 2, "geo-replication command failed" and no
@@ -1551,9 +1632,10 @@ def session_problem(status, output):
         if root.find('geoRep/volume/sessions/session') is None:
             return 'missing'
         return None
-    if status == 2 and 'geo-replication command failed' in output:
+    said = '\n'.join(part.strip() for part in (output, errors) if part.strip())
+    if status == 2 and 'geo-replication command failed' in said:
         return 'missing'
-    first = output.strip().splitlines()[0] if output.strip() else ''
+    first = said.splitlines()[0] if said else ''
     return 'gluster %s%s' % (describe_status(status),
                              (': ' + first) if first else '')
 
@@ -2553,8 +2635,17 @@ def read_ovf_store(root, sd_id, disk_id, volume_id):
             raise MetaError('%s.meta is not an OVF store\'s' % volume_id)
         if not description.get('Updated') or 'Size' not in description:
             return None
-        size = int(description['Size'])
+        size = description['Size']        # the engine writes a number
+        if isinstance(size, str) and re.match(r'^[0-9]{1,20}$', size):
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MetaError('OVF store %s: its .meta gives Size %s, not a '
+                            'number of bytes' % (volume_id, json.dumps(size)))
         with open(path, 'rb') as stream:
+            held = os.fstat(stream.fileno()).st_size
+            if size > held:       # read no more than the volume holds
+                raise MetaError('OVF store %s holds %d bytes, its .meta says '
+                                '%d' % (volume_id, held, size))
             data = stream.read(size)
         if len(data) != size:
             raise MetaError('OVF store %s holds %d bytes, its .meta says %d'
@@ -3842,23 +3933,42 @@ def check_document(document):
     if version > STATUS_VERSION:
         return ('version %d, written by a newer vmbackup (this one reads up '
                 'to %d)' % (version, STATUS_VERSION))
-    for key in ('started_at', 'ended_at', 'duration_seconds'):
-        if not is_number(document.get(key)):
-            return '%s is not a number' % key
+    for key in ('started_at', 'ended_at'):
+        if not is_time(document.get(key)):
+            return '%s is not a time' % key
+    if not is_number(document.get('duration_seconds')) \
+            or document['duration_seconds'] < 0:
+        return 'duration_seconds is not a number of seconds'
     status = document.get('exit_status')
     if not isinstance(status, int) or isinstance(status, bool):
         return 'exit_status is not a whole number'
     if not isinstance(document.get('failures'), list):
         return 'failures is not a list'
-    if not isinstance(document.get('totals', {}), dict) \
-            or not isinstance(document.get('vms', []), list) \
-            or not isinstance(document.get('steps', {}), dict):
+    totals = document.get('totals', {})
+    steps = document.get('steps', {})
+    vms = document.get('vms', [])
+    if not isinstance(totals, dict) or not isinstance(vms, list) \
+            or not isinstance(steps, dict):
         return 'totals, vms or steps of the wrong type'
+    for name, table in (('totals', totals), ('steps', steps)):
+        for key, value in table.items():
+            if not is_number(value) or value < 0:
+                return '%s.%s is %s, not a number' % (name, key,
+                                                      json.dumps(value))
+    for vm in vms:
+        if not isinstance(vm, dict) or not isinstance(vm.get('disks', []), list) \
+                or not all(isinstance(disk, dict) for disk in vm.get('disks', [])):
+            return 'a VM of vms is not an object with a list of disks'
     last = document.get('last_success')
     if last is not None and not (isinstance(last, dict)
-                                 and is_number(last.get('ended_at'))):
+                                 and is_time(last.get('ended_at'))):
         return 'last_success has no ended_at time'
     return None
+
+
+def is_time(value):
+    """Tell whether value is a Unix time that the clock can show."""
+    return is_number(value) and 0 <= value < LATEST_TIME
 
 
 def read_status(path):
@@ -4205,6 +4315,17 @@ def check_state(document, problem, now, warning_hours, critical_hours):
     if document is None:
         return CHECK_UNKNOWN, problem, ''
     last = document.get('last_success')
+    for what, when, node in (
+            ('the last run ended', document['ended_at'], document.get('node')),
+            ('the last success ended', (last or {}).get('ended_at'),
+             (last or {}).get('node'))):
+        if when is not None and when > now + CLOCK_SKEW:
+            # a negative age would say OK for ever: the clock of the node
+            # that wrote it, or this one's, is wrong
+            return CHECK_UNKNOWN, (
+                '%s at %s, %s in the future: check the clocks of %s and of '
+                'this node' % (what, iso_utc(when), human_duration(when - now),
+                               node or 'the node that wrote it')), ''
     age = now - last['ended_at'] if last else None
     totals = document.get('totals', {})
     perfdata = ' '.join([
@@ -4487,8 +4608,30 @@ def finish(run):
     return run.exit_status
 
 
+def make_streams_safe():
+    """Make stdout and stderr write any text in any locale: Python 3.6 in
+    the C locale writes ASCII, and a VM named café would end --status with
+    a UnicodeEncodeError. What the locale cannot encode becomes a backslash
+    escape."""
+    for name in ('stdout', 'stderr'):
+        stream = getattr(sys, name)
+        if stream is None or getattr(stream, 'errors', None) != 'strict':
+            continue
+        if hasattr(stream, 'reconfigure'):          # Python 3.7 and later
+            stream.reconfigure(errors='backslashreplace')
+            continue
+        with contextlib.suppress(AttributeError, ValueError, OSError,
+                                 io.UnsupportedOperation):
+            stream.flush()
+            setattr(sys, name, open(
+                stream.fileno(), 'w', encoding=stream.encoding,
+                errors='backslashreplace', closefd=False,
+                buffering=1 if stream.line_buffering else -1))
+
+
 def main(argv=None):
     """Run vmbackup with the given arguments; return the exit status."""
+    make_streams_safe()
     bootstrap_logging()
     try:
         args = parse_command_line(argv)
