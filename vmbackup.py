@@ -145,7 +145,11 @@ DEFAULT_MOUNT_LOG = '/var/log/glusterfs/geo-replication/dr_slave.mount.log'
 # gluster's shared storage volume, mounted on every node of the pool with
 # cluster.enable-shared-storage: where cluster-wide locks and state live
 SHARED_STORAGE = '/run/gluster/shared_storage'
-FALLBACK_LOCK_DIR = '/run/lock'               # this node only
+# this node only: a directory of root's alone, since /run/lock is writable
+# by every user (a lock file held or a symlink planted there by another)
+FALLBACK_LOCK_DIR = '/run/lock/vmbackup'
+DEFAULT_STORAGE_TIMEOUT = 60.0       # seconds, one access to the lock or status
+READ_ONLY_STORAGE_TIMEOUT = 4.0      # the same for --check (NRPE waits 10 s)
 DEFAULT_SKIP_WITHIN = 720.0          # minutes: a later run after a success is skipped
 FALLBACK_STATUS_DIR = '/var/lib/vmbackup'     # this node only
 DEFAULT_PING_TIMEOUT = 10.0          # seconds, one monitoring ping
@@ -243,7 +247,7 @@ KNOWN_KEYS = {
                 'mount_timeout'},
     'verify': {'qemu_img'},
     'event': {'cluster'},
-    'lock': {'lock_dir', 'skip_within'},
+    'lock': {'lock_dir', 'skip_within', 'storage_timeout'},
     'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
 }
 
@@ -256,6 +260,17 @@ log = logging.getLogger('vmbackup')
 
 class UsageError(Exception):
     """A bad command line or config file: exit 2, nothing done."""
+
+
+class StorageFailed(Exception):
+    """Shared storage, the lock directory or the status directory answered
+    with an error of the machine (a stale mount: ENOTCONN), or not at all
+    (Hung): exit 1, nothing done; --check says UNKNOWN."""
+
+
+class Hung(StorageFailed):
+    """An access to storage did not return in time; the thread that made
+    it is still blocked (see bounded)."""
 
 
 class LockHeld(Exception):
@@ -307,6 +322,7 @@ class Settings(Record):
         'cluster': None,
         'lock_dir': None,
         'lock_is_shared': False,
+        'storage_timeout': DEFAULT_STORAGE_TIMEOUT,
         'skip_within': DEFAULT_SKIP_WITHIN,
         'status_dir': None,
         'textfile_dir': None,
@@ -547,8 +563,8 @@ def check_arguments(args):
         if not VOLUME_NAME.match(value):
             problems.append('%s %r is not a gluster volume name' % (label, value))
     if not 1 <= args.interval <= MAX_SECONDS:
-        problems.append('--interval must be 1 to %d seconds, not %d'
-                        % (MAX_SECONDS, args.interval))
+        problems.append('--interval must be at least 1 second and at most '
+                        '%d, not %d' % (MAX_SECONDS, args.interval))
     if not 0 <= args.timeout <= MAX_MINUTES:
         problems.append('--timeout must be 0 (wait for ever) or a number of '
                         'minutes up to %d, not %d' % (MAX_MINUTES, args.timeout))
@@ -646,10 +662,13 @@ class ConfigReader:
                                 path, section, key)
 
 
-def read_config(path, needs_engine=True):
+def read_config(path, needs_engine=True, storage_limit=None):
     """Given the config file's path, return Settings; raise UsageError naming
-    every bad key at once. Without needs_engine (--verify, --status,
-    --check) the engine's keys and the scheduler are not required."""
+    every bad key at once, StorageFailed when shared storage or a directory
+    the config names does not answer (or not in time). Without needs_engine
+    (--verify, --status, --check) the engine's keys and the scheduler are
+    not required. storage_limit caps [lock] storage_timeout (--check must
+    answer within its own time)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(read_trusted_file(path, 'config file'),
@@ -683,7 +702,13 @@ def read_config(path, needs_engine=True):
         elif not os.access(ca_file, os.R_OK):
             problems.append('[connection] ca_file %s is not readable' % ca_file)
 
-    shared = shared_storage_dir()
+    storage_timeout = config.number('lock', 'storage_timeout',
+                                    DEFAULT_STORAGE_TIMEOUT, float,
+                                    maximum=3600)
+    if storage_limit is not None:
+        storage_timeout = min(storage_timeout, storage_limit)
+    shared = bounded(shared_storage_dir, storage_timeout,
+                     "gluster's shared storage %s" % SHARED_STORAGE)
     lock_dir = config.path('lock', 'lock_dir')
     status_dir = config.path('status', 'dir')
     settings = Settings(
@@ -716,7 +741,10 @@ def read_config(path, needs_engine=True):
         cluster=config.text('event', 'cluster'),
         lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
                               else FALLBACK_LOCK_DIR),
-        lock_is_shared=bool(shared) if lock_dir is None else is_gluster_mount(lock_dir),
+        lock_is_shared=bool(shared) if lock_dir is None else bounded(
+            lambda: is_gluster_mount(lock_dir), storage_timeout,
+            'the lock directory %s' % lock_dir),
+        storage_timeout=storage_timeout,
         skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
                                   float, allow_zero=True, maximum=MAX_MINUTES),
         status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
@@ -744,12 +772,18 @@ def read_config(path, needs_engine=True):
                 problems.append('[gluster] %s %s is not an executable file '
                                 '(install %s, or name it)'
                                 % (key, program, package))
-    if not os.path.isdir(settings.lock_dir) and lock_dir is not None:
-        problems.append('[lock] lock_dir %s is not a directory'
-                        % settings.lock_dir)
-    if settings.textfile_dir is not None and not os.path.isdir(settings.textfile_dir):
-        problems.append('[status] textfile_dir %s is not a directory'
-                        % settings.textfile_dir)
+    # the lock directory must be there; the status directories are made
+    # at the start of a run when they are not
+    for label, directory, missing_is_fine in (
+            ('[lock] lock_dir', lock_dir, False),
+            ('[status] dir', status_dir, True),
+            ('[status] textfile_dir', settings.textfile_dir, True)):
+        if directory is not None:
+            problem = bounded(
+                lambda: directory_problem(directory, missing_is_fine),
+                storage_timeout, '%s %s' % (label, directory))
+            if problem:
+                problems.append('%s %s %s' % (label, directory, problem))
     if problems:
         raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
     return settings
@@ -781,6 +815,58 @@ def is_gluster_mount(path):
                     best = (point, fstype)
             return best[1] == 'fuse.glusterfs'
     return False
+
+
+def directory_problem(path, missing_is_fine=False):
+    """Given a directory the config names, return None when it is one (or
+    is missing, with missing_is_fine), else what is wrong with it; raise
+    StorageFailed for an error of the machine (ENOTCONN: a stale mount)."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None if missing_is_fine else 'is not a directory'
+    except OSError as error:
+        raise StorageFailed('%s: %s' % (path, error.strerror or error)) from None
+    return None if stat.S_ISDIR(info.st_mode) else 'is not a directory'
+
+
+def bounded(function, seconds, what):
+    """Given a function that touches shared storage, the lock or the status
+    directory, return what it returns (or raise what it raises), called in
+    a thread of its own; raise Hung naming what when it has not returned
+    after seconds ([lock] storage_timeout).
+
+    A thread, not a child process: the lock must be held by this process's
+    own open file, and a thread costs no fork of a process that holds the
+    SDK's connections. A FUSE mount that stops answering (a glusterfs or
+    bindfs process stopped, a gluster volume whose bricks are gone) blocks
+    the thread in the kernel, where no timeout or signal of ours reaches
+    it: the thread is left behind, named 'storage: ...', and main() ends
+    the process without waiting for it (exit_now)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome['value'] = function()
+        except BaseException as error:   # handed over to the caller
+            outcome['error'] = error
+
+    thread = threading.Thread(target=target, name='storage: %s' % what,
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise Hung('no answer from %s within %g seconds ([lock] '
+                   'storage_timeout): is its mount hung?' % (what, seconds))
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome.get('value')
+
+
+def storage_left_hung():
+    """Tell whether an access of bounded() is still blocked."""
+    return any(thread.name.startswith('storage: ') and thread.is_alive()
+               for thread in threading.enumerate())
 
 
 def check_server_url(server, insecure):
@@ -977,37 +1063,39 @@ def take_lock(run):
     one JSON object."""
     settings = run.settings
     lock_dir = settings.lock_dir
-    if settings.lock_is_shared:
+    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % run.mastervol)
+
+    def within(function, what='the lock file %s' % path):
+        # every access to the lock under [lock] storage_timeout; its errors
+        # are the machine's (ENOTCONN: a stale mount), not usage errors
         try:
-            os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+            return bounded(function, settings.storage_timeout, what)
         except OSError as error:
-            raise UsageError('cannot make the lock directory %s: %s'
-                             % (lock_dir, error.strerror)) from None
+            raise StorageFailed('%s: %s' % (what, error.strerror or error)
+                                ) from None
+
+    if settings.lock_is_shared:
+        within(lambda: os.makedirs(lock_dir, mode=0o700, exist_ok=True),
+               'the lock directory %s' % lock_dir)
     else:
+        if lock_dir == FALLBACK_LOCK_DIR:
+            within(lambda: make_private_directory(lock_dir),
+                   'the lock directory %s' % lock_dir)
         # the fallback warns; a local lock_dir set by hand was chosen
         tell = log.warning if lock_dir == FALLBACK_LOCK_DIR else log.info
         tell('lock directory %s is on this node only: a run on another node '
              "of the pool is not excluded (mount gluster's shared storage: "
              'gluster volume set all cluster.enable-shared-storage enable)',
              lock_dir)
-    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % run.mastervol)
+    handle = within(lambda: open_lock_file(path))
     try:
-        handle = open(path, 'a+')
-    except OSError as error:
-        raise UsageError('cannot open lock file %s: %s'
-                         % (path, error.strerror)) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = read_lock_record(handle)
+        if not within(lambda: try_flock(handle)):
+            holder = within(lambda: read_lock_record(handle))
             raise LockHeld('another backup of volume %s is running (%s; lock '
                            '%s); nothing done' % (
                                run.mastervol, describe_holder(holder), path)
                            ) from None
-        last = read_lock_record(handle)
+        last = within(lambda: read_lock_record(handle))
         recent = recently_backed_up(last, settings.skip_within, time.time())
         if recent:
             raise LockHeld('volume %s was backed up %s ([lock] skip_within '
@@ -1018,7 +1106,7 @@ def take_lock(run):
         for key in ('last_success', 'last_success_node'):
             if key in last:
                 record[key] = last[key]
-        write_lock_record(handle, record)
+        within(lambda: write_lock_record(handle, record))
         try:
             yield path
         finally:
@@ -1027,8 +1115,60 @@ def take_lock(run):
             if run.exit_status == EXIT_OK and not run.args.dry_run:
                 record['last_success'] = record['ended']
                 record['last_success_node'] = record['node']
-            with contextlib.suppress(OSError):
-                write_lock_record(handle, record)
+            try:
+                within(lambda: write_lock_record(handle, record))
+            except StorageFailed as error:
+                log.error('the lock file was not updated: %s', error)
+    finally:
+        # closing a file on a FUSE mount asks the mount too (a flush)
+        with contextlib.suppress(StorageFailed):
+            within(handle.close)
+
+
+def try_flock(handle):
+    """Given the open lock file, take its flock without waiting; return
+    False when another process holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
+def make_private_directory(path):
+    """Given the fallback lock directory, make it root's alone (0700) when it
+    is missing; raise StorageFailed when it is not a directory of this
+    user's that only this user can write to: /run/lock is writable by
+    everyone, and a directory or symlink planted there would let another
+    user hold the lock or point root's writes elsewhere."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() \
+            or info.st_mode & 0o077:
+        raise StorageFailed(
+            'the lock directory %s is not a directory of uid %d that only it '
+            'can use (mode %o, uid %d): another user may have made it; '
+            'remove it (rm -r %s) and run again' % (
+                path, os.geteuid(), stat.S_IMODE(info.st_mode), info.st_uid,
+                path))
+
+
+def open_lock_file(path):
+    """Given the lock file's path, return it open for reading and writing
+    (made, 0600, when missing), never through a symlink: O_NOFOLLOW."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise StorageFailed('the lock file %s is a symlink: remove it'
+                                % path) from None
+        raise StorageFailed('cannot open lock file %s: %s'
+                            % (path, error.strerror or error)) from None
+    return open(descriptor, 'r+', encoding='utf-8', errors='replace')
 
 
 def read_lock_record(handle):
@@ -1038,8 +1178,8 @@ def read_lock_record(handle):
     text = handle.read().strip()
     try:
         record = json.loads(text) if text else {}
-    except ValueError:
-        return {'pid': text}
+    except ValueError:      # not JSON (also not UTF-8: read with replace)
+        return {'pid': text} if text.isdigit() else {}
     return record if isinstance(record, dict) else {}
 
 
@@ -1058,7 +1198,7 @@ def describe_holder(record):
     text = 'pid %s' % record['pid']
     if record.get('node'):
         text += ' on %s' % record['node']
-    if isinstance(record.get('started'), (int, float)):
+    if is_time(record.get('started')):
         text += ', since %s' % format_time(record['started'])
     return text
 
@@ -4247,34 +4387,71 @@ def record_run(run, node=None):
     settings = run.settings
     node = node or os.uname().nodename
     path = status_path(settings, run.mastervol)
-    previous, problem = read_status(path)
+    try:
+        previous, problem = bounded(lambda: read_status(path),
+                                    settings.storage_timeout, path)
+    except Hung as error:
+        previous, problem = None, str(error)
     if problem:
         log.warning('previous status: %s; the time of the last success is '
                     'lost', problem)
     document = status_document(run, previous, node)
-    try:
-        if settings.status_dir in (os.path.join(SHARED_STORAGE, 'vmbackup'),
-                                   FALLBACK_STATUS_DIR):
-            os.makedirs(settings.status_dir, mode=0o755, exist_ok=True)
-        write_atomically(path, json.dumps(document, indent=1) + '\n')
-        where = 'written to %s' % path
-    except OSError as error:
-        where = 'NOT written: %s: %s' % (path, error.strerror or error)
-        log.error('the status file of volume %s was not written: %s: %s; '
-                  '--status and --check still show the run before',
-                  run.mastervol, path, error.strerror or error)
+    where = 'written to %s' % path
+    problem = write_or_remove(path, json.dumps(document, indent=1) + '\n',
+                              settings.storage_timeout)
+    if problem:
+        where = 'NOT written: %s' % problem
+        log.error('the status file of volume %s was not written: %s',
+                  run.mastervol, problem)
     if settings.textfile_dir:
         target = metrics_path(settings, run.mastervol)
-        try:
-            write_atomically(target, metrics_text(document))
-        except OSError as error:
-            log.error('the metrics of volume %s were not written: %s: %s',
-                      run.mastervol, target, error.strerror or error)
+        problem = write_or_remove(target, metrics_text(document),
+                                  settings.storage_timeout)
+        if problem:
+            log.error('the metrics of volume %s were not written: %s',
+                      run.mastervol, problem)
     for line in summary_lines(document, where):
         log.info('%s', line)
     ping(settings, 'success' if document['succeeded'] else 'fail',
          ping_paragraph(document, where))
     return document
+
+
+def write_or_remove(path, text, seconds):
+    """Given a status or metrics file's path, its new text and
+    [lock] storage_timeout, write it atomically; return None, or what went
+    wrong after removing the old file (an unlink needs no free space), so
+    that monitoring cannot go on showing a success that is over."""
+    try:
+        bounded(lambda: write_atomically(path, text), seconds, path)
+        return None
+    except (OSError, Hung) as error:
+        problem = '%s: %s' % (path, error.strerror) if isinstance(
+            error, OSError) and error.strerror else str(error)
+    try:
+        bounded(lambda: os.unlink(path), seconds, path)
+    except FileNotFoundError:
+        pass
+    except (OSError, Hung) as error:
+        return '%s; the old one is still there (%s)' % (
+            problem, error.strerror if isinstance(error, OSError) else error)
+    return '%s; the old one was removed' % problem
+
+
+def make_status_directories(settings):
+    """At the start of a run, make [status] dir and textfile_dir (0755,
+    with their parents) when they are missing; a failure is an error line,
+    and the run goes on (its status will say it was not written)."""
+    for directory in (settings.status_dir, settings.textfile_dir):
+        if directory is None:
+            continue
+        try:
+            bounded(lambda: os.makedirs(directory, mode=0o755, exist_ok=True),
+                    settings.storage_timeout, directory)
+        except (OSError, Hung) as error:
+            log.error('cannot make the status directory %s: %s', directory,
+                      error.strerror if isinstance(error, OSError)
+                      and error.strerror else error)
 
 
 @contextlib.contextmanager
@@ -4283,6 +4460,7 @@ def monitored(run):
     every way out of the block, record the run (status file, metrics,
     finishing ping, summary). The block sets run.exit_status; an exception
     that escapes it is a failed run, recorded, then raised again."""
+    make_status_directories(run.settings)
     ping(run.settings, 'start', 'vmbackup %s on %s: backup of volume %s '
          'started' % (VERSION, os.uname().nodename, run.mastervol))
     try:
@@ -4428,7 +4606,11 @@ def show_status(args, settings, now=None):
     1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
     now = time.time() if now is None else now
     path = status_path(settings, args.mastervol)
-    document, problem = read_status(path)
+    try:
+        document, problem = bounded(lambda: read_status(path),
+                                    settings.storage_timeout, path)
+    except Hung as error:
+        document, problem = None, str(error)
     if document is None and problem is None:
         problem = ('no status file %s: no run of volume %s has finished '
                    'where [status] dir points' % (path, args.mastervol))
@@ -4630,23 +4812,51 @@ def make_streams_safe():
 
 
 def main(argv=None):
+    """Run vmbackup with the given arguments; return the exit status. When
+    an access to storage is still blocked (a hung mount), end the process
+    here: Python's own exit would wait for the files left open there."""
+    status = run_command(argv)
+    if storage_left_hung():
+        exit_now(status)
+    return status
+
+
+def exit_now(status):
+    """Flush what was said, then end the process at once with status,
+    leaving the threads blocked on a hung mount behind."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(status)
+
+
+def run_command(argv):
     """Run vmbackup with the given arguments; return the exit status."""
     make_streams_safe()
     bootstrap_logging()
+    checking = '--check' in (sys.argv[1:] if argv is None else argv)
     try:
         args = parse_command_line(argv)
         settings = read_config(args.config, needs_engine=not (
-            args.verify or args.read_only))
+            args.verify or args.read_only), storage_limit=(
+                READ_ONLY_STORAGE_TIMEOUT if args.read_only else None))
         configure_logging(settings, args)
         if not args.read_only:
             find_qemu_img(settings)
     except UsageError as error:
         log.error('%s', error)
-        if '--check' in (sys.argv[1:] if argv is None else argv):
+        if checking:
             # a Nagios plugin says UNKNOWN, not 2 (CRITICAL), for bad usage
             print(check_line(CHECK_UNKNOWN, str(error), ''))
             return CHECK_UNKNOWN
         return EXIT_USAGE
+    except StorageFailed as error:     # the machine's, not a usage error
+        log.error('%s', error)
+        if checking:
+            print(check_line(CHECK_UNKNOWN, str(error), ''))
+            return CHECK_UNKNOWN
+        return EXIT_FAILED
     if args.read_only:                    # no engine, no lock, no SDK
         return show_status(args, settings)
     if args.verify:                       # no engine, no lock: changes nothing
@@ -4676,6 +4886,10 @@ def main(argv=None):
         log.info('%s', error)
         return EXIT_LOCKED
     except Failed:
+        return EXIT_FAILED
+    except StorageFailed as error:        # the lock: nothing done
+        log.error('backup of volume %s failed: %s; nothing done',
+                  args.mastervol, error)
         return EXIT_FAILED
     except UsageError as error:
         log.error('%s', error)
