@@ -780,7 +780,7 @@ def read_config(path, needs_engine=True, storage_limit=None):
             ('[status] textfile_dir', settings.textfile_dir, True)):
         if directory is not None:
             problem = bounded(
-                lambda: directory_problem(directory, missing_is_fine),
+                lambda: directory_problem(directory, label, missing_is_fine),
                 storage_timeout, '%s %s' % (label, directory))
             if problem:
                 problems.append('%s %s %s' % (label, directory, problem))
@@ -817,16 +817,18 @@ def is_gluster_mount(path):
     return False
 
 
-def directory_problem(path, missing_is_fine=False):
-    """Given a directory the config names, return None when it is one (or
-    is missing, with missing_is_fine), else what is wrong with it; raise
-    StorageFailed for an error of the machine (ENOTCONN: a stale mount)."""
+def directory_problem(path, label, missing_is_fine=False):
+    """Given a directory the config names (and its key), return None when
+    it is one (or is missing, with missing_is_fine), else what is wrong with
+    it; raise StorageFailed for an error of the machine (ENOTCONN: a stale
+    mount)."""
     try:
         info = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None if missing_is_fine else 'is not a directory'
     except OSError as error:
-        raise StorageFailed('%s: %s' % (path, error.strerror or error)) from None
+        raise StorageFailed('%s %s: %s' % (label, path, error.strerror
+                                           or error)) from None
     return None if stat.S_ISDIR(info.st_mode) else 'is not a directory'
 
 
@@ -4619,7 +4621,7 @@ def show_status(args, settings, now=None):
             path, document.get('volume'), args.mastervol))
     state, text, perfdata = check_state(document, problem, now, args.warning,
                                         args.critical)
-    if args.check or document is None:
+    if args.check or document is None or state == CHECK_UNKNOWN:
         print(check_line(state, text, perfdata))
     if args.status and document is not None:
         print('\n'.join(status_report(document, path, now)))
@@ -4797,7 +4799,10 @@ def make_streams_safe():
     escape."""
     for name in ('stdout', 'stderr'):
         stream = getattr(sys, name)
-        if stream is None or getattr(stream, 'errors', None) != 'strict':
+        # 'surrogateescape' is what Python gives the C locale's ASCII: it
+        # fails on an é as 'strict' does
+        if stream is None or getattr(stream, 'errors', None) not in (
+                'strict', 'surrogateescape'):
             continue
         if hasattr(stream, 'reconfigure'):          # Python 3.7 and later
             stream.reconfigure(errors='backslashreplace')
