@@ -180,6 +180,7 @@ MAX_SECONDS = 7 * 86400              # a week, for every timeout in seconds
 MAX_MINUTES = 30 * 24 * 60           # 30 days: -t, wait_timeout, skip_within
 MAX_CHECK_HOURS = 10 * 365 * 24      # --warning, --critical
 MAX_CONNECTIONS = 64                 # [connection] connections
+MAX_STORAGE_TIMEOUT = 3600           # seconds, [lock] storage_timeout
 LATEST_TIME = 2 ** 32                # a timestamp past this (2106) is garbage
 CLOCK_SKEW = 300                     # seconds in the future a timestamp may be
 
@@ -706,7 +707,7 @@ def read_config(path, needs_engine=True, storage_limit=None):
 
     storage_timeout = config.number('lock', 'storage_timeout',
                                     DEFAULT_STORAGE_TIMEOUT, float,
-                                    maximum=3600)
+                                    maximum=MAX_STORAGE_TIMEOUT)
     if storage_limit is not None:
         storage_timeout = min(storage_timeout, storage_limit)
     shared = bounded(shared_storage_dir, storage_timeout,
