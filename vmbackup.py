@@ -1128,12 +1128,6 @@ def take_lock(run):
         if lock_dir == FALLBACK_LOCK_DIR:
             within(lambda: make_private_directory(lock_dir),
                    'the lock directory %s' % lock_dir)
-        # the fallback warns; a local lock_dir set by hand was chosen
-        tell = log.warning if lock_dir == FALLBACK_LOCK_DIR else log.info
-        tell('lock directory %s is on this node only: a run on another node '
-             "of the pool is not excluded (mount gluster's shared storage: "
-             'gluster volume set all cluster.enable-shared-storage enable)',
-             lock_dir)
     handle = within(lambda: open_lock_file(path))
     try:
         if not within(lambda: try_flock(handle)):
@@ -1155,6 +1149,14 @@ def take_lock(run):
                   'started': run.started_at, 'session': session,
                   'sessions': lock_sessions(last)}
         within(lambda: write_lock_record(handle, record))
+        if not settings.lock_is_shared:
+            # said once the lock is ours: an exit 3 says nothing under -q
+            # (the fallback warns; a local lock_dir set by hand was chosen)
+            tell = log.warning if lock_dir == FALLBACK_LOCK_DIR else log.info
+            tell('lock directory %s is on this node only: a run on another '
+                 "node of the pool is not excluded (mount gluster's shared "
+                 'storage: gluster volume set all '
+                 'cluster.enable-shared-storage enable)', lock_dir)
         try:
             yield path
         finally:

@@ -362,3 +362,32 @@ def test_records_do_not_share_a_default_list_or_dict(record, field):
     first, second = record(), record()
     assert getattr(first, field) is not getattr(second, field)
     assert getattr(first, field) == getattr(second, field)
+
+
+# every exit 3 is silent under -q -----------------------------------------------
+
+@pytest.mark.parametrize('skip', [False, True], ids=['lock held', 'skip_within'])
+def test_an_exit_3_under_the_fallback_lock_warns_of_nothing(tmp_path, monkeypatch, caplog,
+                                                            skip):
+    import fcntl
+    lock_dir = tmp_path / 'lock'
+    lock_dir.mkdir(mode=0o700)
+    monkeypatch.setattr(vmbackup, 'FALLBACK_LOCK_DIR', str(lock_dir))
+    args = argparse.Namespace(mastervol='vmstore', slave='root@dr.example.com',
+                              slavevol='vmstore-dr', vm=[], exclude=[], force=False,
+                              dry_run=False)
+    settings = vmbackup.Settings(lock_dir=str(lock_dir), lock_is_shared=False,
+                                 skip_within=60)
+    run = vmbackup.Run(args, settings, vmbackup.Stop())
+    path = lock_dir / 'vmbackup-vmstore.lock'
+    path.write_text(json.dumps({'sessions': {'dr.example.com::vmstore-dr': {
+        'last_success': run.started_at - 60, 'node': 'gluster2'}}}))
+    holder = open(str(path), 'a')
+    if not skip:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with caplog.at_level('WARNING', logger='vmbackup'):
+        with pytest.raises(vmbackup.LockHeld):
+            with vmbackup.take_lock(run):
+                pass
+    holder.close()
+    assert [r.getMessage() for r in caplog.records if r.levelname != 'INFO'] == []
