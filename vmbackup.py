@@ -3201,6 +3201,7 @@ class Verifier:
         log.info('verify: storage domain %s: OVF store %s (%s) describes %d '
                  'VMs', sd_id, store.volume_id, store.last_updated, len(vms))
         ours = {backup.vm_id: backup for backup in backups}
+        images = []             # (vm, disk id, volumes named), in order
         for vm in sorted(vms.values(), key=lambda vm: vm.name):
             backup = ours.get(vm.vm_id)
             for sid, _, description in vm.snapshots:
@@ -3217,8 +3218,18 @@ class Verifier:
                     log.debug('verify: VM %s disk %s is not on domain %s',
                               vm.name, disk_id, sd_id)
                     continue
-                results[disk_id] = self.disk(vm.name, sd_id, disk_id, named)
-                self.vms.add(vm.vm_id)
+                images.append((vm, disk_id, named))
+        # the images are checked side by side (qemu-img is a process per
+        # volume), and told in order
+        with concurrent.futures.ThreadPoolExecutor(
+                max_workers=verify_workers()) as pool:
+            found = list(pool.map(lambda image: self.image_problems(
+                sd_id, image[1], image[2]) if not self.stop.requested else [
+                    ('qemu-img', 'not checked: stopped by %s'
+                     % self.stop.signal_name)], images))
+        for (vm, disk_id, named), problems in zip(images, found):
+            results[disk_id] = self.disk(vm.name, disk_id, named, problems)
+            self.vms.add(vm.vm_id)
         for backup in backups:
             vm = vms.get(backup.vm_id)
             for disk in backup.disks:
@@ -3241,11 +3252,11 @@ class Verifier:
                     results[disk.disk_id] = False
         return results
 
-    def disk(self, vm_name, sd_id, disk_id, named):
-        """Verify one image: its .meta chain, its volumes against the OVF
-        store's, qemu-img's view of them. Return True when all hold."""
+    def disk(self, vm_name, disk_id, named, problems):
+        """Given one image and what image_problems found wrong with it (its
+        .meta chain, its volumes against the OVF store's, qemu-img's view of
+        them), tell it; return True when all hold."""
         what = 'VM %s disk %s' % (vm_name, disk_id)
-        problems = self.image_problems(sd_id, disk_id, named)
         for check, detail in problems:
             self.fail(what, check, detail)
         if problems:
@@ -3350,6 +3361,12 @@ class Verifier:
                 problems.append(('qemu-img check', 'volume %s: %s' % (
                     volume_id, describe_qemu(status, output + errors))))
         return problems
+
+
+def verify_workers():
+    """How many images verify checks at once: one per CPU (each check is
+    qemu-img processes, CPU-bound on a local or cached volume)."""
+    return max(1, os.cpu_count() or 1)
 
 
 def leaf_chain(metas):

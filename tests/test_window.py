@@ -3,6 +3,7 @@ the real script against the fake engine and the fake gluster."""
 import calendar
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -218,3 +219,19 @@ def test_a_run_whose_sync_fails_still_measures_the_window_up_to_its_removals(sit
     assert window['seconds'] >= 0 and window['overlay_bytes'] > 0
     (disk,) = status_of(site)['vms'][0]['disks']
     assert disk['overlay_bytes'] == window['overlay_bytes']
+
+
+def test_verify_runs_qemu_img_on_several_images_at_once_but_no_more_than_the_cpus(site):
+    for number in range(6):
+        site.add_vm('vm%d' % number, format='cow')
+    result = site.run(config=site.config(verify={
+        'qemu_img': str(pathlib.Path(__file__).parent / 'fakebin' / 'counting-qemu-img')}))
+    assert result.code == 0, result.output
+    assert 'verify: 6 disks of 6 VMs verified restorable' in result.err
+    running = most = 0
+    calls = site.calls('qemu-img')
+    assert len(calls) == 2 * 2 * 6       # info and check of each disk, begun and ended
+    for call in calls:
+        running += 1 if call['phase'] == 'start' else -1
+        most = max(most, running)
+    assert 2 <= most <= os.cpu_count()
