@@ -2986,40 +2986,6 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
 
 # Steps 6 and 7 together, and the old cleanup the bench measures --------------------
 
-def delete_overlays(root, paths, run):
-    """Given the slave volume's mount point and the overlay files' relative
-    paths, delete each regular file among them, by its exact path: never a
-    walk, never anything else. Return the number deleted."""
-    deleted = 0
-    for relative in paths:
-        target = os.path.join(root, relative)
-        try:
-            info = os.lstat(target)
-        except FileNotFoundError:
-            if not relative.endswith(('.meta', '.lease')):
-                log.warning('overlay %s is not at the remote site', relative)
-            continue
-        except OSError as error:
-            run.fail('cannot check %s at the remote site: %s', relative,
-                     error.strerror)
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            run.fail('%s at the remote site is not a regular file; left '
-                     'alone', relative)
-            continue
-        try:
-            os.unlink(target)
-        except OSError as error:
-            run.fail('cannot delete %s at the remote site: %s', relative,
-                     error.strerror)
-            continue
-        deleted += 1
-        log.debug('deleted %s at the remote site', relative)
-    log.info('deleted %d overlay files at the remote site (%d paths looked up)',
-             deleted, len(paths))
-    return deleted
-
-
 def remote_copy(run, engine, master_root, start_removal):
     """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
     read-only and the OVF store kept from before the snapshots: mount the
