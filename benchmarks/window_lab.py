@@ -25,7 +25,7 @@ the shared lab is held for one case at a time:
    (snapshot_window), and check that the run succeeded.
 
     python3 benchmarks/window_lab.py [--cases no,yes] [--vms 2] [--base-mib 64]
-        [--changes-mib 56] [--bwlimit 256] [--guest-kib 4] [--timeout 20]
+        [--changes-mib 56] [--bwlimit 256] [--guest-kib 8] [--timeout 20]
         [--logs DIR]
 
 Prints one table row per case, then the ratios (the target: window and
@@ -70,7 +70,7 @@ def parse_arguments(argv=None):
                         help="MiB of each base rewritten before the run")
     parser.add_argument('--bwlimit', type=int, default=256,
                         help="geo-replication's rsync --bwlimit, KiB/s")
-    parser.add_argument('--guest-kib', type=int, default=4,
+    parser.add_argument('--guest-kib', type=int, default=8,
                         help='KiB each guest writes a second')
     parser.add_argument('--timeout', type=int, default=20,
                         help="the tool's -t, minutes")
