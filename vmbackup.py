@@ -4515,7 +4515,7 @@ class Snapshots:
         """Send the removals now (the bases need not stay still any more)."""
         if self.removal is None:
             mine = self.mine()
-            if self.master_root is not None:
+            if self.master_root is not None and mine:
                 measure_overlays(self.master_root, mine)
             self.removal = start_removal(self.engine, mine,
                                          self.run.plan, self.run.settings)
