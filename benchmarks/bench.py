@@ -44,6 +44,7 @@ with merges of --long-merge seconds:
                slave's unmount (repair and verify done: the tool cannot
                look before) to the tool's "all N snapshots removed"; the
                target is <= 0.5
+  load         the machine's load average (1 minute) at the end of the row
   RSS MiB      peak resident memory of the tool (wait4's ru_maxrss, which
                also covers the children it waited for: scheduler, mount)
   paths        paths the remote cleanup looked up ("... paths looked up")
@@ -113,10 +114,11 @@ PHASES = (      # (label, log text that starts it); each ends where the next sta
     ('merges: the rest of the wait', 'unmounted '),
     ('master unmount, event, exit', 'all '),
 )
-COLUMNS = ('%5s %6s %7s %7s %7s %10s %7s %10s %8s %6s %7s %6s %7s %11s %7s %6s %7s %4s %6s %s',
+COLUMNS = ('%5s %6s %7s %7s %7s %10s %7s %10s %8s %6s %7s %6s %7s %11s %7s %6s %7s %4s %6s %5s %s',
            ('N', 'disks', 'merge s', 'wall s', 'bound s', 'wall/bound', 'floor s',
             'wall/floor', 'requests', 'req/VM', 'KiB/VM', 'busy s', 'lag ok s',
-            'lag merge s', 'RSS MiB', 'paths', 'deleted', 'exit', 'event', 'targets'))
+            'lag merge s', 'RSS MiB', 'paths', 'deleted', 'exit', 'event', 'load',
+            'targets'))
 
 
 def parse_arguments(argv):
@@ -364,6 +366,7 @@ def run_tool(ca, vm_count, args, merge_latency):
                     request_kind(r['method'], r['path'], r['query'])
                     for r in engine.requests),
                 timed=timed, started=started, log=log_text,
+                load=os.getloadavg()[0],
                 rss_mib=usage.ru_maxrss / 1024,
                 deleted=int(cleanup.group(1)) if cleanup else None,
                 looked_up=int(cleanup.group(2)) if cleanup else None)
@@ -408,7 +411,7 @@ def print_row(result, short=None):
         '%.1f' % result['rss_mib'],
         '-' if result['looked_up'] is None else result['looked_up'],
         '-' if result['deleted'] is None else result['deleted'],
-        result['code'], result['event'],
+        result['code'], result['event'], '%.1f' % result['load'],
         'met' if not problems else 'MISSED: ' + ', '.join(problems)), flush=True)
 
 
