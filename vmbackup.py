@@ -4625,12 +4625,21 @@ def make_status_directories(settings):
         if directory is None:
             continue
         try:
-            bounded(lambda: os.makedirs(directory, mode=0o755, exist_ok=True),
+            bounded(lambda: make_public_directory(directory),
                     settings.storage_timeout, directory)
         except (OSError, Hung) as error:
             log.error('cannot make the status directory %s: %s', directory,
                       error.strerror if isinstance(error, OSError)
                       and error.strerror else error)
+
+
+def make_public_directory(path):
+    """Make path and its missing parents, 0755 whatever the umask (node
+    exporter and --check may run as other users); leave one that is there
+    as it is."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)
 
 
 @contextlib.contextmanager
