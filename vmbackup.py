@@ -185,7 +185,7 @@ CHECK_STATES = {CHECK_OK: 'OK', CHECK_WARNING: 'WARNING',
 VOLUME_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
 SLAVE_NAME = re.compile(r'^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*$')
 UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
-                  r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')
+                  r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z')   # \Z: '$' takes a '\n'
 OVERLAY_SUFFIXES = ('', '.meta', '.lease')
 FOLLOW = 'disk_attachments.disk,snapshots'   # what a VM look-up inlines
 
@@ -2451,42 +2451,107 @@ def parse_meta(data, name):
     raise MetaError('%s has no EOF line (truncated?)' % name)
 
 
-def read_meta(path):
-    """Given a .meta file's path, return (its bytes, {KEY: value}); raise
-    OSError or MetaError."""
-    with open(path, 'rb') as stream:
-        data = stream.read(META_READ_LIMIT)
+def open_beneath(root, path, flags):
+    """Given a mount point and a path below it, open the path (os.open
+    flags) one component at a time with O_NOFOLLOW: a symlink anywhere on
+    the way, directory or file, is refused (OSError ELOOP or ENOTDIR), so
+    that what is read or written is the file at that very path of the
+    volume. Without root, the file itself only is opened with O_NOFOLLOW.
+    Return the descriptor."""
+    nofollow = getattr(os, 'O_NOFOLLOW', 0)
+    if root is None:
+        return os.open(path, flags | nofollow)
+    relative = os.path.relpath(path, root)
+    parts = relative.split(os.sep)
+    if relative.startswith(os.pardir) or not parts[-1]:
+        raise OSError(errno.EINVAL, 'not below %s' % root, path)
+    directory = os.open(root, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    done = []
+    try:
+        for part in parts[:-1]:
+            done.append(part)
+            inner = os.open(part, os.O_RDONLY | nofollow | getattr(os, 'O_DIRECTORY', 0),
+                            dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        done.append(parts[-1])
+        return os.open(parts[-1], flags | nofollow, dir_fd=directory)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(error.errno, 'a symbolic link (not followed) or not a '
+                          'directory', os.path.join(*done)) from None
+        raise
+    finally:
+        os.close(directory)
+
+
+def read_meta(path, root=None):
+    """Given a .meta file's path (below root: see open_beneath), return (its
+    bytes, {KEY: value}); raise OSError or MetaError, also for a file
+    longer than META_READ_LIMIT (not vdsm's, and not read whole)."""
+    with os.fdopen(open_beneath(root, path, os.O_RDONLY), 'rb') as stream:
+        data = stream.read(META_READ_LIMIT + 1)
+    if len(data) > META_READ_LIMIT:
+        raise MetaError('%s is longer than %d bytes: not a vdsm .meta'
+                        % (os.path.basename(path), META_READ_LIMIT))
     return data, parse_meta(data, os.path.basename(path))
 
 
-def write_in_place(path, data):
+def write_in_place(path, data, root=None):
     """Replace a file's content with data in place (same inode: a file
     replaced by rename would lose its gfid, and geo-replication maps slave
-    files to master files by gfid): write, truncate, fsync."""
-    with open(path, 'r+b') as stream:
+    files to master files by gfid): write, truncate, fsync. Below root, no
+    symlink is followed (open_beneath)."""
+    with os.fdopen(open_beneath(root, path, os.O_RDWR), 'r+b') as stream:
         stream.write(data)
         stream.truncate()
         stream.flush()
         os.fsync(stream.fileno())
 
 
-def set_meta_key(path, key, value):
+def meta_with_key(data, key, value, name):
+    """Given a .meta file's bytes, return them with its one KEY line (the
+    one line before EOF whose key, as vdsm strips it, is KEY) set to
+    KEY=value, every other byte unchanged; raise MetaError unless the
+    result parses, says KEY=value and says everything else as before."""
+    before = parse_meta(data, name)
+    lines = data.split(b'\n')
+    matches = []
+    for index, line in enumerate(lines):
+        if line.startswith(b'EOF'):
+            break
+        if b'=' in line and line.split(b'=', 1)[0].strip() == key.encode():
+            matches.append(index)
+    if len(matches) != 1:
+        raise MetaError('%s has %d %s lines' % (name, len(matches), key))
+    lines[matches[0]] = key.encode() + b'=' + value.encode()
+    changed = b'\n'.join(lines)
+    after = parse_meta(changed, name)
+    expected = dict(before)
+    expected[key] = value
+    if after != expected:
+        raise MetaError('%s would not say %s=%s after the edit' % (name, key, value))
+    return changed
+
+
+def rewrite_meta(path, read, changed, root=None):
+    """Write changed into the .meta at path in place, if it still holds
+    the bytes read (nobody rewrote it since); raise OSError or MetaError."""
+    again, _ = read_meta(path, root)
+    if again != read:
+        raise MetaError('%s changed since it was read' % os.path.basename(path))
+    if changed != read:
+        write_in_place(path, changed, root)
+
+
+def set_meta_key(path, key, value, root=None):
     """Given a .meta file, set KEY=value on its one KEY line in place, every
     other byte unchanged; return True when it changed. Raise OSError or
     MetaError."""
-    data, _ = read_meta(path)
-    lines = data.split(b'\n')
-    prefix = key.encode() + b'='
-    matches = [index for index, line in enumerate(lines) if line.startswith(prefix)]
-    if len(matches) != 1:
-        raise MetaError('%s has %d %s lines' % (os.path.basename(path),
-                                                len(matches), key))
-    lines[matches[0]] = prefix + value.encode()
-    changed = b'\n'.join(lines)
-    if changed == data:
-        return False
-    write_in_place(path, changed)
-    return True
+    data, _ = read_meta(path, root)
+    changed = meta_with_key(data, key, value, os.path.basename(path))
+    rewrite_meta(path, data, changed, root)
+    return changed != data
 
 
 def ovf_description(values):
@@ -2832,13 +2897,21 @@ def repair_chain(slave_root, disk, files):
     overlay = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.overlay_id)
     base = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.base_id)
     try:
-        _, base_meta = read_meta(base + '.meta')
+        base_data, base_meta = read_meta(base + '.meta', slave_root)
     except (OSError, MetaError) as error:
         return 'cannot read the base .meta at the slave: %s' % describe_os_error(error)
     wrong = meta_mismatch(base_meta, IMAGE=disk.disk_id, DOMAIN=disk.sd_id)
     if wrong or base_meta.get('VOLTYPE') not in ('INTERNAL', 'LEAF'):
         return ('the base .meta at the slave says %s; left alone'
                 % (wrong or 'VOLTYPE=%s' % base_meta.get('VOLTYPE')))
+    # the base's edit is made (and checked) before anything is deleted: an
+    # overlay gone with its base still INTERNAL leaves an image with no leaf
+    try:
+        base_edited = meta_with_key(base_data, 'VOLTYPE', 'LEAF',
+                                    disk.base_id + '.meta')
+    except MetaError as error:
+        return 'cannot set VOLTYPE=LEAF in the base .meta at the slave: %s; left alone' % (
+            error)
     try:
         _, overlay_meta = read_meta(overlay + '.meta')
     except FileNotFoundError:
@@ -2874,7 +2947,7 @@ def repair_chain(slave_root, disk, files):
                     disk.overlay_id + suffix, error.strerror)
     disk.overlay_dropped = True
     try:
-        set_meta_key(base + '.meta', 'VOLTYPE', 'LEAF')
+        rewrite_meta(base + '.meta', base_data, base_edited, slave_root)
     except (OSError, MetaError) as error:
         disk.chain_repaired = False
         return 'cannot set VOLTYPE=LEAF in the base .meta at the slave: %s' % (
@@ -2904,16 +2977,16 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
     for store in kept:
         path = volume_path(slave_root, store.sd_id, store.disk_id, store.volume_id)
         try:
-            with open(path, 'rb') as stream:
+            with os.fdopen(open_beneath(slave_root, path, os.O_RDONLY), 'rb') as stream:
                 head = stream.read(len(store.data))
-            meta, _ = read_meta(path + '.meta')
+            meta, _ = read_meta(path + '.meta', slave_root)
             if head == store.data and meta == store.meta:
                 continue
-            with open(path, 'r+b') as stream:
+            with os.fdopen(open_beneath(slave_root, path, os.O_RDWR), 'r+b') as stream:
                 stream.write(store.data)
                 stream.flush()
                 os.fsync(stream.fileno())
-            write_in_place(path + '.meta', store.meta)
+            write_in_place(path + '.meta', store.meta, slave_root)
         except (OSError, MetaError) as error:
             run.fail('cannot restore OVF store %s at the remote site: %s',
                      store.volume_id, describe_os_error(error))
