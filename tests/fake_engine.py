@@ -43,6 +43,15 @@ What it reproduces (see DESIGN.md, "Facts about the real systems"):
   ``rewrite_ovf_store_after_snapshot()`` makes the engine's periodic write
   (``OvfUpdateIntervalInMinutes``) fire right after the next snapshot is
   made, i.e. in the middle of a backup.
+- Templates (``add_template``): an image of one volume, ``VOLTYPE=SHARED``,
+  and its ``<template id>.ovf`` in the store (``TemplateId`` its own id,
+  ``TemplateType``: ``OvfTemplateWriter``; the engine's import tells a
+  template by ``<TemplateType>``, ``OvfUtils.getVmEntityType``). A VM made
+  from one (``add_vm(template=...)``, thin): its image holds the template's
+  volume, ``.meta`` and ``.lease`` hard-linked (vdsm ``Volume.create`` ->
+  ``Volume.share`` -> ``FileVolumeManifest._share``) under a qcow2 volume of
+  its own, the leaf; its OVF names its own volumes only, and its template
+  in ``TemplateId``.
 - Snapshot removal (live merge): 200 at once, ``locked`` for ``merge_delay``,
   then gone (404), the overlay files deleted and the disk's ``image_id`` the
   base's again. A failed merge leaves the snapshot ``ok``, files untouched.
