@@ -3293,7 +3293,9 @@ class Verifier:
         one volume ("snapshot-..."), and for one of one volume asks vdsm's
         getVolumeInfo and, for COW, qemu-img info; any of them failing fails
         the whole query, and StorageHandlingCommandBase then registers
-        nothing of the domain ("Failed to retrieve unregistered disks").
+        nothing of the domain ("Failed to retrieve unregistered disks"); a
+        .meta vdsm cannot parse leaves getVolumeInfo without the keys that
+        GetVolumeInfoVDSCommand.buildImageEntity needs, which then fails.
         So only the images of one volume are read: its .meta, and qemu-img
         info when it is COW."""
         images = os.path.join(self.root, sd_id, 'images')
