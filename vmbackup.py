@@ -775,9 +775,9 @@ def read_config(path, needs_engine=True, storage_limit=None):
         cluster=config.text('event', 'cluster'),
         lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
                               else FALLBACK_LOCK_DIR),
-        lock_is_shared=bool(shared) if lock_dir is None else bounded(
-            lambda: is_gluster_mount(lock_dir), storage_timeout,
-            'the lock directory %s' % lock_dir),
+        lock_is_shared=bool(shared) if lock_dir is None else needs_engine
+        and bounded(lambda: is_gluster_mount(lock_dir), storage_timeout,
+                    'the lock directory %s' % lock_dir),
         storage_timeout=storage_timeout,
         skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
                                   float, allow_zero=True, maximum=MAX_MINUTES),
@@ -806,10 +806,10 @@ def read_config(path, needs_engine=True, storage_limit=None):
                 problems.append('[gluster] %s %s is not an executable file '
                                 '(install %s, or name it)'
                                 % (key, program, package))
-    # the lock directory must be there; the status directories are made
-    # at the start of a run when they are not
+    # the lock directory must be there (for a run: the read-only modes take
+    # no lock); the status directories are made at its start when they are not
     for label, directory, missing_is_fine in (
-            ('[lock] lock_dir', lock_dir, False),
+            ('[lock] lock_dir', lock_dir if needs_engine else None, False),
             ('[status] dir', status_dir, True),
             ('[status] textfile_dir', settings.textfile_dir, True)):
         if directory is not None:
@@ -4732,12 +4732,21 @@ def make_status_directories(settings):
         if directory is None:
             continue
         try:
-            bounded(lambda: os.makedirs(directory, mode=0o755, exist_ok=True),
+            bounded(lambda: make_public_directory(directory),
                     settings.storage_timeout, directory)
         except (OSError, Hung) as error:
             log.error('cannot make the status directory %s: %s', directory,
                       error.strerror if isinstance(error, OSError)
                       and error.strerror else error)
+
+
+def make_public_directory(path):
+    """Make path and its missing parents, 0755 whatever the umask (node
+    exporter and --check may run as other users); leave one that is there
+    as it is."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)
 
 
 @contextlib.contextmanager
