@@ -75,6 +75,7 @@ a snapshot of ours.
 """
 
 import argparse
+import calendar
 import collections
 import concurrent.futures
 import configparser
@@ -1332,14 +1333,16 @@ def run_child(command, timeout, stop):
 ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 
-def log_output(stream, label):
+def log_output(stream, label, on_line=None):
     """Log each line of a child's output as it comes, until it closes,
-    without terminal colour codes."""
+    without terminal colour codes; call on_line() after each."""
     with stream:
         for raw in stream:
             line = ANSI_ESCAPE.sub('', raw.decode('utf-8', 'replace')).rstrip()
             if line:
                 log.info('%s: %s', label, line)
+            if on_line is not None:
+                on_line()
 
 
 def is_mount_point(directory):
@@ -1409,9 +1412,23 @@ def slave_host(slave):
     return slave.rsplit('@', 1)[-1]
 
 
+# The slave's client id. geo-replication makes the slave read-only to
+# ordinary clients, and gluster's read-only xlator lets every internal
+# (negative) client id through (read-only-common.c
+# is_readonly_or_worm_enabled). Not -1 (GF_CLIENT_PID_GSYNCD, what gsyncd
+# uses): the shard xlator hands gsyncd's calls through unsharded (shard.c:
+# lookup, stat, unlink, rename), so on a sharded slave a -1 mount sees only
+# the first shard of each file (measured on 10.3: a 20 MiB file read as its
+# first 4 MiB) and its unlink leaves the other shards behind. -4 is
+# GF_CLIENT_PID_NO_ROOT_SQUASH (libglusterfs common-utils.h; the id of
+# `glusterfs --no-root-squash`, fuse-bridge.c): a whole-file client that
+# the read-only xlator lets write.
+SLAVE_CLIENT_PID = '--client-pid=-4'
+
+
 def mount_command(args, settings, directory):
     return [settings.glusterfs, '--volfile-server', slave_host(args.slave),
-            '--volfile-id', args.slavevol, '--client-pid=-1',
+            '--volfile-id', args.slavevol, SLAVE_CLIENT_PID,
             '-l', settings.mount_log, directory]
 
 
@@ -1462,13 +1479,13 @@ def volume_mounted(command, where, volume, settings, run, stop):
 @contextlib.contextmanager
 def slave_mounted(args, settings, run, stop, read_only=False):
     """Mount the slave volume in a fresh temporary directory for the block
-    (read_only: with --read-only, for --verify; else with --client-pid=-1,
-    gsyncd's client id, which the slave's features.read-only lets write);
+    (read_only: with --read-only, for --verify; else with SLAVE_CLIENT_PID,
+    which the slave's features.read-only lets write);
     yield its path, or None after run.fail. Unmount and remove the
     directory on every way out."""
     command = mount_command(args, settings, 'DIR')
     if read_only:
-        command[command.index('--client-pid=-1')] = '--read-only'
+        command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
     with volume_mounted(command, 'the slave volume %s:%s' % (
             slave_host(args.slave), args.slavevol), args.slavevol, settings,
             run, stop) as directory:
@@ -2323,9 +2340,10 @@ SCHEDULER_EXITS = {
 }
 
 
-def replicate(args, settings, run, stop):
-    """Run gluster's scheduler, logging its output as it comes; return True
-    when it reported the checkpoint complete."""
+def replicate(args, settings, run, stop, on_line=None):
+    """Run gluster's scheduler, logging its output as it comes (on_line()
+    after each line); return True when it reported the checkpoint
+    complete."""
     command = scheduler_command(args, settings)
     log.info('replicating: %s', ' '.join(shlex.quote(part) for part in command))
     try:
@@ -2352,7 +2370,8 @@ def replicate(args, settings, run, stop):
         watchdog.daemon = True
         watchdog.start()
     reader = threading.Thread(target=log_output, name='scheduler-output',
-                              args=(process.stdout, 'schedule_georep'),
+                              args=(process.stdout, 'schedule_georep',
+                                    on_line),
                               daemon=True)
     reader.start()
     try:
@@ -2396,6 +2415,228 @@ def replicate(args, settings, run, stop):
                 args.mastervol, args.slave, args.slavevol, args.mastervol,
                 slave_host(args.slave), args.slavevol)
     return False
+
+
+# Step 6: geo-replication's own word, read while the scheduler runs.
+#
+# The checkpoint's completion per master brick (`status detail --xml`, one
+# <pair> per brick: cli/src/cli-xml-output.c cli_xml_output_vol_gsync_status)
+# is there only while the session runs: the scheduler stops it at its end,
+# and a stopped session reads N/A in every checkpoint field (measured on
+# 10.3, gluster-notes.md). A brick's checkpoint is "Yes" once its worker's
+# last synced time reached the checkpoint (gsyncdstatus.py
+# GeorepStatus.get_status): every change before it, each shard of a sharded
+# file included (shards are files of their own to gsyncd), was synced from
+# that brick. Only the Active worker of a replica set syncs, so each replica
+# set needs an Active one with "Yes". Asked WITHOUT a master volume the
+# status takes no volume lock (cli-cmd-parser.c cli_cmd_gsync_set_parse sets
+# "volname" only with a primary; glusterd-syncop.c gd_sync_task_begin: no
+# volname, no lock), so these polls can never make the scheduler's own
+# stop/config/start fail with "Another transaction is in progress".
+
+GEOREP_TIME = '%Y-%m-%d %H:%M:%S'    # gsyncdstatus.py human_time_utc (UTC)
+
+
+def xml_root(output):
+    """The cliOutput element of a gluster --xml answer, or None."""
+    start = output.find('<cliOutput')
+    if start < 0:
+        return None
+    try:
+        return ElementTree.fromstring(output[start:])
+    except ElementTree.ParseError:
+        return None
+
+
+def replica_sets(output, mastervol):
+    """Given `gluster volume info MASTERVOL --xml`, return its bricks
+    ("host:path") grouped by replica (or disperse) set, or None when the
+    answer is not that. The sets are consecutive bricks of replicaCount
+    (disperseCount) each; distCount is not used: it means bricks per set in
+    10.3 and sets in later releases (glusterd-handler.c
+    glusterd_add_volume_detail_to_dict)."""
+    root = xml_root(output)
+    volume = None if root is None else root.find('volInfo/volumes/volume')
+    if (volume is None or root.findtext('opRet', '').strip() != '0'
+            or (volume.findtext('name') or '').strip() != mastervol):
+        return None
+    bricks = [(brick.findtext('name') or '').strip()
+              for brick in volume.findall('bricks/brick')]
+    try:
+        size = (int(volume.findtext('disperseCount') or 0)
+                or int(volume.findtext('replicaCount') or 1) or 1)
+    except ValueError:
+        return None
+    if not bricks or '' in bricks or len(bricks) % size:
+        return None
+    return [bricks[at:at + size] for at in range(0, len(bricks), size)]
+
+
+def session_pairs(output, mastervol, slave, slavevol):
+    """Given `gluster volume geo-replication status detail --xml` (every
+    session), return the <pair>s of MASTERVOL -> SLAVE::SLAVEVOL as dicts of
+    their fields, or None when the answer is not a status (opRet -1: a
+    transaction of another command, glusterd down, ...)."""
+    root = xml_root(output)
+    if root is None or root.findtext('opRet', '').strip() != '0':
+        return None
+    wanted = '%s::%s' % (slave_host(slave), slavevol)
+    pairs = []
+    for volume in root.iter('volume'):
+        if (volume.findtext('name') or '').strip() != mastervol:
+            continue
+        for pair in volume.iter('pair'):
+            fields = {child.tag: (child.text or '').strip() for child in pair}
+            secondary = fields.get('secondary', fields.get('slave', ''))
+            secondary = secondary.split('://', 1)[-1].rsplit('@', 1)[-1]
+            if secondary == wanted:
+                pairs.append(fields)
+    return pairs
+
+
+def georep_time(text):
+    """Epoch seconds of a status time (UTC), or None for N/A."""
+    try:
+        return calendar.timegm(time.strptime(text, GEOREP_TIME))
+    except (TypeError, ValueError):
+        return None
+
+
+def completed_sets(sets, pairs, since):
+    """Given the replica sets, one poll's pairs and the epoch second before
+    which a checkpoint is not this run's, return {set index: (brick,
+    checkpoint time, completion time)} of the sets whose Active worker had
+    completed this run's checkpoint."""
+    done = {}
+    for index, bricks in enumerate(sets):
+        for pair in pairs:
+            brick = '%s:%s' % (pair.get('primary_node', pair.get('master_node', '')),
+                               pair.get('primary_brick', pair.get('master_brick', '')))
+            checkpoint = georep_time(pair.get('checkpoint_time'))
+            if (brick in bricks and pair.get('status') == 'Active'
+                    and pair.get('checkpoint_completed') == 'Yes'
+                    and checkpoint is not None and checkpoint >= since):
+                done[index] = (brick, pair.get('checkpoint_time'),
+                               pair.get('checkpoint_completion_time'))
+    return done
+
+
+def describe_pairs(bricks, pairs):
+    """How the workers of one replica set looked at the last poll."""
+    seen = ['%s:%s %s, checkpoint %s' % (
+        pair.get('primary_node', ''), pair.get('primary_brick', ''),
+        pair.get('status') or '?', pair.get('checkpoint_completed') or '?')
+        for pair in pairs
+        if '%s:%s' % (pair.get('primary_node', ''),
+                      pair.get('primary_brick', '')) in bricks]
+    return '; '.join(seen) or 'no worker'
+
+
+class CheckpointWatch:
+    """Polls geo-replication's status (every session, no lock) from the
+    start of the scheduler to its end: at once, then every --interval
+    seconds, and at once after each line of the scheduler's (the real one
+    prints a line after each of its own polls, just before it stops the
+    session). evidence() then says whether this run's checkpoint was seen
+    complete on an Active worker of every replica set of MASTERVOL."""
+
+    def __init__(self, args, settings):
+        self.args = args
+        self.settings = settings
+        self.since = int(time.time()) - 1   # the scheduler sets it later
+        self.sets = None
+        self.done = {}
+        self.last = None         # the pairs of the last readable poll
+        self.polls = 0
+        self.wake = threading.Event()
+        self.ended = threading.Event()
+        self.child = None
+        self.thread = threading.Thread(target=self._loop, daemon=True,
+                                       name='checkpoint-watch')
+
+    def _gluster(self, *words):
+        command = [self.settings.gluster, '--mode=script'] + list(words)
+        try:
+            self.child = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, start_new_session=True,
+                close_fds=True)
+        except OSError as error:
+            log.debug('checkpoint watch: cannot run %s: %s', command[0], error)
+            return ''
+        try:
+            output, _ = self.child.communicate(timeout=GLUSTER_CLI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            terminate_child(self.child)
+            output, _ = self.child.communicate()
+        return output.decode('utf-8', 'replace')
+
+    def _loop(self):
+        interval = max(1, self.args.interval)
+        while not self.ended.is_set():
+            if self.sets is None:
+                self.sets = replica_sets(self._gluster(
+                    'volume', 'info', self.args.mastervol, '--xml'),
+                    self.args.mastervol)
+            if self.ended.is_set():
+                break
+            pairs = session_pairs(self._gluster(
+                'volume', 'geo-replication', 'status', 'detail', '--xml'),
+                self.args.mastervol, self.args.slave, self.args.slavevol)
+            if pairs is not None:
+                self.polls += 1
+                self.last = pairs
+                if self.sets:
+                    for index, seen in completed_sets(self.sets, pairs,
+                                                      self.since).items():
+                        self.done.setdefault(index, seen)
+            self.wake.wait(interval)
+            self.wake.clear()
+
+    def nudge(self):
+        self.wake.set()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.ended.set()
+        self.wake.set()
+        child = self.child
+        if child is not None and child.poll() is None:
+            terminate_child(child)
+        self.thread.join(GLUSTER_CLI_TIMEOUT + 10)
+        return False
+
+    def evidence(self):
+        """None when every replica set was seen complete (logged), else the
+        problem in words."""
+        where = '%s -> %s::%s' % (self.args.mastervol,
+                                  slave_host(self.args.slave),
+                                  self.args.slavevol)
+        if not self.sets:
+            return ('gluster did not list the bricks of volume %s (volume info '
+                    '--xml)' % self.args.mastervol)
+        if not self.polls:
+            return ('geo-replication status detail of %s could not be read '
+                    'while the scheduler ran' % where)
+        missing = [index for index in range(len(self.sets))
+                   if index not in self.done]
+        if missing:
+            return ("geo-replication's checkpoint was not seen complete on an "
+                    'Active worker of %s while the session ran (%d polls; '
+                    'last seen: %s)' % (
+                        ', '.join('replica set %d (%s)' % (
+                            index + 1, ' '.join(self.sets[index]))
+                            for index in missing), self.polls,
+                        ' | '.join(describe_pairs(self.sets[index], self.last or [])
+                                   for index in missing)))
+        for index, (brick, checkpoint, completed) in sorted(self.done.items()):
+            log.info('geo-replication %s: checkpoint of %s UTC completed at %s '
+                     'UTC on %s (replica set %d of %d)', where, checkpoint,
+                     completed, brick, index + 1, len(self.sets))
+        return None
 
 
 # Step 5-7: the remote copy: volumes, chains, OVF store ---------------------------
@@ -2670,12 +2911,15 @@ def describe_os_error(error):
 
 # step 6: confirm the copy, while the bases are still frozen
 
-def confirm_copies(engine, run, master_root, slave_root):
+def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
     """Step 6, after the scheduler's exit 0 and before any snapshot removal
     is sent: for each disk of this run's snapshots, confirm that the base
     volume and its .meta at the slave are the master's (size and mtime to
-    the nanosecond, which geo-replication keeps mount to mount) and that
-    this run's snapshot is still there with the disk on its overlay. Return
+    the nanosecond, which geo-replication keeps mount to mount, and content:
+    see copy_problem), that geo-replication's checkpoint was seen complete
+    on every replica set (checkpoint: the CheckpointWatch's problem, or
+    None; on a sharded volume size and mtime show only the first shard) and
+    that this run's snapshot is still there with the disk on its overlay. Return
     the (VmBackup, DiskRecord) pairs confirmed; run.fail names each other
     disk (nothing of it will be changed at the slave)."""
     backups = run.plan.backups if run.plan else []
@@ -2687,6 +2931,8 @@ def confirm_copies(engine, run, master_root, slave_root):
                 disk.problem = disk.problem or 'no snapshot of this run'
     if not ready:
         return []
+    if checkpoint is not None:
+        run.fail('the copy at the remote site is not confirmed: %s', checkpoint)
     states = fetch_confirming(engine, run, [backup.vm_id for backup in ready])
     confirmed = []
     for backup in ready:
@@ -2705,6 +2951,8 @@ def confirm_copies(engine, run, master_root, slave_root):
                             backup.name, disk.disk_id, disk.problem)
                 continue
             problem = (copy_problem(disk, master_root, slave_root)
+                       or (checkpoint and "geo-replication's checkpoint was "
+                           'not seen complete (see above)')
                        or snapshot_problem(states.get(backup.vm_id), backup, disk))
             disk.confirmed = problem is None
             if problem is None:
@@ -2770,8 +3018,50 @@ def copy_problem(disk, master_root, slave_root):
             return ('%s at the slave is not the master\'s (modified %s, at the '
                     'master %s)' % (name, format_ns(slave.st_mtime_ns),
                                     format_ns(master.st_mtime_ns)))
+        problem = content_problem(os.path.join(master_root, relative + suffix),
+                                  os.path.join(slave_root, relative + suffix),
+                                  master.st_size)
+        if problem:
+            return '%s %s' % (name, problem)
         if not suffix:
             disk.size = slave.st_size
+    return None
+
+
+# Bases up to this size are compared byte for byte, master to slave; larger
+# ones by their first and last CONTENT_BLOCK (the checkpoint covers the rest:
+# reading a whole disk at the slave, over the WAN, every night is what
+# geo-replication is there to spare).
+CONTENT_FULL_LIMIT = 256 * 1024 * 1024
+CONTENT_BLOCK = 1024 * 1024
+
+
+def content_problem(master_path, slave_path, size):
+    """Given the paths of a file at the master and the slave mounts and its
+    size, return where their content differs, or None. Compared in full up
+    to CONTENT_FULL_LIMIT, else the first and the last CONTENT_BLOCK."""
+    if size <= CONTENT_FULL_LIMIT:
+        spans = [(0, size)]
+    else:
+        spans = [(0, CONTENT_BLOCK), (size - CONTENT_BLOCK, size)]
+    try:
+        with open(master_path, 'rb') as master, open(slave_path, 'rb') as slave:
+            for start, end in spans:
+                master.seek(start)
+                slave.seek(start)
+                offset = start
+                while offset < end:
+                    want = min(CONTENT_BLOCK, end - offset)
+                    ours, theirs = master.read(want), slave.read(want)
+                    if ours != theirs:
+                        at = next((n for n, (a, b) in enumerate(zip(ours, theirs))
+                                   if a != b), min(len(ours), len(theirs)))
+                        return ('differs from the master at the slave from byte '
+                                '%d (the %d-byte block at %d compared)'
+                                % (offset + at, want, offset))
+                    offset += want
+    except OSError as error:
+        return 'cannot be read to compare: %s' % describe_os_error(error)
     return None
 
 
@@ -2963,16 +3253,18 @@ def delete_overlays(root, paths, run):
     return deleted
 
 
-def remote_copy(run, engine, master_root, start_removal):
+def remote_copy(run, engine, master_root, start_removal, checkpoint=None):
     """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
     read-only and the OVF store kept from before the snapshots: mount the
-    slave, confirm every disk while the bases are still frozen, then call
+    slave, confirm every disk while the bases are still frozen (checkpoint:
+    what the CheckpointWatch found wrong, or None), then call
     start_removal() (the merges may run while the slave is repaired),
     repair the chains, put back the OVF store, verify; unmount."""
     with slave_mounted(run.args, run.settings, run, run.stop) as slave_root:
         confirmed = []
         if slave_root is not None:
-            confirmed = confirm_copies(engine, run, master_root, slave_root)
+            confirmed = confirm_copies(engine, run, master_root, slave_root,
+                                       checkpoint)
         # the bases are confirmed (or given up): the merges may change them
         start_removal()
         if slave_root is None:
@@ -4447,13 +4739,17 @@ def back_up(run):
                                      write_ovf_stores(engine, run, master)
                                      ) as snapshots:              # 5, 8
                     with run.step('replicate'):
-                        replicated = replicate(run.args, run.settings, run,
-                                               run.stop)          # 6
+                        with CheckpointWatch(run.args,
+                                             run.settings) as watch:
+                            replicated = replicate(
+                                run.args, run.settings, run, run.stop,
+                                on_line=watch.nudge)              # 6
                     run.check_stop()
                     if replicated:
                         with run.step('remote copy'):             # 6, 7
                             remote_copy(run, engine, master,
-                                        snapshots.start_removal)
+                                        snapshots.start_removal,
+                                        watch.evidence())
                     else:
                         log.warning('the remote site is left as it is, '
                                     'since geo-replication did not complete')
