@@ -235,3 +235,18 @@ def test_a_failed_night_then_a_good_one_leaves_a_clean_slave(site):
     assert [p for p in overlay_files(site, night1 + night2) if os.path.exists(p)] == []
     assert sorted(tree(site.slave)) == sorted(tree(site.master))
     assert 'verify: 2 disks of 1 VM verified restorable' in good.err
+
+
+def test_the_fake_engine_writes_a_meta_as_vdsm_does_new_file_then_rename(site):
+    """vdsm fileVolume.py FileVolumeManifest._putMetadata: <vol>.meta.new,
+    then rename: a snapshot's VOLTYPE=INTERNAL on the base is a new inode
+    (a new gfid on gluster), and no .meta.new is left."""
+    site.add_vm('web')
+    (disk,) = site.engine.vm('web')['disks']
+    meta = os.path.join(str(site.master), site.sd_id, 'images', disk['id'],
+                        disk['chain'][0] + '.meta')
+    before = os.stat(meta).st_ino
+    site.engine.add_snapshot('web', 'a user snapshot')
+    assert os.stat(meta).st_ino != before
+    assert 'VOLTYPE=INTERNAL' in open(meta).read()
+    assert not os.path.exists(meta + '.new')
