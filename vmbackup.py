@@ -2573,25 +2573,33 @@ class CheckpointWatch:
 
     def _loop(self):
         interval = max(1, self.args.interval)
-        while not self.ended.is_set():
-            if self.sets is None:
-                self.sets = replica_sets(self._gluster(
-                    'volume', 'info', self.args.mastervol, '--xml'),
-                    self.args.mastervol)
-            if self.ended.is_set():
-                break
-            pairs = session_pairs(self._gluster(
-                'volume', 'geo-replication', 'status', 'detail', '--xml'),
-                self.args.mastervol, self.args.slave, self.args.slavevol)
-            if pairs is not None:
-                self.polls += 1
-                self.last = pairs
-                if self.sets:
-                    for index, seen in completed_sets(self.sets, pairs,
-                                                      self.since).items():
-                        self.done.setdefault(index, seen)
+        while True:
+            # one more poll once the scheduler ended: the real one stopped
+            # the session (N/A, nothing gained), a stand-in may not have
+            last = self.ended.is_set()
+            self._poll(last)
+            if last:
+                return
             self.wake.wait(interval)
             self.wake.clear()
+
+    def _poll(self, final=False):
+        if self.sets is None:
+            self.sets = replica_sets(self._gluster(
+                'volume', 'info', self.args.mastervol, '--xml'),
+                self.args.mastervol)
+        pairs = session_pairs(self._gluster(
+            'volume', 'geo-replication', 'status', 'detail', '--xml'),
+            self.args.mastervol, self.args.slave, self.args.slavevol)
+        if pairs is None:
+            return
+        self.polls += 1
+        if not final or self.last is None:     # how it was while it ran
+            self.last = pairs
+        if self.sets:
+            for index, seen in completed_sets(self.sets, pairs,
+                                              self.since).items():
+                self.done.setdefault(index, seen)
 
     def nudge(self):
         self.wake.set()
@@ -2603,10 +2611,11 @@ class CheckpointWatch:
     def __exit__(self, *exc):
         self.ended.set()
         self.wake.set()
+        self.thread.join(GLUSTER_CLI_TIMEOUT)
         child = self.child
-        if child is not None and child.poll() is None:
+        if self.thread.is_alive() and child is not None and child.poll() is None:
             terminate_child(child)
-        self.thread.join(GLUSTER_CLI_TIMEOUT + 10)
+            self.thread.join(10)
         return False
 
     def evidence(self):
