@@ -1043,10 +1043,11 @@ class GeoRepLab:
                 and cmd.endswith(' ' + str(path))]
 
     @contextlib.contextmanager
-    def mount_slave(self, client_pid=-1):
+    def mount_slave(self, client_pid=-4):
         """Mount the slave in a fresh directory, as vmbackup.py does
-        (--client-pid=-1 gets through the slave's read-only), or as an
-        ordinary client with client_pid=None. Yields the mount's Path;
+        (--client-pid=-4 gets through the slave's read-only and, unlike
+        gsyncd's -1, sees sharded files whole), or as an ordinary client
+        with client_pid=None. Yields the mount's Path;
         unmounts and removes it on the way out."""
         path = pathlib.Path(tempfile.mkdtemp(prefix='slave-',
                                              dir=self.mnt_dir))
