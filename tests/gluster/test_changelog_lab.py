@@ -89,7 +89,7 @@ def test_two_nights_in_changelog_mode_the_renamed_meta_syncs_and_nothing_is_left
     assert code == 0, output
     assert_nothing_left(world, output)
     assert lab.crawl_status() == 'Changelog Crawl'
-    left = overlays_at_slave(world, dict(night1, **night2))
+    left = overlays_at_slave(world, {**night1, **night2})
     assert not left, 'overlays left at the slave:\n' + '\n'.join(left)
     # each base's .meta: renamed at the master by every vdsm write (a new
     # gfid), the rename replayed at the slave over the tool's in-place edit
@@ -118,7 +118,7 @@ def test_a_failed_night_then_a_good_one_leaves_a_clean_slave(lab, engine, tmp_pa
     assert_nothing_left(world, output)
     # the merges deleted the failed night's overlays at the master; changelog
     # mode replayed the unlinks at the slave before this night's checkpoint
-    left = overlays_at_slave(world, dict(failed, **good))
+    left = overlays_at_slave(world, {**failed, **good})
     assert not left, 'overlays left at the slave:\n' + '\n'.join(left)
     master = lab.master_tree()
     with lab.mount_slave(client_pid=None) as slave:
