@@ -38,9 +38,12 @@ The steps of a run:
      ready, and record each disk's image id before (the base) and after
      (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
-     Its exit 0 is no proof: confirm that each disk's base at the slave is
-     the master's (size and mtime) and that this run's snapshots are still
-     there, before anything at the slave changes.
+     Its exit 0 is no proof: while it runs, read geo-replication's status
+     (gluster volume geo-replication status detail --xml), and confirm that
+     this run's checkpoint completed on an Active worker of every replica set
+     of the master, that each disk's base at the slave is the master's (size,
+     mtime and content: see "What the confirm proves") and that this run's
+     snapshots are still there, before anything at the slave changes.
   7. Make the remote copy restorable: mount the slave volume; for each
      confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
      .meta and .lease, and set VOLTYPE=LEAF in the base's .meta, in place;
