@@ -248,3 +248,19 @@ def test_the_fake_engine_writes_a_meta_as_vdsm_does_new_file_then_rename(site):
     assert os.stat(meta).st_ino != before
     assert 'VOLTYPE=INTERNAL' in open(meta).read()
     assert not os.path.exists(meta + '.new')
+
+
+def test_a_completion_the_scheduler_stopped_before_a_read_counts_on_the_active_worker_just_before(
+        site):
+    """The real scheduler stops the session right after its own poll read
+    the checkpoint complete: the tool's last read may show the worker Active
+    with it not yet complete. Read within ACTIVE_WINDOW seconds before the
+    scheduler's COMPLETE, that counts (a dying worker shows Faulty longer)."""
+    site.add_vm('web')
+    site.behave(schedule_georep={'complete_unseen': True})
+    result = site.run()
+    assert result.code == 0, result.output
+    assert_invariants(site, result)
+    assert re.search(r"replica set 1 of 1 \(\S+\) had an Active worker on this run's "
+                     r'checkpoint \d+ s before the scheduler read it complete', result.err), \
+        result.err
