@@ -42,7 +42,10 @@ The steps of a run:
      confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
      .meta and .lease, and set VOLTYPE=LEAF in the base's .meta, in place;
      put back the OVF store kept in step 5 where the engine rewrote it;
-     verify the copy as a DR engine would import it; unmount.
+     verify the copy as a DR engine would import it; unmount. When every
+     disk was verified, take a restore point: a gluster snapshot of the
+     slave volume on a slave node, over ssh, keeping the newest
+     [restore_points] keep of ours (0, none, by default).
   8. Remove the snapshots this run created (live merge), whatever happened
      before, and wait until they are gone (the removals start as soon as
      the copy is confirmed).
@@ -58,7 +61,8 @@ them.
 With --dry-run, steps 1, 3 and 4 are done, without the lock, and the rest is
 only printed; it exits 1 when a check of step 4 fails. With --verify, only
 the verify of step 7 is done, at the slave mounted read-only, with no engine
-and no lock: what a DR administrator runs before a failover. --status and
+and no lock: what a DR administrator runs before a failover; with
+--restore-point NAME too, of that restore point instead of the volume. --status and
 --check read the last run's status file and nothing else.
 
 Run it nightly on every gluster node of the master volume's pool, as root,
