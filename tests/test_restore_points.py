@@ -210,8 +210,21 @@ def fail_the_scheduler(site):
     site.behave(schedule_georep={'exit': 1})
 
 
-@pytest.mark.parametrize('failure', [fail_a_vms_snapshot, fail_the_scheduler],
-                         ids=['a-vm-not-snapshotted', 'the-scheduler-failed'])
+def fail_the_verify_of_a_down_vm(site):
+    # its disks are not this run's (it is down) but the DR engine would
+    # import it: a torn copy of it fails the verify, and the run
+    site.engine.add_vm('stopped', status='down', disks=[dict(sd=site.sd_id, format='cow')])
+    (disk,) = site.engine.vm('stopped')['disks']
+    path = site.master / site.sd_id / 'images' / disk['id'] / disk['image_id']
+    with open(str(path), 'r+b') as stream:
+        stream.truncate(65536)
+
+
+FAILURES = [fail_a_vms_snapshot, fail_the_scheduler, fail_the_verify_of_a_down_vm]
+
+
+@pytest.mark.parametrize('failure', FAILURES, ids=[f.__name__.replace('_', '-')
+                                                   for f in FAILURES])
 def test_a_failed_run_takes_no_restore_point_and_deletes_none(site, failure):
     site.add_vm('web')
     site.add_vm('db')
