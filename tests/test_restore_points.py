@@ -262,6 +262,11 @@ def test_a_restore_point_stays_when_a_merge_fails_later(site):
 
 # ------------------------------------------------------------ the refusals
 
+def no_lvm(site):
+    site.behave(gluster={'lvm': False})
+    return 'LVM commands not found, snapshot functionality is disabled'
+
+
 def thin(site):
     site.behave(gluster={'thin_provisioned': False})
     return ('Snapshot is supported only for thin provisioned LV. Ensure that all '
@@ -304,7 +309,7 @@ def ssh_key_refused(site):
     return 'Permission denied (publickey'
 
 
-REFUSALS = [thin, geo_replication_running, hard_limit, name_exists, ssh_refused,
+REFUSALS = [no_lvm, thin, geo_replication_running, hard_limit, name_exists, ssh_refused,
             ssh_key_refused]
 
 

@@ -51,6 +51,12 @@ volumes/VOL made at create, in snaps/NAME (the fake glusterfs mounts
 /snaps/NAME/VOL from there). A volume is a directory under volumes/.
 
 behaviour {"gluster": {...}} for the refusals:
+  "lvm": false                  the node has no lvm2: glusterd_handle_snapshot
+                                refuses every snapshot command, info and list
+                                too, "LVM commands not found, snapshot
+                                functionality is disabled" (no /sbin/lvcreate,
+                                glusterd_is_lvm_cmd_available; what the real
+                                lab's 10.3 answers, tests/gluster/NOTES.md)
   "thin_provisioned": false     the bricks are not thin LVs (every create)
   "geo_rep_running": [VOL...]   a geo-replication session of VOL runs
   "snap_max_hard_limit": N      glusterd's effective limit (default 256)
@@ -332,6 +338,9 @@ def main(words, settings):
         sys.exit('gluster: the fake has no snapshot command %r' % words)
     command = words[0]
     try:
+        if settings.get('lvm', True) is False:
+            raise Refused('LVM commands not found, snapshot functionality is '
+                          'disabled')
         text, body = COMMANDS[command](words[1:], settings)
     except Refused as refusal:
         if xml:
