@@ -1897,6 +1897,18 @@ def print_plan(run):
                   % (disk.sd_id, disk.disk_id, disk.base_id), file=out)
     print("then put back the OVF store kept, where the engine rewrote it, and "
           'verify the copy.', file=out)
+    if settings.restore_keep:
+        host = restore_point_host(args, settings)
+        command = remote_gluster_command(settings, host, [
+            'snapshot', 'create', 'NAME', args.slavevol, 'no-timestamp',
+            'description', 'EVENT TEXT'])
+        print('When every disk is verified, would take the restore point %s '
+              'with: %s' % (restore_point_name(args.slavevol, time.time()),
+                            ' '.join(shlex.quote(part) for part in command)),
+              file=out)
+        print('and delete the restore points of ours beyond keep = %d, oldest '
+              'first (gluster snapshot info volume %s on %s).'
+              % (settings.restore_keep, args.slavevol, host), file=out)
     print('Would then remove the %d snapshots (live merge) and post an event '
           'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
 

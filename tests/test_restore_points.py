@@ -497,3 +497,14 @@ def test_a_bad_restore_points_key_is_one_line_and_exit_2(site, keys, line):
     (error,) = result.err.strip().splitlines()
     assert line in error, error
     assert site.calls() == [] and site.engine.requests == []
+
+
+def test_a_dry_run_says_the_restore_point_it_would_take_and_takes_none(site):
+    site.add_vm('web')
+    result = site.run('--dry-run', config=config(site, keep='2'))
+    assert result.code == 0, result.output
+    assert 'would take the restore point vmbackup-%s-' % SLAVEVOL in result.out
+    assert ("ssh -o BatchMode=yes %s 'gluster --mode=script snapshot create NAME %s "
+            "no-timestamp description '\"'\"'EVENT TEXT'\"'\"''" % (SLAVE, SLAVEVOL)) in result.out
+    assert 'beyond keep = 2' in result.out
+    assert ssh_calls(site) == [] and snapshots(site) == []
