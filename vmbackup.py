@@ -83,6 +83,7 @@ import collections
 import concurrent.futures
 import configparser
 import contextlib
+import copy
 import datetime
 import enum
 import errno
@@ -285,7 +286,8 @@ class Record:
             raise TypeError('%s has no field %s' % (
                 type(self).__name__, ', '.join(sorted(unknown))))
         for name, default in self.DEFAULTS.items():
-            value = values.get(name, default)
+            # a default list or dict is copied: no two records share one
+            value = values[name] if name in values else copy.copy(default)
             setattr(self, name, list(value) if isinstance(value, list) else value)
 
     def __repr__(self):

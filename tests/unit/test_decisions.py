@@ -247,3 +247,12 @@ def test_select_backups_marks_our_snapshots_stale_and_no_other():
     (chosen,), _ = vmbackup.select_backups([vm('web', snapshots=[ours, users, active])],
                                            {SD: 'sd'}, set(), set())
     assert chosen.stale_snapshot_ids == ['s1']
+
+
+@pytest.mark.parametrize('record, field', [
+    (vmbackup.Plan, 'vm_positions'), (vmbackup.OvfVm, 'volumes'),
+    (vmbackup.Plan, 'backups')])
+def test_records_do_not_share_a_default_list_or_dict(record, field):
+    first, second = record(), record()
+    assert getattr(first, field) is not getattr(second, field)
+    assert getattr(first, field) == getattr(second, field)
