@@ -30,10 +30,13 @@ The steps of a run:
      when a chosen VM has a snapshot of ours that a live run on another
      node may own.
   5. Remove any snapshot of ours left by an earlier run; have the engine
-     write the domain's OVF store (read back through a read-only mount of
-     the master, and kept); snapshot the VMs (disks on that domain only, no
-     memory) all at once, wait until every snapshot is ready, and record
-     each disk's image id before (the base) and after (the overlay).
+     bring the domain's OVF store up to date and wait for its word on the
+     events feed (199: written; 1052: nothing to update, the store is
+     current, as on a quiet night), then read the store back through a
+     read-only mount of the master and keep it; snapshot the VMs (disks on
+     that domain only, no memory) all at once, wait until every snapshot is
+     ready, and record each disk's image id before (the base) and after
+     (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
      Its exit 0 is no proof: confirm that each disk's base at the slave is
      the master's (size and mtime) and that this run's snapshots are still
@@ -237,6 +240,23 @@ REMOVAL_ENDS = frozenset((
     USER_REMOVE_SNAPSHOT_FINISHED_FAILURE,
     USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_PARTIAL_SNAPSHOT,
     USER_REMOVE_SNAPSHOT_FINISHED_FAILURE_BASE_IMAGE_NOT_FOUND))
+# What the engine logs about an OVF store update asked for (POST
+# /storagedomains/{id}/updateovfstore), the storage domain on the event
+# (AuditLogableBase's storage domain id, EventMapper's storage_domain): 199
+# written, at the end of ProcessOvfUpdateForStorageDomainCommand (for a
+# user; the engine's hourly writer logs nothing); 190 or 1016 failed there;
+# 1052 nothing to update, from UpdateOvfStoreForStorageDomainCommand.
+# performNextOperation when the domain is not outdated (no store missing or
+# OUTDATED, no VM on it changed: ProcessOvfUpdateForStoragePoolCommand.
+# proccessDomainsForOvfUpdate): the store there is current.
+UPDATE_OVF_FOR_STORAGE_DOMAIN_FAILED = 190
+USER_UPDATE_OVF_STORE = 199
+UPDATE_FOR_OVF_STORES_FAILED = 1016
+OVF_STORES_UPDATE_IGNORED = 1052
+OVF_STORE_KEPT = {USER_UPDATE_OVF_STORE: 'written',
+                  OVF_STORES_UPDATE_IGNORED: 'current, nothing to update'}
+OVF_STORE_ENDS = frozenset((UPDATE_OVF_FOR_STORAGE_DOMAIN_FAILED,
+                            UPDATE_FOR_OVF_STORES_FAILED)) | set(OVF_STORE_KEPT)
 NO_GUEST_AGENT = ('no guest agent reports from it (the engine shows no guest '
                   'operating system), so nothing froze its filesystems')
 FEED_MAX = 1000                      # events asked for at once
@@ -1869,9 +1889,9 @@ def print_plan(run):
                 shlex.quote(part)
                 for part in master_mount_command(args, settings, 'DIR'))),
               file=out)
-        print('and have the engine write the OVF store of %s first, and keep '
-              'it.' % (', '.join(plan.storage_domains.values()) or 'no domain'),
-              file=out)
+        print('and have the engine bring the OVF store of %s up to date '
+              'first, and keep it.' % (', '.join(plan.storage_domains.values())
+                                      or 'no domain'), file=out)
     print('VMs to snapshot (%d of %d running):' % (len(plan.backups),
                                                   plan.up_vm_count), file=out)
     for backup in plan.backups:
@@ -1935,6 +1955,42 @@ def remove_stale_snapshots(engine, plan, settings, run):
             run.fail('VM %s not backed up: the snapshot left by an earlier '
                      'run could not be removed', backup.name)
     plan.backups = [b for b in plan.backups if b.vm_id not in failed]
+
+
+def record_bases(run, engine):
+    """Step 5, after the stale snapshots' removal: given the run, read again
+    the disks of each VM that had one, and record as each disk's base its
+    image id now. The removal was a live merge: the disk's image id is the
+    base's again and the overlay read at step 4 is deleted at the master, so
+    the new snapshot's overlay sits on this one (its PUUID). A VM that can't
+    be read is dropped from the plan (run.fail). Return the VmBackups read."""
+    plan = run.plan
+    backups = [backup for backup in plan.backups if backup.stale_snapshot_ids]
+    if not backups:
+        return []
+    states = fetch_vms(engine, [backup.vm_id for backup in backups], plan,
+                       FOLLOW)
+    read = []
+    for backup in backups:
+        state = states.get(backup.vm_id)
+        if isinstance(state, sdk.Error):
+            run.fail('VM %s not backed up: its disks could not be read after '
+                     'the removal of the snapshot left by an earlier run: %s',
+                     backup.name, one_line(state))
+            plan.backups = [b for b in plan.backups if b is not backup]
+            continue
+        current = {attachment.disk.id: attachment.disk.image_id
+                   for attachment in state.disk_attachments or []
+                   if attachment.disk is not None}
+        for disk in backup.disks:
+            base_id = current.get(disk.disk_id)
+            if base_id != disk.base_id:
+                log.info('VM %s disk %s: the base is %s, no longer %s (merged '
+                         'away with the stale snapshot)', backup.name,
+                         disk.disk_id, base_id, disk.base_id)
+            disk.base_id = base_id
+        read.append(backup)
+    return read
 
 
 def snapshot_vms(engine, plan, settings, run, stop):
@@ -2191,6 +2247,14 @@ class Feed:
     def running_jobs(self):
         """Return how many of this wait's jobs the engine still runs, or
         None when it cannot tell."""
+        statuses = self.job_statuses()
+        if statuses is None:
+            return None
+        return statuses.count(types.JobStatus.STARTED)
+
+    def job_statuses(self):
+        """Return the statuses of this wait's jobs, or None when the engine
+        cannot tell."""
         if not self.engine.job_search:
             return None
         try:
@@ -2202,7 +2266,51 @@ class Feed:
             else:
                 log.debug('could not read the jobs: %s', one_line(error))
             return None
-        return sum(1 for job in jobs if job.status == types.JobStatus.STARTED)
+        return [job.status for job in jobs]
+
+    def start_on_domains(self):
+        """Before an action on storage domains is sent: note the newest
+        event, whether or not the engine takes `from` (those events carry
+        no VM: the feed's only word on the action)."""
+        try:
+            latest = self.engine.system.events_service().list(max=1)
+        except sdk.Error as error:
+            log.debug('could not read the latest event: %s', one_line(error))
+            return
+        self.last_event = event_number(latest[0]) if latest else 0
+
+    def domain_events(self):
+        """Return {storage domain id: the codes of self.ends} of the events
+        since start_on_domains() or the last call, or None when the feed
+        cannot tell. An engine that refuses or ignores `from` is asked for
+        its newest FEED_MAX events: only the newer ones count either way."""
+        if self.last_event is None:
+            return None
+        service = self.engine.system.events_service()
+        try:
+            events = None
+            if self.engine.events_from:
+                try:
+                    events = service.list(from_=self.last_event, max=FEED_MAX)
+                except sdk.Error as error:
+                    if getattr(error, 'code', None) not in (400, 404):
+                        raise
+                    self._refused('events_from', error)
+            if events is None:
+                events = service.list(max=FEED_MAX)
+        except sdk.Error as error:
+            log.debug('could not read the events: %s', one_line(error))
+            return None
+        newer = [event for event in events
+                 if (event_number(event) or 0) > self.last_event]
+        found = {}
+        for event in newer:
+            domain = event.storage_domain
+            if event.code in self.ends and domain is not None and domain.id:
+                found.setdefault(domain.id, set()).add(event.code)
+        if newer:
+            self.last_event = max(event_number(event) for event in newer)
+        return found
 
 
 def event_number(event):
@@ -2684,75 +2792,141 @@ def ovf_info(data):
 
 
 def write_ovf_stores(engine, run, master_root):
-    """Step 5, before the snapshots: have the engine write the OVF store of
-    each chosen domain (update_ovf_store) and wait until every OVF_STORE
-    volume's .meta, read through the master's read-only mount, says Updated
-    with a new Last Updated (the engine answers before the store is
-    written; it sets that only after the tar). Return the OvfStores as
-    written then, read back from the master: the store that describes the
-    VMs without this run's snapshots (run.fail for a domain where that
-    failed); they are run.ovf_stores too."""
+    """Step 5, before the snapshots: have the engine bring the OVF store of
+    each chosen domain up to date (update_ovf_store) and keep it, read
+    through the master's read-only mount once the engine says it wrote it
+    (event 199) or that there was nothing to update (1052: the store there
+    is current, as on a quiet night). "Last Updated" is never waited on: it
+    does not change when nothing is written, and it counts whole seconds.
+    Return the OvfStores kept: the store that describes the VMs without
+    this run's snapshots; they are run.ovf_stores too. A domain whose store
+    was not kept is run.fail'd, and each disk there is marked so that
+    nothing of it is changed at the remote site."""
     kept = []
     domains = run.plan.storage_domains if run.plan else {}
     if not domains or master_root is None:    # no VM to back up, or --all-vms
         return kept
     for sd_id, name in sorted(domains.items()):
-        try:
-            volumes = ovf_store_volumes(engine, sd_id)
-            if not volumes:
-                run.fail('storage domain %s has no OVF_STORE disk: a DR engine '
-                         'could not register its VMs', name)
-                continue
-            before = {}
-            for disk_id, volume_id in volumes:
-                _, values = read_meta(volume_path(master_root, sd_id, disk_id,
-                                                  volume_id) + '.meta')
-                before[volume_id] = (ovf_description(values) or {}).get('Last Updated')
-            log.info('storage domain %s: asking the engine to write its OVF '
-                     'store (%d volumes)', name, len(volumes))
-            (engine.system.storage_domains_service().storage_domain_service(sd_id)
-             .update_ovf_store())
-            stores = wait_for_ovf_stores(run, master_root, sd_id, volumes, before)
-        except sdk.Error as error:
-            run.fail('storage domain %s: the OVF store could not be written: %s',
-                     name, one_line(error))
-            continue
-        except (OSError, MetaError) as error:
-            run.fail('storage domain %s: cannot read its OVF store at the master: '
-                     '%s', name, describe_os_error(error))
-            continue
+        stores = keep_ovf_store(engine, run, master_root, sd_id, name)
         if stores is None:
-            run.fail('storage domain %s: the engine did not write its OVF store '
-                     'within %s minutes ([snapshot] wait_timeout)', name,
-                     format_minutes(run.settings.wait_timeout))
+            leave_out_domain(run.plan, sd_id, name)
             continue
         kept += stores
-        log.info('storage domain %s: OVF store written (%s), %d bytes kept',
-                 name, stores[0].last_updated, len(stores[0].data))
     run.ovf_stores = kept
     return kept
 
 
-def wait_for_ovf_stores(run, master_root, sd_id, volumes, before):
-    """Wait until every OVF store volume is updated after `before` ({volume
-    id: Last Updated}); return their OvfStores, or None at the deadline."""
+def keep_ovf_store(engine, run, master_root, sd_id, name):
+    """Given a storage domain, ask the engine to update its OVF store, wait
+    for its word on it ([snapshot] wait_timeout), and return its OvfStores
+    as read then at the master; or None (run.fail names the domain)."""
     deadline = time.monotonic() + run.settings.wait_timeout * 60
+    try:
+        volumes = ovf_store_volumes(engine, sd_id)
+        if not volumes:
+            run.fail('storage domain %s has no OVF_STORE disk: a DR engine '
+                     'could not register its VMs', name)
+            return None
+        feed = Feed(engine, 'OVF store update', OVF_STORE_ENDS)
+        feed.start_on_domains()
+        log.info('storage domain %s: asking the engine to update its OVF '
+                 'store (%d volumes)', name, len(volumes))
+        (engine.system.storage_domains_service().storage_domain_service(sd_id)
+         .update_ovf_store(query=feed.query()))
+        outcome = wait_for_ovf_update(run, feed, sd_id, deadline)
+        if outcome is None:
+            run.fail('storage domain %s: the engine did not say within %s '
+                     'minutes ([snapshot] wait_timeout) that its OVF store is '
+                     'written or current (event %d or %d)', name,
+                     format_minutes(run.settings.wait_timeout),
+                     USER_UPDATE_OVF_STORE, OVF_STORES_UPDATE_IGNORED)
+            return None
+        done, said = outcome
+        if not done:
+            run.fail('storage domain %s: the engine could not write its OVF '
+                     'store (%s)', name, said)
+            return None
+        stores = wait_for_ovf_stores(run, master_root, sd_id, volumes, deadline)
+    except sdk.Error as error:
+        run.fail('storage domain %s: the OVF store could not be written: %s',
+                 name, one_line(error))
+        return None
+    except (OSError, MetaError) as error:
+        run.fail('storage domain %s: cannot read its OVF store at the master: '
+                 '%s', name, describe_os_error(error))
+        return None
+    if stores is None:
+        run.fail('storage domain %s: the engine says its OVF store is %s, but '
+                 'at the master it was not all updated within %s minutes '
+                 '([snapshot] wait_timeout)', name, said,
+                 format_minutes(run.settings.wait_timeout))
+        return None
+    log.info('storage domain %s: OVF store %s (Last Updated %s), %d bytes '
+             'kept', name, said, stores[0].last_updated, len(stores[0].data))
+    return stores
+
+
+def wait_for_ovf_update(run, feed, sd_id, deadline):
+    """Given the Feed of the OVF store update just asked for on a storage
+    domain, wait until the engine's events about that domain end it, or,
+    where they cannot tell (or missed it), its job; return (whether it
+    ended well, what the engine said), or None at the deadline."""
+    net_every = min(NET_FIRST, max(0.0, deadline - time.monotonic()) / 4)
+    net_due = time.monotonic() + net_every
+    for _ in Polls(run.settings, run.stop.sleep):
+        run.check_stop()
+        found = feed.domain_events()
+        codes = (found or {}).get(sd_id, set())
+        good = sorted(codes & set(OVF_STORE_KEPT))
+        if good:
+            return True, OVF_STORE_KEPT[good[0]]
+        if codes:
+            return False, 'event %d' % min(codes)
+        now = time.monotonic()
+        if found is None or now >= net_due:
+            # the events cannot tell, or one was lost: the job's end says
+            # the update is over (written or not needed) as well
+            net_every = min(net_every * 2, NET_LAST)
+            net_due = now + net_every
+            statuses = feed.job_statuses() or []
+            if {types.JobStatus.FAILED, types.JobStatus.ABORTED} & set(statuses):
+                return False, 'its job failed'
+            if statuses and types.JobStatus.STARTED not in statuses:
+                return True, 'up to date (its job finished)'
+        if now > deadline:
+            return None
+
+
+def wait_for_ovf_stores(run, master_root, sd_id, volumes, deadline):
+    """Wait until every OVF store volume reads as updated at the master (a
+    store the engine is still writing, or one caught in a cache, reads as
+    not updated or not readable: look again); return their OvfStores, or
+    None at the deadline."""
     for _ in Polls(run.settings, run.stop.sleep):
         run.check_stop()
         try:
             stores = [read_ovf_store(master_root, sd_id, disk_id, volume_id)
                       for disk_id, volume_id in volumes]
         except (OSError, MetaError) as error:
-            # caught while the engine rewrites it: look again
             if time.monotonic() > deadline:
                 raise
             log.debug('OVF store not readable yet: %s', describe_os_error(error))
             continue
-        if all(store is not None and store.last_updated != before[store.volume_id]
-               for store in stores):
+        if all(store is not None for store in stores):
             return stores
         if time.monotonic() > deadline:
             return None
+
+
+def leave_out_domain(plan, sd_id, name):
+    """Given the Plan and a storage domain whose OVF store was not kept,
+    mark each of its disks: nothing of it is changed at the remote site
+    (the slave's store could not describe it without this run's snapshot)."""
+    for backup in plan.backups:
+        for disk in backup.disks:
+            if disk.sd_id == sd_id and not disk.problem:
+                disk.problem = ('the OVF store of storage domain %s was not '
+                                'kept before the snapshots' % name)
 
 
 def describe_os_error(error):
@@ -4950,14 +5124,16 @@ class Snapshots:
 @contextlib.contextmanager
 def taken_snapshots(run, engine, before=None):
     """Step 5 on the way in, step 8 on every way out: given the run with its
-    Plan, remove stale snapshots, call before() (the OVF store written with
-    no snapshot of ours in it), snapshot the VMs and wait until they are
-    ready; yield Snapshots; then remove every snapshot of this run, whatever
-    happened, and wait until they are gone."""
+    Plan, remove stale snapshots (and record the bases after), call
+    before() (the OVF store kept with no snapshot of ours in it), snapshot
+    the VMs and wait until they are ready; yield Snapshots; then remove
+    every snapshot of this run, whatever happened, and wait until they are
+    gone."""
     snapshots = Snapshots(run, engine)
     try:
         with run.step('snapshot'):
             remove_stale_snapshots(engine, run.plan, run.settings, run)
+            record_bases(run, engine)
             if before is not None:
                 before()
             run.created = snapshot_vms(engine, run.plan, run.settings, run,

@@ -38,11 +38,33 @@ What it reproduces (see DESIGN.md, "Facts about the real systems"):
   OVF's ``References/File ovf:href="<disk>/<volume>"`` and ``Disk`` elements
   with ``ovf:vm_snapshot_id``, and ``SnapshotsSection_Type`` from
   ``OvfOvirtWriter``/``OvfVmWriter``). ``POST
-  /storagedomains/{id}/updateovfstore`` answers at once and writes the store
-  ``ovf_delay`` seconds later, as the engine's asynchronous command does;
-  ``rewrite_ovf_store_after_snapshot()`` makes the engine's periodic write
-  (``OvfUpdateIntervalInMinutes``) fire right after the next snapshot is
-  made, i.e. in the middle of a backup.
+  /storagedomains/{id}/updateovfstore`` answers at once, and ``ovf_delay``
+  seconds later, as the engine's asynchronous command does, writes the store
+  **only when the domain is outdated**: a store never written, or a VM with a
+  disk there whose configuration generation changed since the domain's last
+  write (ovirt-engine ``ProcessOvfUpdateForStoragePoolCommand``
+  ``proccessDomainsForOvfUpdate`` and ``populateVmsMetadataForOvfUpdate``,
+  which compares ``vm_static.db_generation`` with the generation written;
+  a new VM, a snapshot's creation (``CreateSnapshotForVmCommand``
+  ``incrementVmGeneration``) and its removal, merged or not
+  (``RemoveSnapshotCommand.endVmCommand`` -> ``VmCommand.endVmCommand``)
+  change it). A write ends with event 199 ``USER_UPDATE_OVF_STORE``
+  (``ProcessOvfUpdateForStorageDomainCommand.getAuditLogTypeValue``, at
+  END_SUCCESS, for a user); nothing to write, with event 1052
+  ``OVF_STORES_UPDATE_IGNORED`` (``UpdateOvfStoreForStorageDomainCommand.
+  performNextOperation``), and the store is left as it is. Both events carry
+  the storage domain (each command's ``setStorageDomainId``, copied to the
+  audit log by ``AuditLogable.createAuditLog``, shown as ``storage_domain``
+  by the API's ``EventMapper``) and the request's correlation id; the
+  request's job (``ActionType.UpdateOvfStoreForStorageDomain`` is
+  monitored) finishes then. ``ovf_store_fails = 'error'``: the write fails
+  after it set ``Updated`` false (event 190
+  ``UPDATE_OVF_FOR_STORAGE_DOMAIN_FAILED``, the job failed); ``'stuck'``:
+  the command never ends. ``write_ovf_stores()`` is the engine's hourly
+  writer (``OvfUpdateIntervalInMinutes``: it runs as the system user, so no
+  event), and ``rewrite_ovf_store_after_snapshot()`` makes it fire right
+  after the next snapshot is made, i.e. in the middle of a backup. "Last
+  Updated" is ``Date.toString()``: two writes in one second carry the same.
 - Snapshot removal (live merge): 200 at once, ``locked`` for ``merge_delay``,
   then gone (404), the overlay files deleted and the disk's ``image_id`` the
   base's again. A failed merge leaves the snapshot ``ok``, files untouched.
@@ -140,6 +162,9 @@ USER_REMOVE_SNAPSHOT = 342
 USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS = 356
 USER_REMOVE_SNAPSHOT_FINISHED_FAILURE = 357
 FAILED_TO_FREEZE_VM = 10764
+UPDATE_OVF_FOR_STORAGE_DOMAIN_FAILED = 190
+USER_UPDATE_OVF_STORE = 199
+OVF_STORES_UPDATE_IGNORED = 1052
 FIRST_ENGINE_EVENT_ID = 10000
 JSON_CONTENT_TYPE = 'application/json'
 
@@ -210,6 +235,7 @@ class _Vm:
         self.snapshots = {}       # id -> _Snapshot, in creation order, active first
         self.stick_next = 0
         self.merge_failures = 0
+        self.generation = 1       # vm_static.db_generation: 1 for a new VM
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -594,10 +620,9 @@ class FakeEngine:
         # every OVF store write: dicts of sd, reason ('created', 'requested',
         # 'periodic'), last_updated, vms ({vm id: OVF text})
         self.ovf_writes = []
-        self.ovf_store_fails = False   # True: updateovfstore answers, writes nothing
-        self._ovf_due = []             # (monotonic time, sd id) of requested writes
+        self.ovf_store_fails = None    # 'error': the requested write fails; 'stuck': never ends
+        self._ovf_due = []             # (monotonic time, sd id, job) of requested updates
         self._periodic_after_snapshot = 0
-        self._last_ovf_second = 0
         self._lock = threading.RLock()
         self._tokens = set()
         self._rules = []
@@ -694,8 +719,10 @@ class FakeEngine:
         with self._lock:
             if any(sd['name'] == name for sd in self._storage_domains.values()):
                 raise ValueError('storage domain %r exists' % name)
+            # ovf_generations: {vm id: its generation in the domain's last write}
             self._storage_domains[sd_id] = dict(
-                id=sd_id, name=name, root=root_dir, type=type, address=address, path=path)
+                id=sd_id, name=name, root=root_dir, type=type, address=address, path=path,
+                ovf_generations={})
             for _ in range(OVF_STORES_PER_DOMAIN):
                 disk = _Disk(str(uuid.uuid4()), OVF_STORE_ALIAS, sd_id, False, OVF_VOLUME_SIZE,
                              content_type='ovf_store')
@@ -1006,8 +1033,8 @@ class FakeEngine:
 
     def engine_events(self, code=None):
         """Return the engine's own events (not those posted through the API),
-        oldest first, as dicts: id, code, vm_id, correlation_id, time,
-        description."""
+        oldest first, as dicts: id, code, vm_id, sd_id, sd_name,
+        correlation_id, time, description."""
         with self._lock:
             self._advance()
             return [dict(e) for e in self._event_records
@@ -1017,9 +1044,10 @@ class FakeEngine:
         self._event_count += 1
         return FIRST_ENGINE_EVENT_ID + self._event_count
 
-    def _log_event(self, code, severity, description, vm=None, correlation_id=None, at=None):
+    def _log_event(self, code, severity, description, vm=None, correlation_id=None, at=None,
+                   sd=None):
         """Add one of the engine's own events (under the lock), unless a
-        lose_events rule takes it."""
+        lose_events rule takes it; sd: the storage domain's dict."""
         for rule in self._lost_events:
             if rule[0] == code and rule[2] > 0 and rule[1] in (None, vm and vm.name):
                 rule[2] -= 1
@@ -1029,7 +1057,8 @@ class FakeEngine:
         self._event_records.append(dict(
             id=str(self._next_event_id()), code=code, origin='oVirt', severity=severity,
             custom_id=-1, description=description, cluster_id=vm.cluster_id if vm else None,
-            vm_id=vm.id if vm else None, correlation_id=correlation_id, time=when))
+            vm_id=vm.id if vm else None, correlation_id=correlation_id, time=when,
+            sd_id=sd['id'] if sd else None, sd_name=sd['name'] if sd else None))
 
     def _feed_started(self, vm, snapshot, phase, query):
         """A snapshot creation or removal was accepted: its job, its event,
@@ -1153,7 +1182,7 @@ class FakeEngine:
         done = 0
         for due in [due for due in self._ovf_due if due[0] <= now]:
             self._ovf_due.remove(due)
-            self._write_ovf_stores(due[1], 'requested')
+            self._requested_ovf_update(*due[1:])
         for vm in self._vms.values():
             for snapshot in list(vm.snapshots.values()):
                 if snapshot.phase is None or snapshot.deadline is None or now < snapshot.deadline:
@@ -1175,6 +1204,7 @@ class FakeEngine:
         snapshot.phase = snapshot.deadline = None
         snapshot.status = 'ok'
         self._create_overlays(vm, snapshot)
+        vm.generation += 1
         if self._periodic_after_snapshot:
             self._periodic_after_snapshot -= 1
             for sd_id in sorted({self._disks[d].sd_id for d in snapshot.disk_ids}):
@@ -1183,6 +1213,7 @@ class FakeEngine:
     def _finish_removal(self, vm, snapshot):
         self._unlock_disks(snapshot)
         snapshot.phase = snapshot.deadline = None
+        vm.generation += 1        # merged or not: VmCommand.endVmCommand
         if snapshot.merge_fails:
             snapshot.merge_fails = False
             snapshot.status = 'ok'
@@ -1289,10 +1320,59 @@ class FakeEngine:
                          OVF_VOLUME_SIZE)
 
     def _ovf_date(self):
-        """Java's Date.toString() of now (seconds), later than the last one."""
-        second = max(int(time.time()), self._last_ovf_second + 1)
-        self._last_ovf_second = second
-        return time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(second))
+        """Java's Date.toString() of now: whole seconds, so two writes in one
+        second carry the same date."""
+        return time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(time.time()))
+
+    def _domain_vms(self, sd_id):
+        return [vm for vm in self._vms.values()
+                if any(self._disks[d].sd_id == sd_id for d in vm.disk_ids)]
+
+    def _ovf_outdated(self, sd_id):
+        """Whether a requested update writes the domain's store: a store
+        never written (or whose write failed: Updated false), or a VM on
+        the domain new or changed since the last write, or one gone
+        (ProcessOvfUpdateForStoragePoolCommand.proccessDomainsForOvfUpdate,
+        populateVmsMetadataForOvfUpdate, removeOvfForTemplatesAndVmsOfStoragePool)."""
+        for disk in self._disks.values():
+            if disk.sd_id == sd_id and disk.content_type == 'ovf_store':
+                meta = _meta_value(self._volume_path(disk, disk.image_id) + '.meta',
+                                   'DESCRIPTION')
+                if not json.loads(meta).get('Updated'):
+                    return True
+        written = self._storage_domains[sd_id]['ovf_generations']
+        now = {vm.id: vm.generation for vm in self._domain_vms(sd_id)}
+        return now != written
+
+    def _requested_ovf_update(self, sd_id, job):
+        """The end of POST updateovfstore's command (under the lock): write
+        the store if the domain is outdated (event 199), else nothing
+        (1052), or fail as ovf_store_fails says (190)."""
+        sd = self._storage_domains[sd_id]
+        done = 'finished'
+        if self.ovf_store_fails == 'error':
+            # performOvfUpdateForDomain sets Updated false before the upload
+            for disk in self._disks.values():
+                if disk.sd_id == sd_id and disk.content_type == 'ovf_store':
+                    path = self._volume_path(disk, disk.image_id) + '.meta'
+                    previous = json.loads(_meta_value(path, 'DESCRIPTION')).get('Last Updated')
+                    _edit_meta(path, DESCRIPTION=_ovf_description(sd_id, False, previous, None))
+            self._log_event(UPDATE_OVF_FOR_STORAGE_DOMAIN_FAILED, 'warning',
+                            'Failed to update VMs/Templates OVF data for Storage Domain %s '
+                            'in Data Center Default.' % sd['name'],
+                            correlation_id=job['correlation_id'], sd=sd)
+            done = 'failed'
+        elif self._ovf_outdated(sd_id):
+            self._write_ovf_stores(sd_id, 'requested')
+            self._log_event(USER_UPDATE_OVF_STORE, 'normal',
+                            'OVF_STORE for domain %s was updated by %s.' % (sd['name'], self.user),
+                            correlation_id=job['correlation_id'], sd=sd)
+        else:
+            self._log_event(OVF_STORES_UPDATE_IGNORED, 'normal',
+                            "OVFs update was ignored - nothing to update for storage domain "
+                            "'%s'" % sd['name'], correlation_id=job['correlation_id'], sd=sd)
+        job['status'] = done
+        job['end_time'] = datetime.datetime.now(datetime.timezone.utc)
 
     def _write_ovf_stores(self, sd_id, reason):
         """The engine's OVF update of a domain: the tar of every VM with a
@@ -1327,6 +1407,8 @@ class FakeEngine:
                 stream.write(data)
             _edit_meta(path + '.meta',
                        DESCRIPTION=_ovf_description(sd_id, True, date, len(data)))
+        self._storage_domains[sd_id]['ovf_generations'] = {
+            vm.id: vm.generation for vm in self._domain_vms(sd_id)}
         self.ovf_writes.append(dict(sd=sd_id, reason=reason, last_updated=date, vms=vms))
 
     def _vm_ovf(self, vm):
@@ -1531,11 +1613,19 @@ class FakeEngine:
         return _xml_answer(200, Writer.write([self._disk_obj(d) for d in disks], root='disks'))
 
     def _update_ovf_store(self, query, body, sd):
-        """POST updateovfstore: answered at once, the write follows."""
+        """POST updateovfstore: answered at once, its command and job go on
+        (see _requested_ovf_update)."""
         if sd not in self._storage_domains:
             raise not_found('storage domain %s' % sd)
-        if not self.ovf_store_fails:
-            self._ovf_due.append((time.monotonic() + self.ovf_delay, sd))
+        correlation_id = (query.get('correlation_id') or [str(uuid.uuid4())])[-1]
+        job = dict(id=str(uuid.uuid4()), correlation_id=correlation_id,
+                   description='Updating OVF_STORE for storage domain %s'
+                   % self._storage_domains[sd]['name'],
+                   status='started', start_time=datetime.datetime.now(datetime.timezone.utc),
+                   end_time=None, vm_id=None, snapshot_id=None)
+        self.jobs.append(job)
+        if self.ovf_store_fails != 'stuck':
+            self._ovf_due.append((time.monotonic() + self.ovf_delay, sd, job))
         return _xml_answer(200, Writer.write(types.Action(status='complete')))
 
     def _cluster_obj(self, cluster_id):
@@ -1760,6 +1850,9 @@ class FakeEngine:
             obj.cluster = _ref(types.Cluster, 'clusters', event['cluster_id'])
         if event.get('vm_id'):
             obj.vm = _ref(types.Vm, 'vms', event['vm_id'])
+        if event.get('sd_id'):
+            obj.storage_domain = _ref(types.StorageDomain, 'storagedomains', event['sd_id'],
+                                      name=event['sd_name'])
         return obj
 
     def _list_events(self, query, body):

@@ -598,3 +598,50 @@ def test_an_overlay_is_the_file_qemu_img_create_makes_with_its_own_backing_id(
     made = (tmp_path / 'second').read_bytes()
     assert made == (tmp_path / 'by-qemu-img').read_bytes()
     assert ids[1].encode() in made and ids[0].encode() not in made
+
+
+def newest(events):
+    """The id of the newest event, 0 when there is none."""
+    latest = events.list(max=1)
+    return int(latest[0].id) if latest else 0
+
+
+def test_an_ovf_store_update_writes_only_an_outdated_domain_and_says_which(
+        engine, connection, tmp_path):
+    sd_id = engine.add_storage_domain('ovf-%s' % os.urandom(3).hex(), tmp_path)
+    sd_name = engine.storage_domain(sd_id)['name']
+    name = 'ovf-vm-%s' % os.urandom(3).hex()
+    engine.add_vm(name, disks=[dict(sd=sd_id)])
+    system = connection.system_service()
+    domain = system.storage_domains_service().storage_domain_service(sd_id)
+    events = system.events_service()
+    jobs = system.jobs_service()
+
+    def update(correlation_id):
+        """Ask for the update; return its events about the domain and the
+        number of writes of the domain's store so far."""
+        latest = newest(events)
+        domain.update_ovf_store(query={'correlation_id': correlation_id})
+        wait_for(lambda: [j.status for j in jobs.list(
+            search='correlation_id=%s' % correlation_id)] == [types.JobStatus.FINISHED])
+        said = [(e.code, e.storage_domain.id, e.storage_domain.name, e.correlation_id)
+                for e in events.list(from_=latest) if e.storage_domain is not None]
+        return said, len([w for w in engine.ovf_writes if w['sd'] == sd_id])
+
+    # a new VM on the domain: outdated, written, event 199
+    assert update('ovf-1') == ([(199, sd_id, sd_name, 'ovf-1')], 2)
+    assert engine.ovf_writes[-1]['reason'] == 'requested'
+    # nothing changed since: nothing to update, event 1052, nothing written
+    assert update('ovf-2') == ([(1052, sd_id, sd_name, 'ovf-2')], 2)
+    # a snapshot changes the VM's generation: written again
+    service = snapshots_service(connection, engine, name)
+    snapshot = service.add(georep_snapshot())
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) == 'ok')
+    assert update('ovf-3') == ([(199, sd_id, sd_name, 'ovf-3')], 3)
+    # and so does its removal; the hourly writer writes it, with no event
+    service.snapshot_service(snapshot.id).remove()
+    wait_for(lambda: snapshot_status(engine, name, snapshot.id) is None)
+    latest = newest(events)
+    engine.write_ovf_stores(sd_id)
+    assert [e for e in events.list(from_=latest) if e.storage_domain is not None] == []
+    assert update('ovf-4') == ([(1052, sd_id, sd_name, 'ovf-4')], 4)

@@ -147,6 +147,91 @@ def test_the_engines_periodic_ovf_write_during_the_run_is_put_back_at_the_slave(
             writes(site)[1]['last_updated']
 
 
+def ovf_events(site, code):
+    return [e for e in site.engine.engine_events(code) if e['sd_id'] == site.sd_id]
+
+
+def test_a_quiet_night_keeps_the_ovf_store_the_engine_has_as_current(site):
+    # night 1; then the engine's hourly writer writes what night 1 changed
+    # (its snapshot and merge), as it normally does long before night 2
+    engine = site.engine
+    build(site)
+    assert site.run().code == 0
+    engine.write_ovf_stores(site.sd_id)
+    hourly = writes(site)[-1]
+    requested = len(ovf_events(site, 199))
+    result = site.run()
+
+    assert result.code == 0, result.output
+    assert_invariants(site, result)
+    # the engine wrote nothing on request: nothing to update (event 1052)
+    assert writes(site)[-1] is hourly
+    assert len(ovf_events(site, 199)) == requested
+    assert len(ovf_events(site, 1052)) == 1
+    assert 'OVF store current, nothing to update' in result.err
+    # the store kept and put back at the slave is the hourly one, with
+    # the bases as active volumes, and the copy verified
+    assert newest_store_vms(site, site.slave) == hourly['vms']
+    assert 'verify: 4 disks of 3 VMs verified restorable' in result.err
+    assert engine.events[-1]['severity'] == 'normal'
+
+
+@pytest.mark.parametrize('fails, says', [
+    ('error', r'storage domain vmstore-sd: the engine could not write its OVF store '
+              r'\(event 190\)'),
+    ('stuck', r'storage domain vmstore-sd: the engine did not say within 0.03 minutes '
+              r'\(\[snapshot\] wait_timeout\) that its OVF store is written or current'),
+], ids=['the-write-fails', 'the-engine-never-says'])
+def test_a_domain_whose_ovf_store_was_not_kept_is_not_changed_at_the_slave(site, fails, says):
+    engine = site.engine
+    build(site)
+    engine.ovf_store_fails = fails
+    short = {'wait_timeout': '0.03', 'poll_interval': '0.1'} if fails == 'stuck' else {}
+    result = site.run(config=site.config(snapshot=short) if short else None)
+
+    assert result.code == 1, result.output
+    assert_invariants(site, result)
+    assert any(re.search(says, line) for line in errors(result)), result.err
+    assert re.search(says, engine.events[-1]['description']), engine.events[-1]
+    # the VMs were snapshotted and replicated, but nothing of their disks
+    # changed at the slave: the overlays there, the bases INTERNAL
+    made = this_runs_overlays(engine)
+    assert len(made) == 3
+    for overlay in made:
+        assert os.path.exists(volume(site, site.slave, overlay['disk_id'], overlay['overlay']))
+        assert meta_of(volume(site, site.slave, overlay['disk_id'], overlay['base'],
+                              '.meta'))['VOLTYPE'] == 'INTERNAL'
+    assert 'was not kept before the snapshots; nothing of it is changed' in result.err
+    assert 'verify:' not in result.err
+
+
+def test_a_vm_with_a_stale_snapshot_of_a_crashed_run_is_backed_up_on_its_real_base(site):
+    engine = site.engine
+    site.add_vm('web')
+    shutil.copytree(str(site.master), str(site.slave), dirs_exist_ok=True)
+    # the crashed run's snapshot, older than a run can take (-t 1), its
+    # overlay the disk's image at step 4
+    stale = engine.add_snapshot('web', DESCRIPTION, age=3600)
+    (crashed,) = [m for m in engine.overlays if m['snapshot_id'] == stale]
+    result = site.run('-t', '1')
+
+    assert result.code == 0, result.output
+    assert_invariants(site, result)
+    assert 'left by an earlier run' in result.err
+    # its removal was a live merge: the overlay deleted at the master, the
+    # disk's image the base's again, and tonight's overlay made on that
+    for suffix in ('', '.meta', '.lease'):
+        assert not os.path.exists(volume(site, site.master, crashed['disk_id'],
+                                         crashed['overlay'], suffix))
+    (made,) = [m for m in this_runs_overlays(engine) if m['snapshot_id'] != stale]
+    assert made['base'] == crashed['base']
+    assert engine.vm('web')['disks'][0]['image_id'] == crashed['base']
+    assert 'base %s confirmed at the remote site' % crashed['base'] in result.err
+    assert meta_of(volume(site, site.slave, made['disk_id'], made['base'],
+                          '.meta'))['VOLTYPE'] == 'LEAF'
+    assert 'verify: 1 disk of 1 VM verified restorable' in result.err
+
+
 CONFIRM_FAULTS = [
     # (behaviour of the scheduler, what the alert says)
     ({'copy': False}, r'base volume \S+\.meta is \d+ bytes at the slave, \d+ at the master'
