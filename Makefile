@@ -12,7 +12,7 @@ PYTHON36 ?= /root/.pyenv/versions/3.6.15/bin/python3.6
 VENV36 ?= .venv36
 BUILD ?= build
 
-.PHONY: test test-py36 demo bench man rpm venv clean qemu-img
+.PHONY: test test-py36 demo bench man rpm venv clean qemu-img bindfs
 
 venv: $(VENV)/.installed
 
@@ -36,13 +36,20 @@ qemu-img:
 	@command -v qemu-img >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils; }
 
-test: venv qemu-img
+# the tests of shared storage that stops answering stop a FUSE mount of
+# Debian's bindfs: installed when missing
+bindfs:
+	@command -v bindfs >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		-o DPkg::Lock::Timeout=600 --no-install-recommends bindfs; }
+
+test: venv qemu-img bindfs
 	$(PY) -m pytest -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # the tests and the fake engine run on the newest Python; every run of the
 # tool is on 3.6 (VMBACKUP_PYTHON). Not the real-gluster tests, the bench or
 # the packaging, which make test covers.
-test-py36: venv $(VENV36)/.installed
+test-py36: venv bindfs $(VENV36)/.installed
 	$(VENV36)/bin/python -m py_compile vmbackup.py
 	VMBACKUP_PYTHON=$(abspath $(VENV36))/bin/python $(PY) -m pytest \
 	    -n $(WORKERS) -m 'not gluster' --ignore=tests/gluster \

@@ -153,7 +153,11 @@ DEFAULT_MOUNT_LOG = '/var/log/glusterfs/geo-replication/dr_slave.mount.log'
 # gluster's shared storage volume, mounted on every node of the pool with
 # cluster.enable-shared-storage: where cluster-wide locks and state live
 SHARED_STORAGE = '/run/gluster/shared_storage'
-FALLBACK_LOCK_DIR = '/run/lock'               # this node only
+# this node only: a directory of root's alone, since /run/lock is writable
+# by every user (a lock file held or a symlink planted there by another)
+FALLBACK_LOCK_DIR = '/run/lock/vmbackup'
+DEFAULT_STORAGE_TIMEOUT = 60.0       # seconds, one access to the lock or status
+READ_ONLY_STORAGE_TIMEOUT = 4.0      # the same for --check (NRPE waits 10 s)
 DEFAULT_SKIP_WITHIN = 720.0          # minutes: a later run after a success is skipped
 FALLBACK_STATUS_DIR = '/var/lib/vmbackup'     # this node only
 DEFAULT_PING_TIMEOUT = 10.0          # seconds, one monitoring ping
@@ -187,6 +191,16 @@ LOOK_PAGE_SIZE = 20                  # VMs per page when looking again at some
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
 EVENT_ATTEMPTS = 3
 EVENT_LOOKBACK = 100                 # latest events searched for our own
+
+# the largest values the config and the command line take: beyond them a
+# wait is a mistake, and the time arithmetic and the waits overflow
+MAX_SECONDS = 7 * 86400              # a week, for every timeout in seconds
+MAX_MINUTES = 30 * 24 * 60           # 30 days: -t, wait_timeout, skip_within
+MAX_CHECK_HOURS = 10 * 365 * 24      # --warning, --critical
+MAX_CONNECTIONS = 64                 # [connection] connections
+MAX_STORAGE_TIMEOUT = 3600           # seconds, [lock] storage_timeout
+LATEST_TIME = 2 ** 32                # a timestamp past this (2106) is garbage
+CLOCK_SKEW = 300                     # seconds in the future a timestamp may be
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -273,7 +287,7 @@ KNOWN_KEYS = {
                 'mount_timeout'},
     'verify': {'qemu_img'},
     'event': {'cluster'},
-    'lock': {'lock_dir', 'skip_within'},
+    'lock': {'lock_dir', 'skip_within', 'storage_timeout'},
     'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
     'restore_points': {'keep', 'ssh', 'host', 'gluster'},
 }
@@ -287,6 +301,17 @@ log = logging.getLogger('vmbackup')
 
 class UsageError(Exception):
     """A bad command line or config file: exit 2, nothing done."""
+
+
+class StorageFailed(Exception):
+    """Shared storage, the lock directory or the status directory answered
+    with an error of the machine (a stale mount: ENOTCONN), or not at all
+    (Hung): exit 1, nothing done; --check says UNKNOWN."""
+
+
+class Hung(StorageFailed):
+    """An access to storage did not return in time; the thread that made
+    it is still blocked (see bounded)."""
 
 
 class LockHeld(Exception):
@@ -339,6 +364,7 @@ class Settings(Record):
         'cluster': None,
         'lock_dir': None,
         'lock_is_shared': False,
+        'storage_timeout': DEFAULT_STORAGE_TIMEOUT,
         'skip_within': DEFAULT_SKIP_WITHIN,
         'status_dir': None,
         'textfile_dir': None,
@@ -597,23 +623,30 @@ def check_arguments(args):
     for label, value in names:
         if not VOLUME_NAME.match(value):
             problems.append('%s %r is not a gluster volume name' % (label, value))
-    if args.interval < 1:
-        problems.append('--interval must be at least 1 second, not %d'
-                        % args.interval)
-    if args.timeout < 0:
+    if not 1 <= args.interval <= MAX_SECONDS:
+        problems.append('--interval must be at least 1 second and at most '
+                        '%d, not %d' % (MAX_SECONDS, args.interval))
+    if not 0 <= args.timeout <= MAX_MINUTES:
         problems.append('--timeout must be 0 (wait for ever) or a number of '
-                        'minutes, not %d' % args.timeout)
+                        'minutes up to %d, not %d' % (MAX_MINUTES, args.timeout))
+    for option, names in (('--vm', args.vm), ('--exclude', args.exclude)):
+        if any(not name.strip() for name in names):
+            problems.append('%s needs the name of a VM, not an empty one'
+                            % option)
     overlap = sorted(set(args.vm) & set(args.exclude))
     if overlap:
         problems.append('VM named both in --vm and --exclude: %s'
                         % ', '.join(overlap))
-    if not (0 < args.warning <= args.critical):
+    if not (0 < args.warning <= args.critical <= MAX_CHECK_HOURS):
         problems.append('--warning and --critical are hours, 0 < warning <= '
-                        'critical (not %g and %g)' % (args.warning, args.critical))
-    if not (0 < args.restore_point_warning <= args.restore_point_critical):
+                        'critical <= %d (not %g and %g)' % (
+                            MAX_CHECK_HOURS, args.warning, args.critical))
+    if not (0 < args.restore_point_warning <= args.restore_point_critical
+            <= MAX_CHECK_HOURS):
         problems.append('--restore-point-warning and --restore-point-critical '
-                        'are hours, 0 < warning <= critical (not %g and %g)'
-                        % (args.restore_point_warning, args.restore_point_critical))
+                        'are hours, 0 < warning <= critical <= %d (not %g and '
+                        '%g)' % (MAX_CHECK_HOURS, args.restore_point_warning,
+                                 args.restore_point_critical))
     if args.restore_point is not None:
         if not args.verify:
             problems.append('--restore-point goes with --verify')
@@ -647,7 +680,11 @@ class ConfigReader:
             return default
         return value
 
-    def number(self, section, key, default, kind, allow_zero=False):
+    def number(self, section, key, default, kind, allow_zero=False,
+               maximum=MAX_SECONDS):
+        """Return the key's value as kind (int or float): finite, more than 0
+        (or 0 with allow_zero) and at most maximum; else add a problem and
+        return default."""
         text = self.text(section, key)
         if text is None:
             return default
@@ -661,6 +698,10 @@ class ConfigReader:
         if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
             self.problems.append('[%s] %s = %s must be %s' % (
                 section, key, text, '0 or more' if allow_zero else 'more than 0'))
+            return default
+        if value > maximum:
+            self.problems.append('[%s] %s = %s must be at most %d' % (
+                section, key, text, maximum))
             return default
         return value
 
@@ -694,18 +735,18 @@ class ConfigReader:
                                 path, section, key)
 
 
-def read_config(path, needs_engine=True):
+def read_config(path, needs_engine=True, storage_limit=None):
     """Given the config file's path, return Settings; raise UsageError naming
-    every bad key at once. Without needs_engine (--verify, --status,
-    --check) the engine's keys and the scheduler are not required."""
+    every bad key at once, StorageFailed when shared storage or a directory
+    the config names does not answer (or not in time). Without needs_engine
+    (--verify, --status, --check) the engine's keys and the scheduler are
+    not required. storage_limit caps [lock] storage_timeout (--check must
+    answer within its own time)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding='utf-8') as config_file:
-            parser.read_file(config_file)
-    except OSError as error:
-        raise UsageError('cannot read config file %s: %s'
-                         % (path, error.strerror or error)) from None
-    except (configparser.Error, UnicodeDecodeError) as error:
+        parser.read_string(read_trusted_file(path, 'config file'),
+                           source=path)
+    except configparser.Error as error:
         first_line = str(error).splitlines()[0]
         raise UsageError('config file %s is not a valid INI file: %s'
                          % (path, first_line)) from None
@@ -734,7 +775,13 @@ def read_config(path, needs_engine=True):
         elif not os.access(ca_file, os.R_OK):
             problems.append('[connection] ca_file %s is not readable' % ca_file)
 
-    shared = shared_storage_dir()
+    storage_timeout = config.number('lock', 'storage_timeout',
+                                    DEFAULT_STORAGE_TIMEOUT, float,
+                                    maximum=MAX_STORAGE_TIMEOUT)
+    if storage_limit is not None:
+        storage_timeout = min(storage_timeout, storage_limit)
+    shared = bounded(shared_storage_dir, storage_timeout,
+                     "gluster's shared storage %s" % SHARED_STORAGE)
     lock_dir = config.path('lock', 'lock_dir')
     status_dir = config.path('status', 'dir')
     settings = Settings(
@@ -743,10 +790,12 @@ def read_config(path, needs_engine=True):
         timeout=config.number('connection', 'timeout', DEFAULT_REQUEST_TIMEOUT,
                               int),
         connections=config.number('connection', 'connections',
-                                  DEFAULT_CONNECTIONS, int),
+                                  DEFAULT_CONNECTIONS, int,
+                                  maximum=MAX_CONNECTIONS),
         logger_conf=config.path('logging', 'logger_conf'),
         wait_timeout=config.number('snapshot', 'wait_timeout',
-                                   DEFAULT_WAIT_TIMEOUT, float),
+                                   DEFAULT_WAIT_TIMEOUT, float,
+                                   maximum=MAX_MINUTES),
         poll_interval=config.number('snapshot', 'poll_interval',
                                     DEFAULT_POLL_INTERVAL, float),
         require_quiesce=config.boolean('snapshot', 'require_quiesce'),
@@ -765,9 +814,12 @@ def read_config(path, needs_engine=True):
         cluster=config.text('event', 'cluster'),
         lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
                               else FALLBACK_LOCK_DIR),
-        lock_is_shared=bool(shared) if lock_dir is None else is_gluster_mount(lock_dir),
+        lock_is_shared=bool(shared) if lock_dir is None else bounded(
+            lambda: is_gluster_mount(lock_dir), storage_timeout,
+            'the lock directory %s' % lock_dir),
+        storage_timeout=storage_timeout,
         skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
-                                  float, allow_zero=True),
+                                  float, allow_zero=True, maximum=MAX_MINUTES),
         status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
                                   else FALLBACK_STATUS_DIR),
         textfile_dir=config.path('status', 'textfile_dir'),
@@ -777,8 +829,8 @@ def read_config(path, needs_engine=True):
     )
     read_restore_points(config, settings)
     if settings.ping_url is not None:
-        url = urllib.parse.urlsplit(settings.ping_url)
-        if url.scheme not in ('http', 'https') or not url.hostname:
+        url = split_url(settings.ping_url)
+        if url is None or url.scheme not in ('http', 'https') or not url.hostname:
             problems.append('[status] ping_url = %r is not an http(s) URL'
                             % settings.ping_url)
     if settings.logger_conf is not None and not os.path.isfile(settings.logger_conf):
@@ -794,12 +846,18 @@ def read_config(path, needs_engine=True):
                 problems.append('[gluster] %s %s is not an executable file '
                                 '(install %s, or name it)'
                                 % (key, program, package))
-    if not os.path.isdir(settings.lock_dir) and lock_dir is not None:
-        problems.append('[lock] lock_dir %s is not a directory'
-                        % settings.lock_dir)
-    if settings.textfile_dir is not None and not os.path.isdir(settings.textfile_dir):
-        problems.append('[status] textfile_dir %s is not a directory'
-                        % settings.textfile_dir)
+    # the lock directory must be there; the status directories are made
+    # at the start of a run when they are not
+    for label, directory, missing_is_fine in (
+            ('[lock] lock_dir', lock_dir, False),
+            ('[status] dir', status_dir, True),
+            ('[status] textfile_dir', settings.textfile_dir, True)):
+        if directory is not None:
+            problem = bounded(
+                lambda: directory_problem(directory, label, missing_is_fine),
+                storage_timeout, '%s %s' % (label, directory))
+            if problem:
+                problems.append('%s %s %s' % (label, directory, problem))
     if problems:
         raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
     return settings
@@ -864,11 +922,65 @@ def is_gluster_mount(path):
     return False
 
 
+def directory_problem(path, label, missing_is_fine=False):
+    """Given a directory the config names (and its key), return None when
+    it is one (or is missing, with missing_is_fine), else what is wrong with
+    it; raise StorageFailed for an error of the machine (ENOTCONN: a stale
+    mount)."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None if missing_is_fine else 'is not a directory'
+    except OSError as error:
+        raise StorageFailed('%s %s: %s' % (label, path, error.strerror
+                                           or error)) from None
+    return None if stat.S_ISDIR(info.st_mode) else 'is not a directory'
+
+
+def bounded(function, seconds, what):
+    """Given a function that touches shared storage, the lock or the status
+    directory, return what it returns (or raise what it raises), called in
+    a thread of its own; raise Hung naming what when it has not returned
+    after seconds ([lock] storage_timeout).
+
+    A thread, not a child process: the lock must be held by this process's
+    own open file, and a thread costs no fork of a process that holds the
+    SDK's connections. A FUSE mount that stops answering (a glusterfs or
+    bindfs process stopped, a gluster volume whose bricks are gone) blocks
+    the thread in the kernel, where no timeout or signal of ours reaches
+    it: the thread is left behind, named 'storage: ...', and main() ends
+    the process without waiting for it (exit_now)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome['value'] = function()
+        except BaseException as error:   # handed over to the caller
+            outcome['error'] = error
+
+    thread = threading.Thread(target=target, name='storage: %s' % what,
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise Hung('no answer from %s within %g seconds ([lock] '
+                   'storage_timeout): is its mount hung?' % (what, seconds))
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome.get('value')
+
+
+def storage_left_hung():
+    """Tell whether an access of bounded() is still blocked."""
+    return any(thread.name.startswith('storage: ') and thread.is_alive()
+               for thread in threading.enumerate())
+
+
 def check_server_url(server, insecure):
     """Given [connection] server, return (the API URL to use, a problem or
     None). A 2016 config's https://ENGINE/api is taken as the v4 API."""
-    url = urllib.parse.urlsplit(server)
-    if url.scheme not in ('https', 'http') or not url.hostname:
+    url = split_url(server)
+    if url is None or url.scheme not in ('https', 'http') or not url.hostname:
         return server, ('[connection] server = %r is not an '
                         'https://ENGINE/ovirt-engine/api URL' % server)
     if url.scheme == 'http' and not insecure:
@@ -879,6 +991,57 @@ def check_server_url(server, insecure):
     if path in ('', '/api'):
         path = '/ovirt-engine/api'
     return urllib.parse.urlunsplit((url.scheme, url.netloc, path, '', '')), None
+
+
+def split_url(text):
+    """Given a URL, return urlsplit's answer, or None when it cannot be
+    split (an unclosed IPv6 bracket) or names no valid port."""
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port             # a ValueError when out of range
+    except ValueError:
+        return None
+    return url if port != 0 else None
+
+
+def read_trusted_file(path, what):
+    """Given the path of the config file (or of the logging config it
+    names), return its text; raise UsageError when it cannot be read, is
+    not a regular file (a FIFO would hang the run), or can be changed by
+    someone other than root and the user running vmbackup: it names the
+    programs run as root, and logging's config is evaluated as Python.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for
+        # a writer; it changes nothing for a regular file
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise UsageError('cannot read %s %s: %s'
+                         % (what, path, error.strerror or error)) from None
+    with open(descriptor, 'rb') as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError('%s %s is not a regular file' % (what, path))
+        if info.st_uid not in (0, os.geteuid()):
+            raise UsageError(
+                '%s %s belongs to uid %d, not to root or to the user running '
+                'vmbackup, and it names what vmbackup runs: chown root %s'
+                % (what, path, info.st_uid, path))
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UsageError(
+                '%s %s can be changed by %s, and it names what vmbackup runs: '
+                'chmod go-w %s' % (what, path, 'every user' if info.st_mode
+                                   & stat.S_IWOTH else 'its group', path))
+        try:
+            data = stream.read()
+        except OSError as error:
+            raise UsageError('cannot read %s %s: %s'
+                             % (what, path, error.strerror or error)) from None
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as error:
+        raise UsageError('%s %s is not UTF-8 text: %s'
+                         % (what, path, error.reason)) from None
 
 
 def warn_if_readable_by_others(path):
@@ -933,11 +1096,14 @@ def configure_logging(settings, args):
     """Given the settings and the command line, set up logging; raise
     UsageError when the logger_conf file is broken."""
     if settings.logger_conf:
+        text = read_trusted_file(settings.logger_conf, '[logging] logger_conf')
         try:
-            logging.config.fileConfig(settings.logger_conf,
+            logging.config.fileConfig(io.StringIO(text),
                                       disable_existing_loggers=False)
-        except (OSError, KeyError, ValueError, TypeError,
-                configparser.Error, ImportError) as error:
+        except Exception as error:
+            # fileConfig evaluates each handler's args= as Python: a syntax
+            # error, an unknown name or any error of that expression is the
+            # file's fault, as are its missing sections and bad levels
             raise UsageError('[logging] logger_conf %s cannot be used: %s'
                              % (settings.logger_conf,
                                 str(error).splitlines()[0] if str(error)
@@ -1004,37 +1170,39 @@ def take_lock(run):
     one JSON object."""
     settings = run.settings
     lock_dir = settings.lock_dir
-    if settings.lock_is_shared:
+    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % run.mastervol)
+
+    def within(function, what='the lock file %s' % path):
+        # every access to the lock under [lock] storage_timeout; its errors
+        # are the machine's (ENOTCONN: a stale mount), not usage errors
         try:
-            os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+            return bounded(function, settings.storage_timeout, what)
         except OSError as error:
-            raise UsageError('cannot make the lock directory %s: %s'
-                             % (lock_dir, error.strerror)) from None
+            raise StorageFailed('%s: %s' % (what, error.strerror or error)
+                                ) from None
+
+    if settings.lock_is_shared:
+        within(lambda: os.makedirs(lock_dir, mode=0o700, exist_ok=True),
+               'the lock directory %s' % lock_dir)
     else:
+        if lock_dir == FALLBACK_LOCK_DIR:
+            within(lambda: make_private_directory(lock_dir),
+                   'the lock directory %s' % lock_dir)
         # the fallback warns; a local lock_dir set by hand was chosen
         tell = log.warning if lock_dir == FALLBACK_LOCK_DIR else log.info
         tell('lock directory %s is on this node only: a run on another node '
              "of the pool is not excluded (mount gluster's shared storage: "
              'gluster volume set all cluster.enable-shared-storage enable)',
              lock_dir)
-    path = os.path.join(lock_dir, 'vmbackup-%s.lock' % run.mastervol)
+    handle = within(lambda: open_lock_file(path))
     try:
-        handle = open(path, 'a+')
-    except OSError as error:
-        raise UsageError('cannot open lock file %s: %s'
-                         % (path, error.strerror)) from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = read_lock_record(handle)
+        if not within(lambda: try_flock(handle)):
+            holder = within(lambda: read_lock_record(handle))
             raise LockHeld('another backup of volume %s is running (%s; lock '
                            '%s); nothing done' % (
                                run.mastervol, describe_holder(holder), path)
                            ) from None
-        last = read_lock_record(handle)
+        last = within(lambda: read_lock_record(handle))
         recent = recently_backed_up(last, settings.skip_within, time.time())
         if recent:
             raise LockHeld('volume %s was backed up %s ([lock] skip_within '
@@ -1045,7 +1213,7 @@ def take_lock(run):
         for key in ('last_success', 'last_success_node'):
             if key in last:
                 record[key] = last[key]
-        write_lock_record(handle, record)
+        within(lambda: write_lock_record(handle, record))
         try:
             yield path
         finally:
@@ -1054,8 +1222,60 @@ def take_lock(run):
             if run.exit_status == EXIT_OK and not run.args.dry_run:
                 record['last_success'] = record['ended']
                 record['last_success_node'] = record['node']
-            with contextlib.suppress(OSError):
-                write_lock_record(handle, record)
+            try:
+                within(lambda: write_lock_record(handle, record))
+            except StorageFailed as error:
+                log.error('the lock file was not updated: %s', error)
+    finally:
+        # closing a file on a FUSE mount asks the mount too (a flush)
+        with contextlib.suppress(StorageFailed):
+            within(handle.close)
+
+
+def try_flock(handle):
+    """Given the open lock file, take its flock without waiting; return
+    False when another process holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
+def make_private_directory(path):
+    """Given the fallback lock directory, make it root's alone (0700) when it
+    is missing; raise StorageFailed when it is not a directory of this
+    user's that only this user can write to: /run/lock is writable by
+    everyone, and a directory or symlink planted there would let another
+    user hold the lock or point root's writes elsewhere."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() \
+            or info.st_mode & 0o077:
+        raise StorageFailed(
+            'the lock directory %s is not a directory of uid %d that only it '
+            'can use (mode %o, uid %d): another user may have made it; '
+            'remove it (rm -r %s) and run again' % (
+                path, os.geteuid(), stat.S_IMODE(info.st_mode), info.st_uid,
+                path))
+
+
+def open_lock_file(path):
+    """Given the lock file's path, return it open for reading and writing
+    (made, 0600, when missing), never through a symlink: O_NOFOLLOW."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise StorageFailed('the lock file %s is a symlink: remove it'
+                                % path) from None
+        raise StorageFailed('cannot open lock file %s: %s'
+                            % (path, error.strerror or error)) from None
+    return open(descriptor, 'r+', encoding='utf-8', errors='replace')
 
 
 def read_lock_record(handle):
@@ -1065,8 +1285,8 @@ def read_lock_record(handle):
     text = handle.read().strip()
     try:
         record = json.loads(text) if text else {}
-    except ValueError:
-        return {'pid': text}
+    except ValueError:      # not JSON (also not UTF-8: read with replace)
+        return {'pid': text} if text.isdigit() else {}
     return record if isinstance(record, dict) else {}
 
 
@@ -1085,7 +1305,7 @@ def describe_holder(record):
     text = 'pid %s' % record['pid']
     if record.get('node'):
         text += ' on %s' % record['node']
-    if isinstance(record.get('started'), (int, float)):
+    if is_time(record.get('started')):
         text += ', since %s' % format_time(record['started'])
     return text
 
@@ -1608,8 +1828,13 @@ def check_session(run):
     session = '%s::%s' % (args.slave, args.slavevol)
     command = [settings.gluster, '--mode=script', 'volume', 'geo-replication',
                args.mastervol, session, 'status', '--xml']
-    status, output = run_child(command, GLUSTER_CLI_TIMEOUT, run.stop)
-    problem = session_problem(status, output)
+    # stderr apart: gluster may warn there, and its XML is stdout alone
+    status, output, errors = run_captured(command, GLUSTER_CLI_TIMEOUT,
+                                          run.stop)
+    for line in errors.splitlines():
+        if line.strip():
+            log.info('gluster: %s', line.strip())
+    problem = session_problem(status, output, errors)
     if problem is None:
         log.info('geo-replication session %s -> %s exists', args.mastervol,
                  session)
@@ -1628,10 +1853,11 @@ def check_session(run):
     raise Failed()
 
 
-def session_problem(status, output):
-    """Given the exit status and output of `gluster volume geo-replication
-    M S::V status --xml`, return None when the session exists, 'missing'
-    when gluster says there is none, or what went wrong, in words.
+def session_problem(status, output, errors=''):
+    """Given the exit status, stdout and stderr of `gluster volume
+    geo-replication M S::V status --xml`, return None when the session
+    exists, 'missing' when gluster says there is none, or what went wrong,
+    in words. The XML is read from stdout alone.
 
     GlusterFS 10.3, measured: exit 0 with cliOutput/opRet 0 and a session
     element when it exists; exit 2, "geo-replication command failed" and no
@@ -1653,9 +1879,10 @@ def session_problem(status, output):
         if root.find('geoRep/volume/sessions/session') is None:
             return 'missing'
         return None
-    if status == 2 and 'geo-replication command failed' in output:
+    said = '\n'.join(part.strip() for part in (output, errors) if part.strip())
+    if status == 2 and 'geo-replication command failed' in said:
         return 'missing'
-    first = output.strip().splitlines()[0] if output.strip() else ''
+    first = said.splitlines()[0] if said else ''
     return 'gluster %s%s' % (describe_status(status),
                              (': ' + first) if first else '')
 
@@ -2755,8 +2982,17 @@ def read_ovf_store(root, sd_id, disk_id, volume_id):
             raise MetaError('%s.meta is not an OVF store\'s' % volume_id)
         if not description.get('Updated') or 'Size' not in description:
             return None
-        size = int(description['Size'])
+        size = description['Size']        # the engine writes a number
+        if isinstance(size, str) and re.match(r'^[0-9]{1,20}$', size):
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MetaError('OVF store %s: its .meta gives Size %s, not a '
+                            'number of bytes' % (volume_id, json.dumps(size)))
         with open(path, 'rb') as stream:
+            held = os.fstat(stream.fileno()).st_size
+            if size > held:       # read no more than the volume holds
+                raise MetaError('OVF store %s holds %d bytes, its .meta says '
+                                '%d' % (volume_id, held, size))
             data = stream.read(size)
         if len(data) != size:
             raise MetaError('OVF store %s holds %d bytes, its .meta says %d'
@@ -4468,21 +4704,35 @@ def check_document(document):
     if version > STATUS_VERSION:
         return ('version %d, written by a newer vmbackup (this one reads up '
                 'to %d)' % (version, STATUS_VERSION))
-    for key in ('started_at', 'ended_at', 'duration_seconds'):
-        if not is_number(document.get(key)):
-            return '%s is not a number' % key
+    for key in ('started_at', 'ended_at'):
+        if not is_time(document.get(key)):
+            return '%s is not a time' % key
+    if not is_number(document.get('duration_seconds')) \
+            or document['duration_seconds'] < 0:
+        return 'duration_seconds is not a number of seconds'
     status = document.get('exit_status')
     if not isinstance(status, int) or isinstance(status, bool):
         return 'exit_status is not a whole number'
     if not isinstance(document.get('failures'), list):
         return 'failures is not a list'
-    if not isinstance(document.get('totals', {}), dict) \
-            or not isinstance(document.get('vms', []), list) \
-            or not isinstance(document.get('steps', {}), dict):
+    totals = document.get('totals', {})
+    steps = document.get('steps', {})
+    vms = document.get('vms', [])
+    if not isinstance(totals, dict) or not isinstance(vms, list) \
+            or not isinstance(steps, dict):
         return 'totals, vms or steps of the wrong type'
+    for name, table in (('totals', totals), ('steps', steps)):
+        for key, value in table.items():
+            if not is_number(value) or value < 0:
+                return '%s.%s is %s, not a number' % (name, key,
+                                                      json.dumps(value))
+    for vm in vms:
+        if not isinstance(vm, dict) or not isinstance(vm.get('disks', []), list) \
+                or not all(isinstance(disk, dict) for disk in vm.get('disks', [])):
+            return 'a VM of vms is not an object with a list of disks'
     last = document.get('last_success')
     if last is not None and not (isinstance(last, dict)
-                                 and is_number(last.get('ended_at'))):
+                                 and is_time(last.get('ended_at'))):
         return 'last_success has no ended_at time'
     points = document.get('restore_points')
     if points is not None:
@@ -4492,6 +4742,11 @@ def check_document(document):
             if points.get(key) is not None and not is_number(points[key]):
                 return 'restore_points %s is not a number' % key
     return None
+
+
+def is_time(value):
+    """Tell whether value is a Unix time that the clock can show."""
+    return is_number(value) and 0 <= value < LATEST_TIME
 
 
 def read_status(path):
@@ -4778,34 +5033,71 @@ def record_run(run, node=None):
     settings = run.settings
     node = node or os.uname().nodename
     path = status_path(settings, run.mastervol)
-    previous, problem = read_status(path)
+    try:
+        previous, problem = bounded(lambda: read_status(path),
+                                    settings.storage_timeout, path)
+    except Hung as error:
+        previous, problem = None, str(error)
     if problem:
         log.warning('previous status: %s; the time of the last success is '
                     'lost', problem)
     document = status_document(run, previous, node)
-    try:
-        if settings.status_dir in (os.path.join(SHARED_STORAGE, 'vmbackup'),
-                                   FALLBACK_STATUS_DIR):
-            os.makedirs(settings.status_dir, mode=0o755, exist_ok=True)
-        write_atomically(path, json.dumps(document, indent=1) + '\n')
-        where = 'written to %s' % path
-    except OSError as error:
-        where = 'NOT written: %s: %s' % (path, error.strerror or error)
-        log.error('the status file of volume %s was not written: %s: %s; '
-                  '--status and --check still show the run before',
-                  run.mastervol, path, error.strerror or error)
+    where = 'written to %s' % path
+    problem = write_or_remove(path, json.dumps(document, indent=1) + '\n',
+                              settings.storage_timeout)
+    if problem:
+        where = 'NOT written: %s' % problem
+        log.error('the status file of volume %s was not written: %s',
+                  run.mastervol, problem)
     if settings.textfile_dir:
         target = metrics_path(settings, run.mastervol)
-        try:
-            write_atomically(target, metrics_text(document))
-        except OSError as error:
-            log.error('the metrics of volume %s were not written: %s: %s',
-                      run.mastervol, target, error.strerror or error)
+        problem = write_or_remove(target, metrics_text(document),
+                                  settings.storage_timeout)
+        if problem:
+            log.error('the metrics of volume %s were not written: %s',
+                      run.mastervol, problem)
     for line in summary_lines(document, where):
         log.info('%s', line)
     ping(settings, 'success' if document['succeeded'] else 'fail',
          ping_paragraph(document, where))
     return document
+
+
+def write_or_remove(path, text, seconds):
+    """Given a status or metrics file's path, its new text and
+    [lock] storage_timeout, write it atomically; return None, or what went
+    wrong after removing the old file (an unlink needs no free space), so
+    that monitoring cannot go on showing a success that is over."""
+    try:
+        bounded(lambda: write_atomically(path, text), seconds, path)
+        return None
+    except (OSError, Hung) as error:
+        problem = '%s: %s' % (path, error.strerror) if isinstance(
+            error, OSError) and error.strerror else str(error)
+    try:
+        bounded(lambda: os.unlink(path), seconds, path)
+    except FileNotFoundError:
+        pass
+    except (OSError, Hung) as error:
+        return '%s; the old one is still there (%s)' % (
+            problem, error.strerror if isinstance(error, OSError) else error)
+    return '%s; the old one was removed' % problem
+
+
+def make_status_directories(settings):
+    """At the start of a run, make [status] dir and textfile_dir (0755,
+    with their parents) when they are missing; a failure is an error line,
+    and the run goes on (its status will say it was not written)."""
+    for directory in (settings.status_dir, settings.textfile_dir):
+        if directory is None:
+            continue
+        try:
+            bounded(lambda: os.makedirs(directory, mode=0o755, exist_ok=True),
+                    settings.storage_timeout, directory)
+        except (OSError, Hung) as error:
+            log.error('cannot make the status directory %s: %s', directory,
+                      error.strerror if isinstance(error, OSError)
+                      and error.strerror else error)
 
 
 @contextlib.contextmanager
@@ -4814,6 +5106,7 @@ def monitored(run):
     every way out of the block, record the run (status file, metrics,
     finishing ping, summary). The block sets run.exit_status; an exception
     that escapes it is a failed run, recorded, then raised again."""
+    make_status_directories(run.settings)
     ping(run.settings, 'start', 'vmbackup %s on %s: backup of volume %s '
          'started' % (VERSION, os.uname().nodename, run.mastervol))
     try:
@@ -4846,6 +5139,17 @@ def check_state(document, problem, now, warning_hours, critical_hours):
     if document is None:
         return CHECK_UNKNOWN, problem, ''
     last = document.get('last_success')
+    for what, when, node in (
+            ('the last run ended', document['ended_at'], document.get('node')),
+            ('the last success ended', (last or {}).get('ended_at'),
+             (last or {}).get('node'))):
+        if when is not None and when > now + CLOCK_SKEW:
+            # a negative age would say OK for ever: the clock of the node
+            # that wrote it, or this one's, is wrong
+            return CHECK_UNKNOWN, (
+                '%s at %s, %s in the future: check the clocks of %s and of '
+                'this node' % (what, iso_utc(when), human_duration(when - now),
+                               node or 'the node that wrote it')), ''
     age = now - last['ended_at'] if last else None
     totals = document.get('totals', {})
     perfdata = ' '.join([
@@ -5011,7 +5315,11 @@ def show_status(args, settings, now=None):
     1 WARNING, 2 CRITICAL, 3 UNKNOWN)."""
     now = time.time() if now is None else now
     path = status_path(settings, args.mastervol)
-    document, problem = read_status(path)
+    try:
+        document, problem = bounded(lambda: read_status(path),
+                                    settings.storage_timeout, path)
+    except Hung as error:
+        document, problem = None, str(error)
     if document is None and problem is None:
         problem = ('no status file %s: no run of volume %s has finished '
                    'where [status] dir points' % (path, args.mastervol))
@@ -5028,7 +5336,7 @@ def show_status(args, settings, now=None):
         state = worse_state(state, restore[0])
         text = '%s; %s' % (text, restore[1])
         perfdata = '%s %s' % (perfdata, restore[2])
-    if args.check or document is None:
+    if args.check or document is None or state == CHECK_UNKNOWN:
         print(check_line(state, text, perfdata))
     if args.status and document is not None:
         lines = status_report(document, path, now)
@@ -5205,23 +5513,76 @@ def finish(run):
     return run.exit_status
 
 
+def make_streams_safe():
+    """Make stdout and stderr write any text in any locale: Python 3.6 in
+    the C locale writes ASCII, and a VM named café would end --status with
+    a UnicodeEncodeError. What the locale cannot encode becomes a backslash
+    escape."""
+    for name in ('stdout', 'stderr'):
+        stream = getattr(sys, name)
+        # 'surrogateescape' is what Python gives the C locale's ASCII: it
+        # fails on an é as 'strict' does
+        if stream is None or getattr(stream, 'errors', None) not in (
+                'strict', 'surrogateescape'):
+            continue
+        if hasattr(stream, 'reconfigure'):          # Python 3.7 and later
+            stream.reconfigure(errors='backslashreplace')
+            continue
+        with contextlib.suppress(AttributeError, ValueError, OSError,
+                                 io.UnsupportedOperation):
+            stream.flush()
+            setattr(sys, name, open(
+                stream.fileno(), 'w', encoding=stream.encoding,
+                errors='backslashreplace', closefd=False,
+                buffering=1 if stream.line_buffering else -1))
+
+
 def main(argv=None):
+    """Run vmbackup with the given arguments; return the exit status. When
+    an access to storage is still blocked (a hung mount), end the process
+    here: Python's own exit would wait for the files left open there."""
+    status = run_command(argv)
+    if storage_left_hung():
+        exit_now(status)
+    return status
+
+
+def exit_now(status):
+    """Flush what was said, then end the process at once with status,
+    leaving the threads blocked on a hung mount behind."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(status)
+
+
+def run_command(argv):
     """Run vmbackup with the given arguments; return the exit status."""
+    make_streams_safe()
     bootstrap_logging()
+    checking = '--check' in (sys.argv[1:] if argv is None else argv)
     try:
         args = parse_command_line(argv)
         settings = read_config(args.config, needs_engine=not (
-            args.verify or args.read_only))
+            args.verify or args.read_only), storage_limit=(
+                READ_ONLY_STORAGE_TIMEOUT if args.read_only else None))
         configure_logging(settings, args)
         if not args.read_only:
             find_qemu_img(settings)
     except UsageError as error:
         log.error('%s', error)
-        if '--check' in (sys.argv[1:] if argv is None else argv):
+        if checking:
             # a Nagios plugin says UNKNOWN, not 2 (CRITICAL), for bad usage
             print(check_line(CHECK_UNKNOWN, str(error), ''))
             return CHECK_UNKNOWN
         return EXIT_USAGE
+    except StorageFailed as error:     # the machine's, not a usage error
+        log.error('%s', error)
+        if checking:
+            print(check_line(CHECK_UNKNOWN, str(error), ''))
+            return CHECK_UNKNOWN
+        return EXIT_FAILED
     if args.read_only:                    # no engine, no lock, no SDK
         return show_status(args, settings)
     if args.verify:                       # no engine, no lock: changes nothing
@@ -5251,6 +5612,10 @@ def main(argv=None):
         log.info('%s', error)
         return EXIT_LOCKED
     except Failed:
+        return EXIT_FAILED
+    except StorageFailed as error:        # the lock: nothing done
+        log.error('backup of volume %s failed: %s; nothing done',
+                  args.mastervol, error)
         return EXIT_FAILED
     except UsageError as error:
         log.error('%s', error)

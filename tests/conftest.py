@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +258,77 @@ def assert_invariants(site, result):
     for call in site.calls():
         assert PASSWORD not in ' '.join(call['argv'])
     assert list(site.scratch.iterdir()) == []
+
+
+class StoppableMount:
+    """A FUSE mount of a directory (Debian's bindfs, in the foreground) that
+    can be made to stop answering, as shared storage does when its glusterfs
+    client hangs: with the bindfs process stopped (SIGSTOP) the kernel's
+    FUSE requests wait for an answer that does not come, and stat, open and
+    read block in the kernel; with it killed the mount is stale and every
+    access fails with ENOTCONN. close() lets it go on and unmounts."""
+
+    def __init__(self, source, point):
+        self.source, self.point = pathlib.Path(source), pathlib.Path(point)
+        self.source.mkdir(parents=True, exist_ok=True)
+        self.point.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(['bindfs', '-f', str(self.source), str(self.point)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(lambda: str(self.point) in mounts_under(self.point.parent)
+                 or self.process.poll() is not None, timeout=30, message='bindfs to mount')
+        if self.process.poll() is not None:
+            raise RuntimeError('bindfs failed: %s' % self.process.stderr.read())
+
+    def stop(self):
+        self.process.send_signal(signal.SIGSTOP)
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()          # bindfs unmounts on SIGTERM
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if str(self.point) in mounts_under(self.point.parent):
+            subprocess.run(['umount', '-l', str(self.point)], check=False)
+
+
+def fuse_problem():
+    """Why a StoppableMount cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return 'a FUSE mount that stops answering needs root'
+    if not os.path.exists('/dev/fuse'):
+        return 'no /dev/fuse'
+    if shutil.which('bindfs') is None:
+        return 'no bindfs (make test installs it)'
+    return None
+
+
+@pytest.fixture
+def stoppable_mount(tmp_path):
+    """Make StoppableMounts below tmp_path (skip where the machine can't);
+    let them go on and unmount them at the end, whatever happened."""
+    problem = fuse_problem()
+    if problem:
+        pytest.skip(problem)
+    made = []
+
+    def make(name):
+        mount = StoppableMount(tmp_path / ('%s-source' % name), tmp_path / name)
+        made.append(mount)
+        return mount
+
+    try:
+        yield make
+    finally:
+        for mount in made:
+            mount.close()
 
 
 # the time the real-gluster tests take (set-up, call and tear-down), summed

@@ -12,6 +12,7 @@ only step 4 (the polls ask `GET /vms/{id}`), the first `GET /vms/{id}` is a
 poll of the snapshot being created, and `after=('DELETE', ...)` (a
 capability added to FakeEngine.fail) aims at the polls of the removal.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -823,3 +824,158 @@ def test_an_engine_certificate_for_another_host_name_is_one_clear_line(site, ca)
         r'the engine at https://127\.0\.0\.1:\d+/ovirt-engine/api: .*(host ?name|subject name)'))
     (line,) = [l for l in result.err.splitlines() if '127.0.0.1' in l]
     assert 'ca_file' not in line      # the CA is right: the name is what is wrong
+
+
+# -- 6. shared storage, the lock and the status directory (issue 17) --------------
+# A FUSE mount whose process is stopped hangs every access in the kernel, as a
+# glusterfs client of shared storage whose bricks are gone does; one whose
+# process was killed is stale (ENOTCONN). Each access is bounded by [lock]
+# storage_timeout (1 s here); past it: one line, exit 1, nothing done
+# (--check: UNKNOWN). The run or the check must end: subprocess.run's
+# timeout fails the test otherwise.
+
+STORAGE_TIMEOUT = {'storage_timeout': '1'}
+NO_ANSWER = r'no answer from %s \S+ within 1 seconds \(\[lock\] storage_timeout\)'
+STALE = r'%s \S+: Transport endpoint is not connected'
+
+STORAGE_CASES = [
+    # (name, what lives on the mount, stop or kill it, --check?, exit, the one line)
+    ('the-lock-directory-stops-answering', 'lock', 'stop', False, 1,
+     NO_ANSWER % r'the lock directory'),
+    ('the-lock-directory-is-stale', 'lock', 'kill', False, 1, STALE % r'\[lock\] lock_dir'),
+    ('the-status-directory-stops-answering', 'status', 'stop', False, 1,
+     NO_ANSWER % r'\[status\] dir'),
+    ('the-status-directory-is-stale', 'status', 'kill', False, 1, STALE % r'\[status\] dir'),
+    ('check-while-the-status-directory-stops-answering', 'status', 'stop', True, 3,
+     r'^VMBACKUP UNKNOWN - ' + NO_ANSWER % r'\[status\] dir'),
+    ('check-while-the-status-directory-is-stale', 'status', 'kill', True, 3,
+     r'^VMBACKUP UNKNOWN - ' + STALE % r'\[status\] dir'),
+]
+
+
+@pytest.mark.parametrize('where, fault, checking, code, line',
+                         [pytest.param(*case[1:], id=case[0]) for case in STORAGE_CASES])
+def test_shared_storage_that_hangs_or_is_stale_is_one_line_and_nothing_done(
+        site, stoppable_mount, where, fault, checking, code, line):
+    site.add_vm('web')
+    mount = stoppable_mount('shared')
+    directories = {'lock': {'lock_dir': str(mount.point)}} if where == 'lock' else {
+        'status': {'dir': str(mount.point)}}
+    config = site.config(lock=dict(STORAGE_TIMEOUT, **directories.get('lock', {})),
+                         **{k: v for k, v in directories.items() if k != 'lock'})
+    getattr(mount, fault)()
+    args = ('--', MASTER, '--check') if checking else ()
+    result = run(site, *args, config=config, timeout=30)
+    print(result.output)
+    assert result.code == code, result.output
+    assert 'Traceback' not in result.output
+    if checking:
+        (said,) = result.out.splitlines()
+    else:
+        (said,) = [l for l in result.err.splitlines() if ' ERROR ' in l]
+    assert re.search(line, said), (line, said)
+    assert site.engine.requests == [] and site.calls() == []
+
+
+def test_shared_storage_that_stops_answering_during_a_run_ends_it_with_the_snapshots_removed(
+        site, stoppable_mount, stop_process):
+    """The lock file is open on the mount when it hangs: the run still
+    removes its snapshots, says what it could not write, and ends (Python's
+    own exit would wait for the hung files)."""
+    before = prepare(site)
+    mount = stoppable_mount('shared')
+    site.behave(schedule_georep={'gate': gate(site)})
+    config = site.config(snapshot=FAST, lock=dict(STORAGE_TIMEOUT, lock_dir=str(mount.point)),
+                         status={'dir': str(mount.point)})
+    live = Live(site, config=config)
+    stop_process(live.process)
+    when_the_scheduler_runs(site)
+    mount.stop()
+    open_gate(site)
+    result = live.finish(timeout=RUN_LIMIT)
+    print(result.output)
+    assert result.code == 0, result.output
+    assert 'Traceback' not in result.output
+    assert site.our_snapshots() == {} and list(site.scratch.iterdir()) == []
+    assert [e['severity'] for e in site.engine.events[before.events:]] == ['normal']
+    errors = [l for l in result.err.splitlines() if ' ERROR ' in l]
+    assert any(re.search(r'the status file of volume vmstore was not written: no answer '
+                         r'from \S+vmstore.json within 1 seconds', l) for l in errors), errors
+    assert any('the lock file was not updated: no answer from the lock file' in l
+               for l in errors), errors
+
+
+# a status or metrics write that fails must not leave the old files behind:
+# --check and the metrics would go on saying OK after a failed run
+
+def full_tmpfs(site, directory):
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', str(directory)],
+                   check=True)
+    write_old_status(site, directory)
+    with open(str(directory / 'filler'), 'wb', buffering=0) as filler:
+        with contextlib.suppress(OSError):      # until ENOSPC
+            while True:
+                filler.write(b'\0' * 4096)
+
+
+def read_only_bind(site, directory):
+    write_old_status(site, directory)
+    subprocess.run(['mount', '--bind', str(directory), str(directory)], check=True)
+    subprocess.run(['mount', '-o', 'remount,ro,bind', str(directory)], check=True)
+
+
+def write_old_status(site, directory):
+    """The status and the metrics of last night's good run."""
+    from test_inputs import status_document
+    (directory / ('%s.json' % MASTER)).write_text(json.dumps(status_document()))
+    (directory / ('vmbackup_%s.prom' % MASTER)).write_text('vmbackup_last_run_exit_status'
+                                                             '{volume="vmstore"} 0.0\n')
+
+
+STATUS_WRITE_CASES = [
+    # (name, how the directory fails, injected error, are the old files gone)
+    ('the-status-directory-is-full', full_tmpfs, None, True),
+    ('the-status-file-is-refused', write_old_status, 'EACCES', True),
+    ('the-status-directory-is-read-only', read_only_bind, None, False),
+]
+
+
+@pytest.mark.parametrize('prepare_directory, injected, removed',
+                         [pytest.param(*case[1:], id=case[0]) for case in STATUS_WRITE_CASES])
+def test_a_status_write_that_fails_after_a_failed_run_leaves_no_ok_behind(
+        site, prepare_directory, injected, removed):
+    site.add_vm('web')
+    directory = site.tmp / 'monitoring'
+    directory.mkdir()
+    prepare_directory(site, directory)
+    site.behave(schedule_georep={'exit': 1})
+    config = site.config(snapshot=FAST, status={'dir': str(directory),
+                                                'textfile_dir': str(directory)})
+    command = site.command(config=config)
+    if injected:
+        command = [command[0], str(os.path.join(os.path.dirname(__file__), 'inject.py')),
+                   'write_atomically', injected, '--'] + command[2:]
+    process = subprocess.run(command, env=site.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True, timeout=RUN_LIMIT)
+    result = Result(process.returncode, process.stdout, process.stderr)
+    print(result.output)
+    assert result.code == 1, result.output
+    assert 'Traceback' not in result.output
+    assert site.our_snapshots() == {}
+    errors = [l for l in result.err.splitlines() if ' ERROR ' in l]
+    told = 'the old one was removed' if removed else 'the old one is still there'
+    (line,) = [l for l in errors if 'the status file of volume vmstore was not written' in l]
+    assert told in line
+    metrics = directory / ('vmbackup_%s.prom' % MASTER)
+    lines = [l for l in errors if 'the metrics of volume vmstore were not written' in l]
+    if lines:
+        assert told in lines[0]
+    else:       # written in the space the status file left: it tells the failure
+        assert 'vmbackup_last_run_exit_status{volume="vmstore"} 1.0' in metrics.read_text()
+    assert (directory / ('%s.json' % MASTER)).exists() == (not removed)
+    assert metrics.exists() == (not removed or not lines)
+    check = run(site, '--', MASTER, '--check', config=config)
+    if removed:
+        assert check.code == 3 and check.out.startswith('VMBACKUP UNKNOWN - no status file')
+    else:   # a read-only file system: nothing can be removed, the error line tells it
+        assert 'Read-only file system' in line

@@ -266,6 +266,7 @@ EXPECTED_FILES = {
     '/usr/share/doc/vmbackup/docs/monitoring.md': '-rw-r--r--',
     '/usr/share/doc/vmbackup/docs/restore.md': '-rw-r--r--',
     '/usr/share/doc/vmbackup/vmbackup.env.example': '-rw-r--r--',
+    '/usr/share/doc/vmbackup/vmbackup.rules.yml': '-rw-r--r--',
     '/usr/share/licenses/vmbackup': 'drwxr-xr-x',
     '/usr/share/licenses/vmbackup/LICENSE': '-rw-r--r--',
     '/var/lib/vmbackup': 'drwxr-xr-x',

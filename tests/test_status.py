@@ -283,6 +283,21 @@ def test_the_check_speaks_nagios(site, ended, success, exit_status, args, state)
     assert os.listdir(str(site.lock_dir)) == []
 
 
+@pytest.mark.parametrize('ended, success, said', [
+    (-5 * HOUR, -5 * HOUR, 'the last run ended at'),
+    (1 * HOUR, -3 * HOUR, 'the last success ended at'),
+], ids=['last run in the future', 'last success in the future'])
+def test_a_time_in_the_future_is_unknown_not_ok(site, ended, success, said):
+    # a node's clock ahead would give a negative age: OK for ever
+    write_status(site, ended, success)
+    for mode in ((), ('--status',)):
+        result = check(site, *mode)
+        assert result.code == 3, result.output
+        line = result.out.splitlines()[0]
+        assert line.startswith('VMBACKUP UNKNOWN - %s' % said) and 'in the future' in line
+        assert 'check the clocks of gluster2' in line
+
+
 @pytest.mark.parametrize('content', [None, '{"version": 1, "ended_at"', '{"version": 7}'],
                          ids=['no file', 'garbled', 'newer version'])
 def test_the_check_is_unknown_without_a_readable_status_file(site, content):

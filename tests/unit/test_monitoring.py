@@ -117,7 +117,7 @@ def test_a_run_that_chose_no_vm_has_an_empty_list_not_a_missing_one():
     ('{}', 'no version'),
     ('{"version": 99}', 'written by a newer vmbackup'),
     ('{"version": 1, "started_at": 1, "ended_at": "yesterday", "duration_seconds": 1}',
-     'ended_at is not a number'),
+     'ended_at is not a time'),
     (b'\xff\xfe', 'is not JSON'),
 ])
 def test_a_garbled_status_file_is_named_not_trusted(tmp_path, content, problem):
