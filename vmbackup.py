@@ -29,14 +29,16 @@ The steps of a run:
      HostedEngine with all its disks, as in 2016. Exit 3, nothing done,
      when a chosen VM has a snapshot of ours that a live run on another
      node may own.
-  5. Remove any snapshot of ours left by an earlier run; have the engine
-     bring the domain's OVF store up to date and wait for its word on the
-     events feed (199: written; 1052: nothing to update, the store is
-     current, as on a quiet night), then read the store back through a
-     read-only mount of the master and keep it; snapshot the VMs (disks on
-     that domain only, no memory) all at once, wait until every snapshot is
-     ready, and record each disk's image id before (the base) and after
-     (the overlay).
+  5. With [gluster] presync, replicate once first, with its own bound
+     (presync_timeout; a failure is only a warning), so that the VMs run
+     on overlays only while step 6 carries what was written since. Remove
+     any snapshot of ours left by an earlier run; have the engine bring the
+     domain's OVF store up to date and wait for its word on the events feed
+     (199: written; 1052: nothing to update, the store is current, as on a
+     quiet night), then read the store back through a read-only mount of the
+     master and keep it; snapshot the VMs (disks on that domain only, no
+     memory) all at once, wait until every snapshot is ready, and record
+     each disk's image id before (the base) and after (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
      Its exit 0 is no proof: confirm that each disk's base at the slave is
      the master's (size and mtime) and that this run's snapshots are still
@@ -284,7 +286,7 @@ KNOWN_KEYS = {
     'snapshot': {'wait_timeout', 'poll_interval', 'require_quiesce'},
     'gluster': {'schedule_georep', 'glusterfs', 'gluster', 'master_server',
                 'mount_log', 'storage_domain', 'scheduler_grace',
-                'mount_timeout'},
+                'mount_timeout', 'presync', 'presync_timeout'},
     'verify': {'qemu_img'},
     'event': {'cluster'},
     'lock': {'lock_dir', 'skip_within', 'storage_timeout'},
@@ -359,6 +361,8 @@ class Settings(Record):
         'mount_log': DEFAULT_MOUNT_LOG,
         'storage_domain': None,
         'scheduler_grace': DEFAULT_SCHEDULER_GRACE,
+        'presync': False,
+        'presync_timeout': None,     # minutes; None: the same as -t
         'mount_timeout': DEFAULT_MOUNT_TIMEOUT,
         'qemu_img': None,
         'cluster': None,
@@ -389,6 +393,8 @@ class DiskRecord(Record):
         'chain_repaired': None,   # the base's .meta says LEAF again
         'verified': None,         # the chain passed every check of verify
         'size': None,             # bytes of the base volume confirmed at the slave
+        'overlay_bytes': None,    # bytes of the overlay at the master when
+                                  # the merges were sent
         'problem': None,          # why it is not backed up, one line
     }
 
@@ -400,6 +406,8 @@ class VmBackup(Record):
         'stale_snapshot_ids': [],
         'snapshot_id': None,
         'snapshot_ready': False,
+        'snapshot_ready_at': None,  # Unix time the tool saw the snapshot ok
+        'removal_sent_at': None,    # Unix time the removals were first sent
         'request_error': None,      # why the snapshot request got no answer
         'consistency': None,        # QUIESCED or CRASH_CONSISTENT, when known
         'consistency_reason': None,  # why it is CRASH_CONSISTENT, one line
@@ -810,13 +818,16 @@ def read_config(path, needs_engine=True, storage_limit=None):
         scheduler_grace=config.number('gluster', 'scheduler_grace',
                                       DEFAULT_SCHEDULER_GRACE, int,
                                       allow_zero=True),
+        presync=config.boolean('gluster', 'presync'),
+        presync_timeout=config.number('gluster', 'presync_timeout', None, int,
+                                      allow_zero=True),
         qemu_img=config.text('verify', 'qemu_img', DEFAULT_QEMU_IMG),
         cluster=config.text('event', 'cluster'),
         lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
                               else FALLBACK_LOCK_DIR),
-        lock_is_shared=bool(shared) if lock_dir is None else bounded(
-            lambda: is_gluster_mount(lock_dir), storage_timeout,
-            'the lock directory %s' % lock_dir),
+        lock_is_shared=bool(shared) if lock_dir is None else needs_engine
+        and bounded(lambda: is_gluster_mount(lock_dir), storage_timeout,
+                    'the lock directory %s' % lock_dir),
         storage_timeout=storage_timeout,
         skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
                                   float, allow_zero=True, maximum=MAX_MINUTES),
@@ -846,10 +857,10 @@ def read_config(path, needs_engine=True, storage_limit=None):
                 problems.append('[gluster] %s %s is not an executable file '
                                 '(install %s, or name it)'
                                 % (key, program, package))
-    # the lock directory must be there; the status directories are made
-    # at the start of a run when they are not
+    # the lock directory must be there (for a run: the read-only modes take
+    # no lock); the status directories are made at its start when they are not
     for label, directory, missing_is_fine in (
-            ('[lock] lock_dir', lock_dir, False),
+            ('[lock] lock_dir', lock_dir if needs_engine else None, False),
             ('[status] dir', status_dir, True),
             ('[status] textfile_dir', settings.textfile_dir, True)):
         if directory is not None:
@@ -2116,6 +2127,13 @@ def print_plan(run):
                 shlex.quote(part)
                 for part in master_mount_command(args, settings, 'DIR'))),
               file=out)
+        if settings.presync:
+            print('Would first run, as the pre-sync (a failure only a '
+                  'warning): %s' % ' '.join(shlex.quote(part) for part in
+                                            scheduler_command(args, settings,
+                                                              presync_minutes(
+                                                                  args, settings))),
+                  file=out)
         print('and have the engine bring the OVF store of %s up to date '
               'first, and keep it.' % (', '.join(plan.storage_domains.values())
                                       or 'no domain'), file=out)
@@ -2651,6 +2669,7 @@ def wait_for_snapshots(engine, created, plan, settings, run, stop, feed=None):
                 del pending[vm_id]
             elif snapshot.snapshot_status == types.SnapshotStatus.OK:
                 backup.snapshot_ready = True
+                backup.snapshot_ready_at = time.time()
                 record_overlays(backup, state)
                 record_consistency(backup, state, feed)
                 del pending[vm_id]
@@ -2740,10 +2759,21 @@ def format_minutes(minutes):
 
 # Step 6: replicate ---------------------------------------------------------------------
 
-def scheduler_command(args, settings):
+def scheduler_command(args, settings, timeout=None):
+    """Given the command line, settings and the minutes the scheduler may
+    wait (default -t), return its command line."""
     return settings.schedule_georep + [
         args.mastervol, args.slave, args.slavevol,
-        '--interval', str(args.interval), '--timeout', str(args.timeout)]
+        '--interval', str(args.interval), '--timeout',
+        str(args.timeout if timeout is None else timeout)]
+
+
+def presync_minutes(args, settings):
+    """Given the command line and settings, return the minutes the pre-sync
+    may wait: [gluster] presync_timeout, else -t (0: for ever)."""
+    if settings.presync_timeout is None:
+        return args.timeout
+    return settings.presync_timeout
 
 
 SCHEDULER_EXITS = {
@@ -2752,24 +2782,28 @@ SCHEDULER_EXITS = {
 }
 
 
-def replicate(args, settings, run, stop):
+def replicate(args, settings, run, stop, timeout=None, report=None):
     """Run gluster's scheduler, logging its output as it comes; return True
-    when it reported the checkpoint complete."""
-    command = scheduler_command(args, settings)
+    when it reported the checkpoint complete. timeout: the minutes it may
+    wait (default -t); report(message, *args): how a failure is told
+    (default run.fail; the pre-sync's is a warning)."""
+    timeout = args.timeout if timeout is None else timeout
+    report = report or run.fail
+    command = scheduler_command(args, settings, timeout)
     log.info('replicating: %s', ' '.join(shlex.quote(part) for part in command))
     try:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
     except OSError as error:
-        run.fail('cannot run the scheduler %s: %s', command[0],
-                 error.strerror or error)
+        report('cannot run the scheduler %s: %s', command[0],
+               error.strerror or error)
         return False
     stop.child = process
     watchdog = None
     expired = threading.Event()
-    if args.timeout > 0:
-        limit = args.timeout * 60 + settings.scheduler_grace
+    if timeout > 0:
+        limit = timeout * 60 + settings.scheduler_grace
 
         def expire():
             expired.set()
@@ -2807,24 +2841,46 @@ def replicate(args, settings, run, stop):
         log.info('geo-replication reached its checkpoint')
         return True
     if status in SCHEDULER_EXITS:
-        run.fail('geo-replication failed: ' + SCHEDULER_EXITS[status]
-                 % {'timeout': args.timeout})
+        report('geo-replication failed: ' + SCHEDULER_EXITS[status]
+               % {'timeout': timeout})
         return False
     if expired.is_set():
-        run.fail('geo-replication: the scheduler did not end within --timeout '
-                 '%d minutes and %d seconds of grace; it was stopped',
-                 args.timeout, settings.scheduler_grace)
+        report('geo-replication: the scheduler did not end within --timeout '
+               '%d minutes and %d seconds of grace; it was stopped',
+               timeout, settings.scheduler_grace)
     elif stop.requested:
-        run.fail('geo-replication: the scheduler was stopped by %s',
-                 stop.signal_name)
+        report('geo-replication: the scheduler was stopped by %s',
+               stop.signal_name)
     else:
-        run.fail('geo-replication failed: the scheduler %s',
-                 describe_status(status))
+        report('geo-replication failed: the scheduler %s',
+               describe_status(status))
     log.warning('the geo-replication session %s -> %s::%s may be left running; '
                 'check with: gluster volume geo-replication %s %s::%s status',
                 args.mastervol, args.slave, args.slavevol, args.mastervol,
                 slave_host(args.slave), args.slavevol)
     return False
+
+
+def presync(run):
+    """Step 5 first, with [gluster] presync: run the scheduler once before
+    the OVF store and the snapshots, bounded by presync_timeout, so that the
+    day's changes are carried while the VMs run on their bases, and the
+    sync of step 6 carries only what the guests wrote meanwhile. Return True
+    when it reached its checkpoint; a failure is a warning, and the run
+    goes on as without it."""
+    minutes = presync_minutes(run.args, run.settings)
+
+    def warn(message, *values):
+        log.warning('pre-sync: %s; going on without it (step 6 carries the '
+                    'rest)', message % values if values else message)
+
+    log.info('pre-sync: replicating before the snapshots, for up to %s',
+             'ever (-t 0)' if minutes <= 0 else '%d minutes' % minutes)
+    done = replicate(run.args, run.settings, run, run.stop, timeout=minutes,
+                     report=warn)
+    if done:
+        log.info('pre-sync done: the snapshots are next')
+    return done
 
 
 # Step 5-7: the remote copy: volumes, chains, OVF store ---------------------------
@@ -3433,40 +3489,6 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
 
 # Steps 6 and 7 together, and the old cleanup the bench measures --------------------
 
-def delete_overlays(root, paths, run):
-    """Given the slave volume's mount point and the overlay files' relative
-    paths, delete each regular file among them, by its exact path: never a
-    walk, never anything else. Return the number deleted."""
-    deleted = 0
-    for relative in paths:
-        target = os.path.join(root, relative)
-        try:
-            info = os.lstat(target)
-        except FileNotFoundError:
-            if not relative.endswith(('.meta', '.lease')):
-                log.warning('overlay %s is not at the remote site', relative)
-            continue
-        except OSError as error:
-            run.fail('cannot check %s at the remote site: %s', relative,
-                     error.strerror)
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            run.fail('%s at the remote site is not a regular file; left '
-                     'alone', relative)
-            continue
-        try:
-            os.unlink(target)
-        except OSError as error:
-            run.fail('cannot delete %s at the remote site: %s', relative,
-                     error.strerror)
-            continue
-        deleted += 1
-        log.debug('deleted %s at the remote site', relative)
-    log.info('deleted %d overlay files at the remote site (%d paths looked up)',
-             deleted, len(paths))
-    return deleted
-
-
 def remote_copy(run, engine, master_root, start_removal):
     """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
     read-only and the OVF store kept from before the snapshots: mount the
@@ -3648,6 +3670,7 @@ class Verifier:
         log.info('verify: storage domain %s: OVF store %s (%s) describes %d '
                  'VMs', sd_id, store.volume_id, store.last_updated, len(vms))
         ours = {backup.vm_id: backup for backup in backups}
+        images = []             # (vm, disk id, volumes named), in order
         for vm in sorted(vms.values(), key=lambda vm: vm.name):
             backup = ours.get(vm.vm_id)
             for sid, _, description in vm.snapshots:
@@ -3664,8 +3687,18 @@ class Verifier:
                     log.debug('verify: VM %s disk %s is not on domain %s',
                               vm.name, disk_id, sd_id)
                     continue
-                results[disk_id] = self.disk(vm.name, sd_id, disk_id, named)
-                self.vms.add(vm.vm_id)
+                images.append((vm, disk_id, named))
+        # the images are checked side by side (qemu-img is a process per
+        # volume), and told in order
+        with concurrent.futures.ThreadPoolExecutor(
+                max_workers=verify_workers()) as pool:
+            found = list(pool.map(lambda image: self.image_problems(
+                sd_id, image[1], image[2]) if not self.stop.requested else [
+                    ('qemu-img', 'not checked: stopped by %s'
+                     % self.stop.signal_name)], images))
+        for (vm, disk_id, named), problems in zip(images, found):
+            results[disk_id] = self.disk(vm.name, disk_id, named, problems)
+            self.vms.add(vm.vm_id)
         for backup in backups:
             vm = vms.get(backup.vm_id)
             for disk in backup.disks:
@@ -3688,11 +3721,11 @@ class Verifier:
                     results[disk.disk_id] = False
         return results
 
-    def disk(self, vm_name, sd_id, disk_id, named):
-        """Verify one image: its .meta chain, its volumes against the OVF
-        store's, qemu-img's view of them. Return True when all hold."""
+    def disk(self, vm_name, disk_id, named, problems):
+        """Given one image and what image_problems found wrong with it (its
+        .meta chain, its volumes against the OVF store's, qemu-img's view of
+        them), tell it; return True when all hold."""
         what = 'VM %s disk %s' % (vm_name, disk_id)
-        problems = self.image_problems(sd_id, disk_id, named)
         for check, detail in problems:
             self.fail(what, check, detail)
         if problems:
@@ -3797,6 +3830,12 @@ class Verifier:
                 problems.append(('qemu-img check', 'volume %s: %s' % (
                     volume_id, describe_qemu(status, output + errors))))
         return problems
+
+
+def verify_workers():
+    """How many images verify checks at once: one per CPU (each check is
+    qemu-img processes, CPU-bound on a local or cached volume)."""
+    return max(1, os.cpu_count() or 1)
 
 
 def leaf_chain(metas):
@@ -4269,6 +4308,31 @@ def start_removal(engine, created, plan, settings):
     return removal
 
 
+def measure_overlays(master_root, backups):
+    """Given the master's mount and the VmBackups whose snapshots are about
+    to be merged, set each disk's overlay_bytes: its overlay's size at the
+    master now (what the guests wrote since the snapshot, which the merge
+    writes again into the base); return their sum. An overlay that can't be
+    read keeps None."""
+    total = 0
+    for backup in backups:
+        for disk in backup.disks:
+            if not (backup.snapshot_ready and disk.overlay_id):
+                continue
+            try:
+                disk.overlay_bytes = os.stat(volume_path(
+                    master_root, disk.sd_id, disk.disk_id,
+                    disk.overlay_id)).st_size
+            except (OSError, MetaError) as error:
+                log.debug('VM %s: the size of overlay %s is unknown: %s',
+                          backup.name, disk.overlay_id, describe_os_error(error))
+                continue
+            total += disk.overlay_bytes
+    log.info('the overlays hold %s at the master as their merges are sent',
+             format_bytes(total))
+    return total
+
+
 def remove_snapshots(engine, created, plan, settings, run, removal=None):
     """Given the VmBackups whose snapshot this run created, and the Removal
     already started if any, remove them all and wait until they are gone;
@@ -4328,6 +4392,7 @@ class Removal:
                         for backup, snapshot_id in targets}
         self.deadline = None
         self.sent = None            # time.monotonic() of the first send
+        self.sent_at = None         # and its Unix time
         self.feed = Feed(engine, 'snapshot removal', REMOVAL_ENDS)
         self.watch = None
         self.lock = threading.Lock()
@@ -4338,6 +4403,7 @@ class Removal:
         """Send the removals that are due."""
         if self.deadline is None:
             self.sent = time.monotonic()
+            self.sent_at = time.time()      # for the snapshot window
             self.deadline = self.sent + self.settings.wait_timeout * 60
             self.feed.start()
             self.watch = Watch(self.feed, self.deadline, self.plan,
@@ -4578,6 +4644,28 @@ def vm_outcome(backup):
     return 'not backed up'
 
 
+def snapshot_window(backups):
+    """Given the VmBackups of a run, return its snapshot window, the time the
+    VMs ran on overlays, as an OrderedDict: from the first snapshot seen ok
+    to the first removal sent, in seconds, and the bytes the overlays held
+    at the master when the merges were sent; None when no snapshot was
+    ready or none was removed."""
+    ready = [backup.snapshot_ready_at for backup in backups
+             if backup.snapshot_ready_at is not None]
+    sent = [backup.removal_sent_at for backup in backups
+            if backup.removal_sent_at is not None]
+    if not ready or not sent:
+        return None
+    sizes = [disk.overlay_bytes for backup in backups for disk in backup.disks
+             if disk.overlay_bytes is not None]
+    return collections.OrderedDict([
+        ('first_snapshot_ok', iso_utc(min(ready))),
+        ('first_removal_sent', iso_utc(min(sent))),
+        ('seconds', round(max(0.0, min(sent) - min(ready)), 3)),
+        ('overlay_bytes', sum(sizes) if sizes else None),
+    ])
+
+
 def status_path(settings, mastervol):
     return os.path.join(settings.status_dir, '%s.json' % mastervol)
 
@@ -4611,6 +4699,7 @@ def status_document(run, previous, node):
                 ('id', disk.disk_id), ('name', disk.name),
                 ('storage_domain', disk.sd_id), ('base', disk.base_id),
                 ('overlay', disk.overlay_id), ('size', disk.size),
+                ('overlay_bytes', disk.overlay_bytes),
                 ('confirmed', disk.confirmed),
                 ('overlay_dropped', disk.overlay_dropped),
                 ('chain_repaired', disk.chain_repaired),
@@ -4652,6 +4741,7 @@ def status_document(run, previous, node):
             (name, round(seconds, 3))
             for name, seconds in run.step_seconds.items())),
         ('totals', totals),
+        ('snapshot_window', snapshot_window(backups)),
         ('vms', vms),
         ('last_success', last_success),
         ('restore_points', restore_points_record(run, previous)),
@@ -4860,6 +4950,15 @@ def metrics_text(document):
 
     for name, help_text in METRICS:
         gauge(name, help_text, [(volume, values[name])])
+    window = document.get('snapshot_window') or {}
+    gauge('snapshot_window_seconds', 'How long the VMs of the last run ran '
+          'on overlays: from its first snapshot ok to its first removal sent',
+          [(volume, window['seconds'])] if is_number(window.get('seconds'))
+          else [])
+    gauge('overlay_bytes', "Bytes the last run's overlays held at the master "
+          'when their merges were sent (what the guests wrote in the window)',
+          [(volume, window['overlay_bytes'])]
+          if is_number(window.get('overlay_bytes')) else [])
     gauge('last_run_step_duration_seconds', 'Time the last run spent in each '
           'step', [(volume + (('step', step),), seconds)
                    for step, seconds in document.get('steps', {}).items()])
@@ -4934,6 +5033,14 @@ def summary_lines(document, where):
     if totals['snapshots_left']:
         lines.append('summary: %s of this run left behind' % count_phrase(
             totals['snapshots_left'], 'snapshot'))
+    window = document.get('snapshot_window')
+    if window:
+        lines.append('summary: snapshot window %s (first snapshot ok to first '
+                     'removal sent); the overlays held %s when the merges '
+                     'were sent' % (
+                         human_duration(window['seconds']),
+                         'unknown bytes' if window['overlay_bytes'] is None
+                         else format_bytes(window['overlay_bytes'])))
     if document['steps']:
         lines.append('summary: time per step: %s' % ', '.join(
             '%s %s' % (step, human_duration(seconds))
@@ -5092,12 +5199,21 @@ def make_status_directories(settings):
         if directory is None:
             continue
         try:
-            bounded(lambda: os.makedirs(directory, mode=0o755, exist_ok=True),
+            bounded(lambda: make_public_directory(directory),
                     settings.storage_timeout, directory)
         except (OSError, Hung) as error:
             log.error('cannot make the status directory %s: %s', directory,
                       error.strerror if isinstance(error, OSError)
                       and error.strerror else error)
+
+
+def make_public_directory(path):
+    """Make path and its missing parents, 0755 whatever the umask (node
+    exporter and --check may run as other users); leave one that is there
+    as it is."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        os.chmod(path, 0o755)
 
 
 @contextlib.contextmanager
@@ -5409,11 +5525,14 @@ def reported(run, engine):
 
 class Snapshots:
     """This run's snapshots, as step 5 made them: removing them (step 8) may
-    start early, and is finished on the way out of taken_snapshots."""
+    start early, and is finished on the way out of taken_snapshots. The
+    master's mount (or None) gives the overlays' sizes when the merges are
+    sent."""
 
-    def __init__(self, run, engine):
+    def __init__(self, run, engine, master_root=None):
         self.run = run
         self.engine = engine
+        self.master_root = master_root
         self.removal = None
 
     def mine(self):
@@ -5425,19 +5544,25 @@ class Snapshots:
     def start_removal(self):
         """Send the removals now (the bases need not stay still any more)."""
         if self.removal is None:
-            self.removal = start_removal(self.engine, self.mine(),
+            mine = self.mine()
+            if self.master_root is not None and mine:
+                measure_overlays(self.master_root, mine)
+            self.removal = start_removal(self.engine, mine,
                                          self.run.plan, self.run.settings)
+            for backup in mine:
+                backup.removal_sent_at = (self.removal.sent_at if self.removal
+                                          else None)
 
 
 @contextlib.contextmanager
-def taken_snapshots(run, engine, before=None):
+def taken_snapshots(run, engine, master_root=None, before=None):
     """Step 5 on the way in, step 8 on every way out: given the run with its
-    Plan, remove stale snapshots (and record the bases after), call
-    before() (the OVF store kept with no snapshot of ours in it), snapshot
-    the VMs and wait until they are ready; yield Snapshots; then remove
-    every snapshot of this run, whatever happened, and wait until they are
-    gone."""
-    snapshots = Snapshots(run, engine)
+    Plan and the master's mount (or None), remove stale snapshots (and
+    record the bases after), call before() (the OVF store kept with no
+    snapshot of ours in it), snapshot the VMs and wait until they are
+    ready; yield Snapshots; then remove every snapshot of this run, whatever
+    happened, and wait until they are gone."""
+    snapshots = Snapshots(run, engine, master_root)
     try:
         with run.step('snapshot'):
             remove_stale_snapshots(engine, run.plan, run.settings, run)
@@ -5450,6 +5575,7 @@ def taken_snapshots(run, engine, before=None):
     finally:
         with run.step('remove snapshots', cleanup=True):
             mine = snapshots.mine()
+            snapshots.start_removal()
             left = remove_snapshots(engine, mine, run.plan, run.settings, run,
                                     snapshots.removal)
         for backup in mine:
@@ -5467,7 +5593,10 @@ def back_up(run):
             with run.step('check'):
                 run.plan = check_and_choose(run, engine)          # 4
             with master_mounted(run) as master:                   # 5-7
-                with taken_snapshots(run, engine, before=lambda:
+                if run.settings.presync and run.plan.backups:
+                    with run.step('presync'):
+                        presync(run)                              # 5
+                with taken_snapshots(run, engine, master, before=lambda:
                                      write_ovf_stores(engine, run, master)
                                      ) as snapshots:              # 5, 8
                     with run.step('replicate'):

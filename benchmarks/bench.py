@@ -44,6 +44,7 @@ with merges of --long-merge seconds:
                slave's unmount (repair and verify done: the tool cannot
                look before) to the tool's "all N snapshots removed"; the
                target is <= 0.5
+  load         the machine's load average (1 minute) at the end of the row
   RSS MiB      peak resident memory of the tool (wait4's ru_maxrss, which
                also covers the children it waited for: scheduler, mount)
   paths        paths the remote cleanup looked up ("... paths looked up")
@@ -52,9 +53,11 @@ with merges of --long-merge seconds:
 then, for the largest N, the requests by kind, the engine-side time per
 kind, and the phases of the run from the tool's log.
 
-Last, the remote cleanup (vmbackup.delete_overlays) is timed on a
-slave-like tree of --files files against a walk of the same tree that finds
-the same files (the 2016 way: os.walk, match each name against the ids),
+Last, the remote cleanup (vmbackup.repair_chain, per disk: the base's and
+the overlay's .meta read, the overlay's three files looked up and deleted,
+the base's .meta set LEAF in place) is timed on a slave-like tree of
+--files files against a walk of the same tree that finds the same files
+(the 2016 way: os.walk, match each name against the ids),
 on the local disk with a warm cache. On the real slave, a FUSE mount over a
 WAN, every directory read and every look-up is a round trip, so the ratio
 of file-system operations (also printed) is the better guide.
@@ -111,10 +114,11 @@ PHASES = (      # (label, log text that starts it); each ends where the next sta
     ('merges: the rest of the wait', 'unmounted '),
     ('master unmount, event, exit', 'all '),
 )
-COLUMNS = ('%5s %6s %7s %7s %7s %10s %7s %10s %8s %6s %7s %6s %7s %11s %7s %6s %7s %4s %6s %s',
+COLUMNS = ('%5s %6s %7s %7s %7s %10s %7s %10s %8s %6s %7s %6s %7s %11s %7s %6s %7s %4s %6s %5s %s',
            ('N', 'disks', 'merge s', 'wall s', 'bound s', 'wall/bound', 'floor s',
             'wall/floor', 'requests', 'req/VM', 'KiB/VM', 'busy s', 'lag ok s',
-            'lag merge s', 'RSS MiB', 'paths', 'deleted', 'exit', 'event', 'targets'))
+            'lag merge s', 'RSS MiB', 'paths', 'deleted', 'exit', 'event', 'load',
+            'targets'))
 
 
 def parse_arguments(argv):
@@ -362,6 +366,7 @@ def run_tool(ca, vm_count, args, merge_latency):
                     request_kind(r['method'], r['path'], r['query'])
                     for r in engine.requests),
                 timed=timed, started=started, log=log_text,
+                load=os.getloadavg()[0],
                 rss_mib=usage.ru_maxrss / 1024,
                 deleted=int(cleanup.group(1)) if cleanup else None,
                 looked_up=int(cleanup.group(2)) if cleanup else None)
@@ -406,7 +411,7 @@ def print_row(result, short=None):
         '%.1f' % result['rss_mib'],
         '-' if result['looked_up'] is None else result['looked_up'],
         '-' if result['deleted'] is None else result['deleted'],
-        result['code'], result['event'],
+        result['code'], result['event'], '%.1f' % result['load'],
         'met' if not problems else 'MISSED: ' + ', '.join(problems)), flush=True)
 
 
@@ -497,27 +502,35 @@ def print_details(result, args):
 
 def build_tree(root, file_count, rng):
     """Given an empty directory, lay out a storage domain of about
-    file_count tiny files, 2 volumes per disk, 3 files per volume; return
-    [(disk id, volume id)] and the sd id."""
+    file_count tiny files, 2 volumes per disk (a base, INTERNAL, and its
+    overlay, the LEAF, with .meta lines as vdsm writes them), 3 files per
+    volume; return the sd id and [(disk id, volume id)]."""
     sd_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
     images = os.path.join(root, sd_id, 'images')
     os.makedirs(os.path.join(root, sd_id, 'dom_md'))
     os.makedirs(images)
     volumes = []
-    disk_id = None
+    disk_id = parent = None
     for index in range(max(1, file_count // 3)):
         if index % 2 == 0:
             disk_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             os.mkdir(os.path.join(images, disk_id))
+            parent = vmbackup.BLANK_UUID
         volume_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         volumes.append((disk_id, volume_id))
-        write_volume(os.path.join(images, disk_id, volume_id))
+        write_volume(os.path.join(images, disk_id, volume_id), meta_text(
+            sd_id, disk_id, parent, 'INTERNAL' if index % 2 == 0 else 'LEAF'))
+        parent = volume_id
     return sd_id, volumes
 
 
-def write_volume(path):
-    for suffix, data in (('', b'QFI\xfb'), ('.meta', b'VOLTYPE=LEAF\nEOF\n'),
-                         ('.lease', b'\0')):
+def meta_text(sd_id, disk_id, parent, voltype):
+    return ('CAP=1073741824\nDOMAIN=%s\nFORMAT=COW\nIMAGE=%s\nLEGALITY=LEGAL\n'
+            'PUUID=%s\nVOLTYPE=%s\nEOF\n' % (sd_id, disk_id, parent, voltype)).encode()
+
+
+def write_volume(path, meta):
+    for suffix, data in (('', b'QFI\xfb'), ('.meta', meta), ('.lease', b'\0')):
         descriptor = os.open(path + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(descriptor, data)
@@ -548,15 +561,17 @@ def walk_and_delete(root, volume_ids):
 
 
 def cleanup_against_walk(file_count, seed=4):
-    """Given a number of files, time delete_overlays and a walk on the same
-    tree, deleting the same files; print both and the ratio."""
+    """Given a number of files, time repair_chain (what step 7 does at the
+    slave for each disk) and a walk on the same tree, deleting the same
+    files; print both and the ratio."""
     rng = random.Random(seed)
     base = tempfile.mkdtemp(prefix='vmbackup-bench-tree-')
     try:
         began = time.perf_counter()
         sd_id, volumes = build_tree(base, file_count, rng)
         built = time.perf_counter() - began
-        leaves = volumes[1::2] or volumes      # the second volume of each disk
+        bases = dict(volumes[0::2])           # disk id -> its base
+        leaves = volumes[1::2]                # the overlay of each disk
         picked = rng.sample(leaves, min(OVERLAYS_PICKED, len(leaves)))
         paths = [os.path.join(sd_id, 'images', disk_id, volume_id + suffix)
                  for disk_id, volume_id in picked
@@ -566,32 +581,41 @@ def cleanup_against_walk(file_count, seed=4):
               % (3 * len(volumes), len({d for d, _ in volumes}), len(volumes),
                  built, len(picked), len(paths)), flush=True)
 
-        run = vmbackup.Run(argparse.Namespace(mastervol='vol'), None, None)
+        disks = [vmbackup.DiskRecord(disk_id=disk_id, sd_id=sd_id,
+                                     base_id=bases[disk_id], overlay_id=volume_id)
+                 for disk_id, volume_id in picked]
+        files = {'looked up': 0, 'deleted': 0}
         began = time.perf_counter()
-        deleted = vmbackup.delete_overlays(base, paths, run)
+        problems = [vmbackup.repair_chain(base, disk, files) for disk in disks]
         ours = time.perf_counter() - began
+        deleted = files['deleted']
         ours_gone = {path for path in paths if not os.path.exists(os.path.join(base, path))}
-        if run.failures or deleted != len(paths) or len(ours_gone) != len(paths):
-            raise SystemExit('delete_overlays did not delete the %d picked files: %s'
-                             % (len(paths), run.failures))
-        for disk_id, volume_id in picked:        # put them back for the walk
-            write_volume(os.path.join(base, sd_id, 'images', disk_id, volume_id))
+        if any(problems) or deleted != len(paths) or len(ours_gone) != len(paths):
+            raise SystemExit('repair_chain did not delete the %d picked files: %s'
+                             % (len(paths), [p for p in problems if p]))
+        for disk in disks:                       # put them back for the walk
+            write_volume(os.path.join(base, sd_id, 'images', disk.disk_id,
+                                      disk.overlay_id),
+                         meta_text(sd_id, disk.disk_id, disk.base_id, 'LEAF'))
 
         began = time.perf_counter()
         found, directories, entries, walk_only = walk_and_delete(base, [v for _, v in picked])
         walked = time.perf_counter() - began
         walk_gone = {os.path.relpath(path, base) for path in found}
         if walk_gone != ours_gone:
-            raise SystemExit('the walk found other files than delete_overlays '
+            raise SystemExit('the walk found other files than repair_chain '
                              '(%d against %d)' % (len(walk_gone), len(ours_gone)))
-        print('  delete_overlays: %8.3f s  %7d look-ups + %d unlinks'
-              % (ours, len(paths), deleted))
+        operations = 2 * len(disks) + files['looked up'] + deleted + len(disks)
+        print('  repair_chain:    %8.3f s  %7d .meta reads, %d look-ups + %d '
+              'unlinks, %d .meta rewritten in place'
+              % (ours, 2 * len(disks), files['looked up'], deleted, len(disks)))
         print('  os.walk + match: %8.3f s  %7d directories read, %d entries '
-              'seen + %d unlinks' % (walked, directories, entries, len(found)))
-        print('  walk / delete_overlays: %.1f times the time, %.1f times the '
+              'seen + %d unlinks (no .meta repaired)' % (walked, directories,
+                                                         entries, len(found)))
+        print('  walk / repair_chain: %.1f times the time, %.1f times the '
               'file-system operations (local disk, warm cache)' % (
                   walked / ours, (directories + entries + len(found))
-                  / (len(paths) + deleted)))
+                  / operations))
         print('  the 2016 tool walked once per overlay (os.walk + fnmatch(id + '
               "'*')): %d walks of %.3f s, about %.0f s here"
               % (len(picked), walk_only, len(picked) * walk_only))

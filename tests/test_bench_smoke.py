@@ -29,5 +29,5 @@ def test_a_tiny_benchmark_prints_the_table_and_a_row():
             % (re.escape(merge), number, re.escape(bound), number, number, number,
                number, number, number, number, number, number), line)]
         assert row, process.stdout
-    assert 'walk / delete_overlays' in process.stdout
+    assert 'walk / repair_chain' in process.stdout
     assert 'Traceback' not in process.stderr

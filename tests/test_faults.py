@@ -850,6 +850,9 @@ STORAGE_CASES = [
      r'^VMBACKUP UNKNOWN - ' + NO_ANSWER % r'\[status\] dir'),
     ('check-while-the-status-directory-is-stale', 'status', 'kill', True, 3,
      r'^VMBACKUP UNKNOWN - ' + STALE % r'\[status\] dir'),
+    # --check takes no lock: a hung lock directory is none of its business
+    ('check-while-only-the-lock-directory-stops-answering', 'lock', 'stop', True, 3,
+     r'^VMBACKUP UNKNOWN - no status file \S+: no run of volume vmstore has finished'),
 ]
 
 

@@ -21,7 +21,7 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import MASTER, PASSWORD, USER, Site, mounts_under, needs_root
+from conftest import MASTER, PASSWORD, USER, VMBACKUP, Site, mounts_under, needs_root
 from fake_engine import FakeEngine
 from test_packaging import DIST
 
@@ -110,8 +110,11 @@ def runs(tmp_path_factory, ca):
             site.add_vm('web')
             textfiles = tmp / 'textfiles'
             textfiles.mkdir()
-            config = site.config(status={'dir': str(site.status_dir),
-                                         'textfile_dir': str(textfiles)})
+            sections = {'status': {'dir': str(site.status_dir),
+                                   'textfile_dir': str(textfiles)}}
+            if knows_restore_points():
+                sections['restore_points'] = {'keep': '1'}
+            config = site.config(**sections)
             written = []
             for schedule_georep, code in (({}, 0), ({'exit': 1}, 1), ({}, 0),
                                           ({'exit': 1}, 1)):
@@ -131,6 +134,11 @@ def runs(tmp_path_factory, ca):
     return written
 
 
+def knows_restore_points():
+    """Tell whether this vmbackup.py has [restore_points] (issue 16)."""
+    return re.search(r"^ +'restore_points': \{", VMBACKUP.read_text(), re.M) is not None
+
+
 def origin(runs):
     """promtool's time 0: an hour before the first run ended."""
     return int(runs[0].ended) - HOUR
@@ -138,13 +146,14 @@ def origin(runs):
 
 def restore_point_samples(written, newest_restore_point):
     """The restore point metrics (vmbackup_restore_point_timestamp_seconds,
-    vmbackup_restore_points) where the file has none: until the restore
-    points land, written here as the file will carry them (the newest one
-    taken at the end of the newest good run, one kept; 0 and none when no
-    run succeeded)."""
+    vmbackup_restore_points) where the file has none: until vmbackup.py has
+    [restore_points], written here as the file will carry them (the newest
+    one taken at the end of the newest good run, one kept; 0 and none when
+    no run succeeded)."""
     names = {name for name, _, _ in written.samples}
     if 'vmbackup_restore_point_timestamp_seconds' in names:
         return []
+    assert not knows_restore_points(), 'keep = 1 wrote no restore point metrics'
     volume = {'volume': MASTER}
     return [('vmbackup_restore_point_timestamp_seconds', volume, newest_restore_point),
             ('vmbackup_restore_points', volume, 1.0 if newest_restore_point else 0.0)]

@@ -3,13 +3,14 @@ through the real script against the fake engine and fake gluster."""
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import MASTER, PASSWORD, VMBACKUP, assert_invariants, needs_root
+from conftest import MASTER, PASSWORD, VMBACKUP, Result, assert_invariants, needs_root
 from ping_server import closed_port_url, hanging_ping_server, ping_server  # noqa: F401
 
 HOUR = 3600
@@ -175,6 +176,25 @@ def test_an_unreachable_engine_still_leaves_a_failed_status_and_a_fail_ping(
 
 
 @needs_root
+@needs_root
+def test_missing_status_and_metrics_directories_are_made_at_the_start(site):
+    # else the status is lost at the end of the run, and the metrics the
+    # last success with it
+    site.add_vm('web')
+    status_dir = site.tmp / 'new' / 'status'
+    textfile_dir = site.tmp / 'new' / 'metrics'
+    command = ['sh', '-c', 'umask 077 && exec "$@"', 'sh'] + site.command(
+        config=site.config(status={'dir': str(status_dir), 'textfile_dir': str(textfile_dir)}))
+    process = subprocess.run(command, env=site.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    result = Result(process.returncode, process.stdout, process.stderr)
+    assert result.code == 0, result.output
+    for directory in (status_dir, textfile_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert json.loads((status_dir / ('%s.json' % MASTER)).read_text())['succeeded']
+    assert metrics_of(textfile_dir)['vmbackup_last_run_exit_status'] == 0
+
+
 def test_a_run_that_finds_the_lock_held_leaves_the_status_alone_and_sends_no_ping(
         site, ping_server):
     site.add_vm('web')
