@@ -220,7 +220,7 @@ CHECK_STATES = {CHECK_OK: 'OK', CHECK_WARNING: 'WARNING',
 VOLUME_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
 SLAVE_NAME = re.compile(r'^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*$')
 UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
-                  r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')
+                  r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z')   # \Z: '$' takes a '\n'
 # gluster's CLI takes a snapshot name of these, shorter than 256
 # (cli/src/cli-cmd-parser.c, cli_snap_create_parse)
 SNAPSHOT_NAME = re.compile(r'^[A-Za-z0-9_-]{1,255}\Z')
@@ -2936,42 +2936,107 @@ def parse_meta(data, name):
     raise MetaError('%s has no EOF line (truncated?)' % name)
 
 
-def read_meta(path):
-    """Given a .meta file's path, return (its bytes, {KEY: value}); raise
-    OSError or MetaError."""
-    with open(path, 'rb') as stream:
-        data = stream.read(META_READ_LIMIT)
+def open_beneath(root, path, flags):
+    """Given a mount point and a path below it, open the path (os.open
+    flags) one component at a time with O_NOFOLLOW: a symlink anywhere on
+    the way, directory or file, is refused (OSError ELOOP or ENOTDIR), so
+    that what is read or written is the file at that very path of the
+    volume. Without root, the file itself only is opened with O_NOFOLLOW.
+    Return the descriptor."""
+    nofollow = getattr(os, 'O_NOFOLLOW', 0)
+    if root is None:
+        return os.open(path, flags | nofollow)
+    relative = os.path.relpath(path, root)
+    parts = relative.split(os.sep)
+    if relative.startswith(os.pardir) or not parts[-1]:
+        raise OSError(errno.EINVAL, 'not below %s' % root, path)
+    directory = os.open(root, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    done = []
+    try:
+        for part in parts[:-1]:
+            done.append(part)
+            inner = os.open(part, os.O_RDONLY | nofollow | getattr(os, 'O_DIRECTORY', 0),
+                            dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        done.append(parts[-1])
+        return os.open(parts[-1], flags | nofollow, dir_fd=directory)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(error.errno, 'a symbolic link (not followed) or not a '
+                          'directory', os.path.join(*done)) from None
+        raise
+    finally:
+        os.close(directory)
+
+
+def read_meta(path, root=None):
+    """Given a .meta file's path (below root: see open_beneath), return (its
+    bytes, {KEY: value}); raise OSError or MetaError, also for a file
+    longer than META_READ_LIMIT (not vdsm's, and not read whole)."""
+    with os.fdopen(open_beneath(root, path, os.O_RDONLY), 'rb') as stream:
+        data = stream.read(META_READ_LIMIT + 1)
+    if len(data) > META_READ_LIMIT:
+        raise MetaError('%s is longer than %d bytes: not a vdsm .meta'
+                        % (os.path.basename(path), META_READ_LIMIT))
     return data, parse_meta(data, os.path.basename(path))
 
 
-def write_in_place(path, data):
+def write_in_place(path, data, root=None):
     """Replace a file's content with data in place (same inode: a file
     replaced by rename would lose its gfid, and geo-replication maps slave
-    files to master files by gfid): write, truncate, fsync."""
-    with open(path, 'r+b') as stream:
+    files to master files by gfid): write, truncate, fsync. Below root, no
+    symlink is followed (open_beneath)."""
+    with os.fdopen(open_beneath(root, path, os.O_RDWR), 'r+b') as stream:
         stream.write(data)
         stream.truncate()
         stream.flush()
         os.fsync(stream.fileno())
 
 
-def set_meta_key(path, key, value):
+def meta_with_key(data, key, value, name):
+    """Given a .meta file's bytes, return them with its one KEY line (the
+    one line before EOF whose key, as vdsm strips it, is KEY) set to
+    KEY=value, every other byte unchanged; raise MetaError unless the
+    result parses, says KEY=value and says everything else as before."""
+    before = parse_meta(data, name)
+    lines = data.split(b'\n')
+    matches = []
+    for index, line in enumerate(lines):
+        if line.startswith(b'EOF'):
+            break
+        if b'=' in line and line.split(b'=', 1)[0].strip() == key.encode():
+            matches.append(index)
+    if len(matches) != 1:
+        raise MetaError('%s has %d %s lines' % (name, len(matches), key))
+    lines[matches[0]] = key.encode() + b'=' + value.encode()
+    changed = b'\n'.join(lines)
+    after = parse_meta(changed, name)
+    expected = dict(before)
+    expected[key] = value
+    if after != expected:
+        raise MetaError('%s would not say %s=%s after the edit' % (name, key, value))
+    return changed
+
+
+def rewrite_meta(path, read, changed, root=None):
+    """Write changed into the .meta at path in place, if it still holds
+    the bytes read (nobody rewrote it since); raise OSError or MetaError."""
+    again, _ = read_meta(path, root)
+    if again != read:
+        raise MetaError('%s changed since it was read' % os.path.basename(path))
+    if changed != read:
+        write_in_place(path, changed, root)
+
+
+def set_meta_key(path, key, value, root=None):
     """Given a .meta file, set KEY=value on its one KEY line in place, every
     other byte unchanged; return True when it changed. Raise OSError or
     MetaError."""
-    data, _ = read_meta(path)
-    lines = data.split(b'\n')
-    prefix = key.encode() + b'='
-    matches = [index for index, line in enumerate(lines) if line.startswith(prefix)]
-    if len(matches) != 1:
-        raise MetaError('%s has %d %s lines' % (os.path.basename(path),
-                                                len(matches), key))
-    lines[matches[0]] = prefix + value.encode()
-    changed = b'\n'.join(lines)
-    if changed == data:
-        return False
-    write_in_place(path, changed)
-    return True
+    data, _ = read_meta(path, root)
+    changed = meta_with_key(data, key, value, os.path.basename(path))
+    rewrite_meta(path, data, changed, root)
+    return changed != data
 
 
 def ovf_description(values):
@@ -3392,13 +3457,21 @@ def repair_chain(slave_root, disk, files):
     overlay = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.overlay_id)
     base = volume_path(slave_root, disk.sd_id, disk.disk_id, disk.base_id)
     try:
-        _, base_meta = read_meta(base + '.meta')
+        base_data, base_meta = read_meta(base + '.meta', slave_root)
     except (OSError, MetaError) as error:
         return 'cannot read the base .meta at the slave: %s' % describe_os_error(error)
     wrong = meta_mismatch(base_meta, IMAGE=disk.disk_id, DOMAIN=disk.sd_id)
     if wrong or base_meta.get('VOLTYPE') not in ('INTERNAL', 'LEAF'):
         return ('the base .meta at the slave says %s; left alone'
                 % (wrong or 'VOLTYPE=%s' % base_meta.get('VOLTYPE')))
+    # the base's edit is made (and checked) before anything is deleted: an
+    # overlay gone with its base still INTERNAL leaves an image with no leaf
+    try:
+        base_edited = meta_with_key(base_data, 'VOLTYPE', 'LEAF',
+                                    disk.base_id + '.meta')
+    except MetaError as error:
+        return 'cannot set VOLTYPE=LEAF in the base .meta at the slave: %s; left alone' % (
+            error)
     try:
         _, overlay_meta = read_meta(overlay + '.meta')
     except FileNotFoundError:
@@ -3434,7 +3507,7 @@ def repair_chain(slave_root, disk, files):
                     disk.overlay_id + suffix, error.strerror)
     disk.overlay_dropped = True
     try:
-        set_meta_key(base + '.meta', 'VOLTYPE', 'LEAF')
+        rewrite_meta(base + '.meta', base_data, base_edited, slave_root)
     except (OSError, MetaError) as error:
         disk.chain_repaired = False
         return 'cannot set VOLTYPE=LEAF in the base .meta at the slave: %s' % (
@@ -3464,16 +3537,16 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
     for store in kept:
         path = volume_path(slave_root, store.sd_id, store.disk_id, store.volume_id)
         try:
-            with open(path, 'rb') as stream:
+            with os.fdopen(open_beneath(slave_root, path, os.O_RDONLY), 'rb') as stream:
                 head = stream.read(len(store.data))
-            meta, _ = read_meta(path + '.meta')
+            meta, _ = read_meta(path + '.meta', slave_root)
             if head == store.data and meta == store.meta:
                 continue
-            with open(path, 'r+b') as stream:
+            with os.fdopen(open_beneath(slave_root, path, os.O_RDWR), 'r+b') as stream:
                 stream.write(store.data)
                 stream.flush()
                 os.fsync(stream.fileno())
-            write_in_place(path + '.meta', store.meta)
+            write_in_place(path + '.meta', store.meta, slave_root)
         except (OSError, MetaError) as error:
             run.fail('cannot restore OVF store %s at the remote site: %s',
                      store.volume_id, describe_os_error(error))
@@ -3514,11 +3587,13 @@ def remote_copy(run, engine, master_root, start_removal):
 
 
 class OvfVm(Record):
-    """A VM as the OVF store describes it."""
+    """A VM (or a template) as the OVF store describes it."""
     DEFAULTS = {'vm_id': None, 'name': None,
                 'volumes': {},          # disk id -> [volume ids], as listed
                 'active': {},           # disk id -> the active volume id
-                'snapshots': []}        # (id, type, description)
+                'snapshots': [],        # (id, type, description)
+                'template': False,      # a template's OVF (OvfTemplateWriter)
+                'template_id': None}    # its TemplateId
 
 
 def local_name(tag):
@@ -3544,6 +3619,12 @@ def parse_ovf(vm_id, text):
         tag = local_name(element.tag)
         if tag == 'Name' and vm.name == vm_id and element.text:
             vm.name = element.text.strip()
+        elif tag == 'TemplateType':
+            # what the engine's import reads to register it as a template
+            # (ovirt-engine OvfUtils.getVmEntityType: "<TemplateType>")
+            vm.template = True
+        elif tag == 'TemplateId' and element.text:
+            vm.template_id = element.text.strip()
         elif tag == 'File':
             disk_id, _, volume_id = (ovf_attribute(element, 'href') or '').partition('/')
             if UUID.match(disk_id) and UUID.match(volume_id):
@@ -3633,11 +3714,18 @@ class Verifier:
         self.disks_ok = 0
         self.disks_failed = 0
         self.vms = set()
+        self.templates = set()
+        self.template_disks = 0
 
     def summary(self):
-        text = '%d disk%s of %d VM%s verified restorable' % (
-            self.disks_ok, '' if self.disks_ok == 1 else 's',
-            len(self.vms), '' if len(self.vms) == 1 else 's')
+        text = '%d disk%s of %d VM%s' % (
+            self.disks_ok - self.template_disks, '' if self.disks_ok - self.template_disks == 1
+            else 's', len(self.vms), '' if len(self.vms) == 1 else 's')
+        if self.templates:
+            text += ' and %d disk%s of %d template%s' % (
+                self.template_disks, '' if self.template_disks == 1 else 's',
+                len(self.templates), '' if len(self.templates) == 1 else 's')
+        text += ' verified restorable'
         if self.disks_failed:
             text += ', %d disk%s failed verification' % (
                 self.disks_failed, '' if self.disks_failed == 1 else 's')
@@ -3670,8 +3758,18 @@ class Verifier:
         log.info('verify: storage domain %s: OVF store %s (%s) describes %d '
                  'VMs', sd_id, store.volume_id, store.last_updated, len(vms))
         ours = {backup.vm_id: backup for backup in backups}
-        images = []             # (vm, disk id, volumes named), in order
-        for vm in sorted(vms.values(), key=lambda vm: vm.name):
+        # templates' images: a thin VM's image bottoms at one of their volumes
+        template_images = {disk_id for vm in vms.values() if vm.template
+                           for disk_id in vm.volumes}
+        images = []             # (what, vm, disk id, volumes named, template), in order
+        for vm in sorted(vms.values(), key=lambda vm: (not vm.template, vm.name)):
+            if vm.template:
+                for disk_id, named in sorted(vm.volumes.items()):
+                    image_dir = os.path.join(self.root, sd_id, 'images', disk_id)
+                    if disk_id in skip or not os.path.isdir(image_dir):
+                        continue
+                    images.append(('template %s' % vm.name, vm, disk_id, named, True))
+                continue
             backup = ours.get(vm.vm_id)
             for sid, _, description in vm.snapshots:
                 if description == SNAPSHOT_DESCRIPTION or (
@@ -3687,18 +3785,19 @@ class Verifier:
                     log.debug('verify: VM %s disk %s is not on domain %s',
                               vm.name, disk_id, sd_id)
                     continue
-                images.append((vm, disk_id, named))
+                images.append(('VM %s' % vm.name, vm, disk_id, named, False))
         # the images are checked side by side (qemu-img is a process per
         # volume), and told in order
         with concurrent.futures.ThreadPoolExecutor(
                 max_workers=verify_workers()) as pool:
             found = list(pool.map(lambda image: self.image_problems(
-                sd_id, image[1], image[2]) if not self.stop.requested else [
+                sd_id, image[2], image[3], image[4], template_images)
+                if not self.stop.requested else [
                     ('qemu-img', 'not checked: stopped by %s'
                      % self.stop.signal_name)], images))
-        for (vm, disk_id, named), problems in zip(images, found):
-            results[disk_id] = self.disk(vm.name, disk_id, named, problems)
-            self.vms.add(vm.vm_id)
+        for (what, vm, disk_id, named, template), problems in zip(images, found):
+            results[disk_id] = self.disk(what, disk_id, named, problems, template)
+            (self.templates if template else self.vms).add(vm.vm_id)
         for backup in backups:
             vm = vms.get(backup.vm_id)
             for disk in backup.disks:
@@ -3719,24 +3818,94 @@ class Verifier:
                     self.fail(what, 'overlay', "this run's overlay %s is still "
                               'there' % disk.overlay_id)
                     results[disk.disk_id] = False
+        self.other_images(sd_id, set(results) | set(skip))
         return results
 
-    def disk(self, vm_name, disk_id, named, problems):
-        """Given one image and what image_problems found wrong with it (its
-        .meta chain, its volumes against the OVF store's, qemu-img's view of
-        them), tell it; return True when all hold."""
-        what = 'VM %s disk %s' % (vm_name, disk_id)
+    def other_images(self, sd_id, checked):
+        """Every image of <sd>/images/ (one directory listed) not checked
+        above, as a DR engine's attach reads it: GetUnregisteredDisksQuery
+        takes every image vdsm lists (getImagesList), skips one of more than
+        one volume ("snapshot-..."), and for one of one volume asks vdsm's
+        getVolumeInfo and, for COW, qemu-img info; any of them failing fails
+        the whole query, and StorageHandlingCommandBase then registers
+        nothing of the domain ("Failed to retrieve unregistered disks"); a
+        .meta vdsm cannot parse leaves getVolumeInfo without the keys that
+        GetVolumeInfoVDSCommand.buildImageEntity needs, which then fails.
+        So only the images of one volume are read: its .meta, and qemu-img
+        info when it is COW."""
+        images = os.path.join(self.root, sd_id, 'images')
+        try:
+            names = sorted(os.listdir(images))
+        except OSError as error:
+            self.fail('storage domain %s' % sd_id, 'images', 'cannot list %s/images: %s'
+                      % (sd_id, error.strerror))
+            return
+        for disk_id in names:
+            if disk_id in checked or not UUID.match(disk_id):
+                continue
+            problem = self.unregistered_image_problem(os.path.join(images, disk_id))
+            if problem:
+                self.fail('image %s' % disk_id, 'DR import', '%s: the engine\'s '
+                          'GetUnregisteredDisksQuery fails on it, and attaching the '
+                          'domain at the DR site registers nothing' % problem)
+
+    def unregistered_image_problem(self, image_dir):
+        """Given an image directory not named by the OVF store, return why
+        vdsm or qemu-img would fail on it for the engine, or None."""
+        try:
+            if not os.path.isdir(image_dir):
+                return None        # vdsm's getAllImages lists directories only
+            # vdsm counts an image's volumes by its .meta files (fileSD.py
+            # getAllVolumes), a template's volume shared there included
+            volumes = [name[:-len('.meta')] for name in os.listdir(image_dir)
+                       if name.endswith('.meta')]
+        except OSError as error:
+            return 'cannot list it: %s' % error.strerror
+        if len(volumes) != 1:
+            return None
+        volume_id = volumes[0]
+        if not UUID.match(volume_id):
+            return 'its volume %r is not named by a UUID' % volume_id
+        path = os.path.join(image_dir, volume_id)
+        try:
+            _, values = read_meta(path + '.meta')
+        except (OSError, MetaError) as error:
+            return 'volume %s: %s' % (volume_id, describe_os_error(error))
+        problem = vdsm_meta_problem(values)
+        if problem:
+            return 'volume %s: %s' % (volume_id, problem)
+        if not os.path.isfile(path):
+            return 'volume %s has a .meta but no data file' % volume_id
+        if values.get('FORMAT') != 'COW':
+            return None
+        status, output, errors = run_captured(
+            [self.qemu_img, 'info', '--output=json', '-U', '-f', 'qcow2', path],
+            QEMU_IMG_TIMEOUT, self.stop)
+        if status != 0:
+            return 'volume %s: %s' % (volume_id, describe_qemu(status, errors or output))
+        return None
+
+    def disk(self, what, disk_id, named, problems, template=False):
+        """Given one image (`what`: 'VM NAME' or 'template NAME') and what
+        image_problems found wrong with it (its .meta chain, its volumes
+        against the OVF store's, qemu-img's view of them), tell it; return
+        True when all hold."""
+        what = '%s disk %s' % (what, disk_id)
         for check, detail in problems:
             self.fail(what, check, detail)
         if problems:
             self.disks_failed += 1
             return False
         self.disks_ok += 1
+        if template:
+            self.template_disks += 1
         log.info('verify: %s: restorable (%d volumes)', what, len(named))
         return True
 
-    def image_problems(self, sd_id, disk_id, named):
-        """Return [(check, detail)] of what is wrong with the image."""
+    def image_problems(self, sd_id, disk_id, named, template=False, template_images=()):
+        """Return [(check, detail)] of what is wrong with the image: a VM's
+        (a chain from one LEAF down to the blank UUID, or to a template's
+        SHARED volume shared there) or a template's (one SHARED volume)."""
         image_dir = os.path.join(self.root, sd_id, 'images', disk_id)
         try:
             names = os.listdir(image_dir)       # one directory, as vdsm does
@@ -3754,9 +3923,17 @@ class Verifier:
             except (OSError, MetaError) as error:
                 problems.append(('chain', 'volume %s: %s' % (
                     volume_id, describe_os_error(error))))
+        # a template's volume shared into a VM's image keeps its own IMAGE
+        # (vdsm fileVolume.py getImageVolumes leaves it out of the image's
+        # own volumes; image.py getChain ends the chain at it)
+        shared = {volume_id: values for volume_id, values in metas.items()
+                  if not template and values.get('VOLTYPE') == 'SHARED'
+                  and values.get('IMAGE') != disk_id}
         for volume_id, values in sorted(metas.items()):
-            wrong = meta_mismatch(values, IMAGE=disk_id, DOMAIN=sd_id,
-                                  LEGALITY='LEGAL')
+            expected = dict(DOMAIN=sd_id, LEGALITY='LEGAL')
+            if volume_id not in shared:
+                expected['IMAGE'] = disk_id
+            wrong = meta_mismatch(values, **expected) or vdsm_meta_problem(values)
             if wrong:
                 problems.append(('chain', 'volume %s says %s' % (volume_id, wrong)))
             if values.get('FORMAT') not in QEMU_FORMATS:
@@ -3765,24 +3942,46 @@ class Verifier:
             if not os.path.isfile(os.path.join(image_dir, volume_id)):
                 problems.append(('volumes', 'volume %s has a .meta but no data '
                                  'file' % volume_id))
+        for volume_id, values in sorted(shared.items()):
+            image = values.get('IMAGE') or ''
+            if image not in template_images:
+                problems.append(('template', 'volume %s is the SHARED volume of image '
+                                 '%s, which is no template\'s in the OVF store: a DR '
+                                 'engine registers templates first and refuses this '
+                                 'VM (TEMPLATE_DOES_NOT_EXIST)' % (volume_id, image)))
+            elif not (UUID.match(image) and os.path.isfile(os.path.join(
+                    self.root, sd_id, 'images', image, volume_id))):
+                problems.append(('template', 'volume %s is not in its template\'s image '
+                                 '%s' % (volume_id, image)))
         for volume_id in named:
-            if volume_id not in metas:
+            if volume_id not in metas or volume_id in shared:
                 problems.append(('volumes', 'volume %s named by the OVF store is '
                                  'missing' % volume_id))
-        for volume_id in sorted(set(metas) - set(named)):
+        for volume_id in sorted(set(metas) - set(named) - set(shared)):
             problems.append(('overlay', 'volume %s is not in the OVF store (an '
                              'overlay left by a backup?)' % volume_id))
-        chain, chain_problem = leaf_chain(metas)
+        own = {v: values for v, values in metas.items() if v not in shared}
+        chain, chain_problem = leaf_chain(own, shared)
+        if chain_problem is None and template != (own.get(chain[-1], {}).get('VOLTYPE')
+                                                  == 'SHARED'):
+            chain_problem = ('one SHARED volume: a template\'s image, not a VM\'s disk'
+                             if not template else 'a template\'s image holds one SHARED '
+                             'volume, this one %s' % ', '.join(sorted(own)))
         if chain_problem:
             problems.append(('chain', chain_problem))
         if problems:
             return problems
-        return self.qemu_problems(image_dir, chain, metas)
+        under = own[chain[0]].get('PUUID')
+        return self.qemu_problems(image_dir, chain, metas,
+                                  under if under in shared else None)
 
-    def qemu_problems(self, image_dir, chain, metas):
-        """Given a legal chain (base first), return what qemu-img finds
-        wrong: its view against the .meta, and qemu-img check of each qcow2
-        volume."""
+    def qemu_problems(self, image_dir, own_chain, metas, under=None):
+        """Given a legal chain (base first) and the template's volume under
+        it (or None), return what qemu-img finds wrong: its view of the
+        whole backing chain against the .meta, and qemu-img check of each
+        qcow2 volume of the chain (a template's volume is checked with its
+        template)."""
+        chain = ([under] if under else []) + own_chain
         leaf = os.path.join(image_dir, chain[-1])
         status, output, errors = run_captured(
             [self.qemu_img, 'info', '--backing-chain', '--output=json', '-U', leaf],
@@ -3817,7 +4016,7 @@ class Verifier:
                                      volume_id, info.get('virtual-size'), capacity)))
         if problems:
             return problems
-        for volume_id in chain:
+        for volume_id in own_chain:
             if metas[volume_id]['FORMAT'] != 'COW':
                 continue
             status, output, errors = run_captured(
@@ -3838,9 +4037,21 @@ def verify_workers():
     return max(1, os.cpu_count() or 1)
 
 
-def leaf_chain(metas):
-    """Given {volume id: parsed .meta} of an image, return (the chain from
-    its base to its one LEAF, None) or (None, what is not legal)."""
+def leaf_chain(metas, shared=()):
+    """Given {volume id: parsed .meta} of an image's own volumes and the
+    ids of the template volumes shared there, return (the chain from its
+    base to its one LEAF, None) or (None, what is not legal). As vdsm's
+    Image.getChain: a lone SHARED volume is a template's image, the chain
+    is that volume; a chain ends at the blank UUID or at a SHARED parent
+    (the template's volume, not part of the chain). A shared volume that
+    is no parent of the chain is off it."""
+    if len(metas) == 1 and not shared:
+        (volume_id, values), = metas.items()
+        if values.get('VOLTYPE') == 'SHARED':
+            if values.get('PUUID') != BLANK_UUID:
+                return None, 'the SHARED volume %s has parent %s' % (
+                    volume_id, values.get('PUUID'))
+            return [volume_id], None
     leaves = sorted(v for v, values in metas.items() if values.get('VOLTYPE') == 'LEAF')
     if not leaves:
         return None, 'no LEAF volume (vdsm: ImageIsNotLegalChain)'
@@ -3848,7 +4059,7 @@ def leaf_chain(metas):
         return None, '%d LEAF volumes (%s)' % (len(leaves), ', '.join(leaves))
     chain = []
     volume_id = leaves[0]
-    while volume_id != BLANK_UUID:
+    while volume_id != BLANK_UUID and volume_id not in shared:
         if volume_id in chain:
             return None, 'the PUUID links loop at volume %s' % volume_id
         if volume_id not in metas:
@@ -3856,7 +4067,7 @@ def leaf_chain(metas):
                 chain[0], volume_id)
         chain.insert(0, volume_id)
         volume_id = metas[volume_id].get('PUUID')
-    off_chain = sorted(set(metas) - set(chain))
+    off_chain = sorted((set(metas) | set(shared)) - set(chain) - {volume_id})
     if off_chain:
         return None, 'volumes not on the chain of leaf %s: %s' % (
             leaves[0], ', '.join(off_chain))
@@ -3865,6 +4076,34 @@ def leaf_chain(metas):
             return None, 'volume %s under the leaf says VOLTYPE=%s' % (
                 volume_id, metas[volume_id].get('VOLTYPE'))
     return chain, None
+
+
+# what vdsm requires of a .meta to read the volume at all (volumemetadata.py
+# ATTRIBUTES and parse: each key present, CAP (or the older SIZE, sectors),
+# CTIME, GEN and SEQ integers, GEN and SEQ defaulted when absent; a "NONE"
+# key is a cleared .meta); any missing makes VolumeMetadata.from_lines raise
+# InvalidMetadata, and getVolumeInfo fails
+VDSM_META_KEYS = ('CTIME', 'DESCRIPTION', 'DISKTYPE', 'DOMAIN', 'FORMAT', 'IMAGE',
+                  'LEGALITY', 'PUUID', 'TYPE', 'VOLTYPE')
+VDSM_META_NUMBERS = ('CAP', 'SIZE', 'CTIME', 'GEN', 'SEQ')
+
+
+def vdsm_meta_problem(values):
+    """Given a parsed .meta, return why vdsm could not read it, or None."""
+    if 'NONE' in values:
+        return 'a cleared .meta (NONE=...)'
+    missing = [key for key in VDSM_META_KEYS if key not in values]
+    if 'CAP' not in values and 'SIZE' not in values:
+        missing.insert(0, 'CAP')
+    if missing:
+        return 'no %s (vdsm requires it)' % ', '.join(missing)
+    for key in VDSM_META_NUMBERS:
+        if key in values and not (key == 'SIZE' and 'CAP' in values):
+            try:
+                int(values[key])
+            except ValueError:
+                return '%s=%s, not a number' % (key, values[key])
+    return None
 
 
 def meta_capacity(values):

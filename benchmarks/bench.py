@@ -241,7 +241,8 @@ def floor_seconds(timed, steps, create, merge, ovf_delay):
     merge), plus the tool's own steps that sit between the waits (its wall
     time on them, from its log): the master's mount up to the OVF store's
     update (the OVF store's disks asked for, their .meta read), from the scheduler's start
-    to the removals' start (geo-replication, the slave mount, the confirm),
+    to the removals' start (geo-replication, the slave mount, the confirm,
+    the overlays' sizes: no merge may change a base before it is confirmed),
     the part of repair + verify + slave unmount that outlasts the merges
     (they run at the same time), and the master's unmount after the last
     merge is seen. The process start-up (Python, the SDK) is not in it."""

@@ -65,6 +65,15 @@ What it reproduces (see DESIGN.md, "Facts about the real systems"):
   event), and ``rewrite_ovf_store_after_snapshot()`` makes it fire right
   after the next snapshot is made, i.e. in the middle of a backup. "Last
   Updated" is ``Date.toString()``: two writes in one second carry the same.
+- Templates (``add_template``): an image of one volume, ``VOLTYPE=SHARED``,
+  and its ``<template id>.ovf`` in the store (``TemplateId`` its own id,
+  ``TemplateType``: ``OvfTemplateWriter``; the engine's import tells a
+  template by ``<TemplateType>``, ``OvfUtils.getVmEntityType``). A VM made
+  from one (``add_vm(template=...)``, thin): its image holds the template's
+  volume, ``.meta`` and ``.lease`` hard-linked (vdsm ``Volume.create`` ->
+  ``Volume.share`` -> ``FileVolumeManifest._share``) under a qcow2 volume of
+  its own, the leaf; its OVF names its own volumes only, and its template
+  in ``TemplateId``.
 - Snapshot removal (live merge): 200 at once, ``locked`` for ``merge_delay``,
   then gone (404), the overlay files deleted and the disk's ``image_id`` the
   base's again. A failed merge leaves the snapshot ``ok``, files untouched.
@@ -203,6 +212,9 @@ class _Disk:
         self.base_format = base_format   # 'raw' or 'cow'
         self.chain = []           # volume ids, base first, the leaf last
         self.locked_by = set()    # snapshot ids of operations in progress
+        # a thin disk of a VM made from a template: (the template's disk id,
+        # its volume id), the volume hard-linked under chain[0]; else None
+        self.template = None
 
     @property
     def image_id(self):
@@ -225,12 +237,21 @@ class _Snapshot:
         self.merge_fails = False
 
 
+class _Template:
+    def __init__(self, template_id, name):
+        self.id = template_id
+        self.name = name
+        self.disk_ids = []        # each with one SHARED volume
+        self.generation = 1       # vm_static.db_generation: 1 for a new template
+
+
 class _Vm:
-    def __init__(self, vm_id, name, status, cluster_id):
+    def __init__(self, vm_id, name, status, cluster_id, template_id=NULL_UUID):
         self.id = vm_id
         self.name = name
         self.status = status
         self.cluster_id = cluster_id
+        self.template_id = template_id   # the Blank template's id when none
         self.disk_ids = []
         self.snapshots = {}       # id -> _Snapshot, in creation order, active first
         self.stick_next = 0
@@ -631,6 +652,7 @@ class FakeEngine:
         self._storage_domains = {}   # id -> dict
         self._clusters = {}          # id -> name
         self._vms = {}               # id -> _Vm, creation order
+        self._templates = {}         # id -> _Template, creation order
         self._disks = {}             # id -> _Disk
         self._event_keys = set()
         self._event_records = []     # the events with their id and time
@@ -742,7 +764,25 @@ class FakeEngine:
             self._clusters[cluster_id] = name
             return cluster_id
 
-    def add_vm(self, name, status='up', disks=(), cluster='Default'):
+    def add_template(self, name, disks=()):
+        """Add a template; return its id. disks: as add_vm's (sd, content,
+        format, name): each an image of its own holding one volume,
+        VOLTYPE=SHARED, with its .meta and .lease (vdsm: a template's volume
+        is the one a thin VM's image shares, volume.py Volume.share, which
+        refuses a volume that is not SHARED)."""
+        with self._lock:
+            if any(t.name == name for t in self._templates.values()):
+                raise ValueError('template %r exists' % name)
+            template = _Template(str(uuid.uuid4()), name)
+            for number, spec in enumerate(disks, 1):
+                disk = self._new_disk(spec, '%s_Disk%d' % (name, number), number, name)
+                _edit_meta(self._volume_path(disk, disk.chain[0]) + '.meta',
+                           VOLTYPE='SHARED')
+                template.disk_ids.append(disk.id)
+            self._templates[template.id] = template
+            return template.id
+
+    def add_vm(self, name, status='up', disks=(), cluster='Default', template=None):
         """Add a VM; return its id.
 
         disks: [dict(sd=SD_ID, shareable=False, content=None, name=None,
@@ -750,6 +790,14 @@ class FakeEngine:
         padded with zeros to a multiple of 512 bytes (vdsm's sizes are).
 
         A disk given as dict(id=DISK_ID) attaches an existing (shareable) disk.
+
+        template: a template's name: the VM is made from it, thin (oVirt's
+        default), a disk per template disk before the disks given: its
+        image holds the template's volume hard-linked with its .meta and
+        .lease (vdsm volume.py Volume.create calls share() when the parent
+        is in another image; fileVolume.py FileVolumeManifest._share links
+        the three files) and the VM's own qcow2 volume on it, the leaf
+        (PUUID the template's volume, backing file its bare UUID).
         """
         if status not in VM_STATUSES:
             raise ValueError('unknown VM status %r' % status)
@@ -757,35 +805,69 @@ class FakeEngine:
             if any(vm.name == name for vm in self._vms.values()):
                 raise ValueError('VM %r exists' % name)
             cluster_id = self._cluster_id(cluster)
-            vm = _Vm(str(uuid.uuid4()), name, status, cluster_id)
+            made_from = None
+            if template is not None:
+                made_from = [t for t in self._templates.values() if t.name == template]
+                if not made_from:
+                    raise ValueError('no template called %r' % template)
+                made_from = made_from[0]
+            vm = _Vm(str(uuid.uuid4()), name, status, cluster_id,
+                     made_from.id if made_from else NULL_UUID)
             active = _Snapshot(str(uuid.uuid4()), ACTIVE_SNAPSHOT_DESCRIPTION, 'active', 'ok',
                                persist_memorystate=False)
             vm.snapshots[active.id] = active
-            for number, spec in enumerate(disks, 1):
+            for number, template_disk_id in enumerate(made_from.disk_ids if made_from else (), 1):
+                disk = self._thin_disk(self._disks[template_disk_id], '%s_Disk%d' % (name, number))
+                vm.disk_ids.append(disk.id)
+            for number, spec in enumerate(disks, len(vm.disk_ids) + 1):
                 if 'id' in spec and spec['id'] in self._disks:
                     vm.disk_ids.append(spec['id'])
                     continue
-                if spec.get('sd') not in self._storage_domains:
-                    raise ValueError('disk %d of %s: unknown storage domain %r'
-                                     % (number, name, spec.get('sd')))
-                content = spec.get('content')
-                if content is None:
-                    content = os.urandom(BASE_SIZE)
-                content += b'\0' * (-len(content) % SECTOR)
-                base_format = spec.get('format', 'raw')
-                if base_format not in ('raw', 'cow'):
-                    raise ValueError('disk format must be raw or cow, not %r' % base_format)
-                disk = _Disk(str(uuid.uuid4()), spec.get('name') or '%s_Disk%d' % (name, number),
-                             spec['sd'], bool(spec.get('shareable', False)), len(content),
-                             base_format=base_format)
-                os.makedirs(os.path.dirname(self._volume_path(disk, 'x')), exist_ok=True)
-                base_id = str(uuid.uuid4())
-                self._write_volume(disk, base_id, NULL_UUID, content)
-                disk.chain.append(base_id)
-                self._disks[disk.id] = disk
+                disk = self._new_disk(spec, '%s_Disk%d' % (name, number), number, name)
                 vm.disk_ids.append(disk.id)
             self._vms[vm.id] = vm
             return vm.id
+
+    def _new_disk(self, spec, default_name, number, owner):
+        """A disk with one volume, the base, made from add_vm's spec."""
+        if spec.get('sd') not in self._storage_domains:
+            raise ValueError('disk %d of %s: unknown storage domain %r'
+                             % (number, owner, spec.get('sd')))
+        content = spec.get('content')
+        if content is None:
+            content = os.urandom(BASE_SIZE)
+        content += b'\0' * (-len(content) % SECTOR)
+        base_format = spec.get('format', 'raw')
+        if base_format not in ('raw', 'cow'):
+            raise ValueError('disk format must be raw or cow, not %r' % base_format)
+        disk = _Disk(str(uuid.uuid4()), spec.get('name') or default_name,
+                     spec['sd'], bool(spec.get('shareable', False)), len(content),
+                     base_format=base_format)
+        os.makedirs(os.path.dirname(self._volume_path(disk, 'x')), exist_ok=True)
+        base_id = str(uuid.uuid4())
+        self._write_volume(disk, base_id, NULL_UUID, content)
+        disk.chain.append(base_id)
+        self._disks[disk.id] = disk
+        return disk
+
+    def _thin_disk(self, template_disk, name):
+        """A VM's disk on a template's: the template's volume hard-linked
+        into the new image (volume, .meta, .lease: fileVolume.py _share and
+        _shareLease) and a qcow2 volume of the VM's own on it."""
+        disk = _Disk(str(uuid.uuid4()), name, template_disk.sd_id, False,
+                     template_disk.size, base_format='cow')
+        shared = template_disk.chain[0]
+        source = self._volume_path(template_disk, shared)
+        target = self._volume_path(disk, shared)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        for suffix in ('', '.meta', '.lease'):
+            os.link(source + suffix, target + suffix)
+        own = str(uuid.uuid4())
+        self._write_volume(disk, own, shared, None)
+        disk.chain.append(own)
+        disk.template = (template_disk.id, shared)
+        self._disks[disk.id] = disk
+        return disk
 
     def add_snapshot(self, vm_name, description, age=0):
         """Add a finished snapshot (status ok) with its overlay files, taken
@@ -885,7 +967,18 @@ class FakeEngine:
 
     def _disk_view(self, disk):
         return {'id': disk.id, 'name': disk.name, 'sd': disk.sd_id, 'image_id': disk.image_id,
-                'shareable': disk.shareable, 'chain': list(disk.chain)}
+                'shareable': disk.shareable, 'chain': list(disk.chain),
+                'template': disk.template}
+
+    def template(self, name):
+        """Return a dict view of the template called name (KeyError if none)."""
+        with self._lock:
+            for template in self._templates.values():
+                if template.name == name:
+                    return {'id': template.id, 'name': template.name,
+                            'disks': [self._disk_view(self._disks[d])
+                                      for d in template.disk_ids]}
+            raise KeyError('no template called %r' % name)
 
     def _snapshot_view(self, snapshot):
         return {
@@ -1325,7 +1418,9 @@ class FakeEngine:
         return time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime(time.time()))
 
     def _domain_vms(self, sd_id):
-        return [vm for vm in self._vms.values()
+        """The VMs and templates with a disk on the domain (both in
+        vm_static, each with its db_generation)."""
+        return [vm for vm in list(self._vms.values()) + list(self._templates.values())
                 if any(self._disks[d].sd_id == sd_id for d in vm.disk_ids)]
 
     def _ovf_outdated(self, sd_id):
@@ -1381,9 +1476,15 @@ class FakeEngine:
         date = self._ovf_date()
         vms = {vm.id: self._vm_ovf(vm) for vm in self._vms.values()
                if any(self._disks[d].sd_id == sd_id for d in vm.disk_ids)}
+        # the templates with a disk on the domain too, each as <id>.ovf
+        # (ProcessOvfUpdateForStorageDomainCommand.buildFilesForOvfs, over
+        # getVmAndTemplatesIdsByStorageDomainId)
+        vms.update((t.id, self._template_ovf(t)) for t in self._templates.values()
+                   if any(self._disks[d].sd_id == sd_id for d in t.disk_ids))
         info = json.dumps({'Last Updated': date, 'Storage Domains': [{'uuid': sd_id}]},
                           indent=2).encode()
-        status = {vm_id: 1 for vm_id in vms if self._vms[vm_id].status == 'up'}
+        status = {vm_id: 1 for vm_id in vms
+                  if vm_id in self._vms and self._vms[vm_id].status == 'up'}
         metadata = json.dumps({'VM Status': status}, indent=2).encode()
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode='w', format=tarfile.USTAR_FORMAT) as tar:
@@ -1458,9 +1559,58 @@ class FakeEngine:
                 '<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
                 '%s</Section>'
                 '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
+                '<TemplateId>%s</TemplateId>'
+                '<Section ovf:id="%s" ovf:required="false" '
+                'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System'
+                '</Info><Description>other_linux</Description></Section>'
                 '<Section xsi:type="ovf:SnapshotsSection_Type">%s</Section></Content>'
                 '</ovf:Envelope>' % (OVF_NS, ''.join(files), ''.join(disks), vm.name,
-                                     snapshots))
+                                     vm.template_id, vm.id, snapshots))
+
+    def _template_ovf(self, template):
+        """The OVF of a template as OvfTemplateWriter writes what a
+        restore needs of it: a File and a Disk per disk (its one volume),
+        TemplateId its own id (OvfParser.isTemplate: TemplateId equal to
+        the OperatingSystemSection's id) and TemplateType (what
+        OvfUtils.getVmEntityType reads to register it as a template), and
+        no snapshots."""
+        files, disks = [], []
+        for disk_id in template.disk_ids:
+            disk = self._disks[disk_id]
+            volume_id = disk.chain[0]
+            ref = '%s/%s' % (disk.id, volume_id)
+            meta_format = _meta_value(self._volume_path(disk, volume_id) + '.meta', 'FORMAT')
+            files.append('<File ovf:href="%s" ovf:id="%s" ovf:size="%d" '
+                         'ovf:description="" ovf:disk_storage_type="IMAGE" '
+                         'ovf:cinder_volume_type=""></File>' % (ref, volume_id, disk.size))
+            disks.append('<Disk ovf:diskId="%s" ovf:size="1" ovf:actual_size="1" '
+                         'ovf:parentRef="" ovf:fileRef="%s" '
+                         'ovf:format="http://www.vmware.com/specifications/vmdk.html#sparse" '
+                         'ovf:volume-format="%s" ovf:volume-type="Sparse" '
+                         'ovf:disk-interface="VirtIO_SCSI" ovf:read-only="false" '
+                         'ovf:shareable="false" ovf:boot="false" ovf:pass-discard="false" '
+                         'ovf:disk-alias="%s" ovf:wipe-after-delete="false"></Disk>'
+                         % (volume_id, ref, meta_format or 'RAW', disk.name))
+        return ('<?xml version="1.0" encoding="UTF-8"?>'
+                '<ovf:Envelope xmlns:ovf="%s" '
+                'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+                'CIM_ResourceAllocationSettingData" '
+                'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+                'CIM_VirtualSystemSettingData" '
+                'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
+                '<References>%s</References>'
+                '<Section xsi:type="ovf:NetworksSection_Type"><Info>List of networks</Info>'
+                '</Section>'
+                '<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
+                '%s</Section>'
+                '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
+                '<TemplateId>%s</TemplateId><TemplateType>TEMPLATE</TemplateType>'
+                '<BaseTemplateId>%s</BaseTemplateId>'
+                '<Section ovf:id="%s" ovf:required="false" '
+                'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System'
+                '</Info><Description>other_linux</Description></Section></Content>'
+                '</ovf:Envelope>' % (OVF_NS, ''.join(files), ''.join(disks), template.name,
+                                     template.id, template.id, template.id))
 
     # -- lookups -------------------------------------------------------------
 

@@ -106,7 +106,7 @@ def glusterfs_mounts_of(volume):
 class World:
     """The fake engine's VMs on a storage domain in the lab's master."""
 
-    def __init__(self, lab, engine, tmp_path):
+    def __init__(self, lab, engine, tmp_path, template=False):
         self.lab = lab
         self.engine = engine
         self.tmp = tmp_path
@@ -128,6 +128,14 @@ class World:
         # a user's own snapshot: its overlay must stay at the remote site
         engine.add_snapshot('db', USER_SNAPSHOT)
         self.up_vms = ('web', 'db')
+        if template:
+            # a template and a thin VM on it: the template's volume, .meta and
+            # .lease hard-linked into the VM's image through the master's
+            # FUSE mount, as vdsm's Volume.share does
+            engine.add_template('tpl', disks=[dict(sd=self.sd_id,
+                                                   content=os.urandom(256 * 1024))])
+            engine.add_vm('thin', template='tpl')
+            self.up_vms += ('thin',)
         self.run_overlays = {}     # of the last run, see run()
 
     def add_vm(self, name, sizes, status='up'):
@@ -312,13 +320,17 @@ def assert_nothing_left(world, output):
 
 def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_overlays(
         lab, engine, tmp_path):
-    world = World(lab, engine, tmp_path)
+    world = World(lab, engine, tmp_path, template=True)
     user_overlays = world.user_overlays()
     master_before = lab.master_tree()
-    # dom_md/metadata, 4 base images, the user's overlay and 2 OVF stores,
-    # 3 files each
+    # dom_md/metadata, 4 base images, the user's overlay, 2 OVF stores, the
+    # template's volume and the thin VM's two (the template's linked, its
+    # own), 3 files each
     assert len([p for p in master_before
-                if p.startswith(world.sd_id + '/')]) == 1 + 3 * (4 + 1 + 2)
+                if p.startswith(world.sd_id + '/')]) == 1 + 3 * (4 + 1 + 2 + 3)
+    (template_disk,) = engine.template('tpl')['disks']
+    (thin_disk,) = engine.vm('thin')['disks']
+    shared = template_disk['image_id']
     ovf_paths = ovf_store_paths(engine)
 
     code, output, overlays = world.run(3, 'success')
@@ -335,7 +347,8 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
     web_disks = [d['id'] for d in engine.vm('web')['disks']]
     db_disks = [d['id'] for d in engine.vm('db')['disks']]
     assert sorted(overlays) == sorted([('web', d) for d in web_disks]
-                                      + [('db', d) for d in db_disks])
+                                      + [('db', d) for d in db_disks]
+                                      + [('thin', thin_disk['id'])])
     for (name, disk), (base, overlay) in overlays.items():
         assert overlay != base
         # merged: the disk is on its base image again, at the master
@@ -389,14 +402,25 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
         meta = lab.read_slave(world.rel(disk, base) + '.meta')
         assert b'\nVOLTYPE=LEAF\n' in meta, world.describe(world.rel(disk, base))
         assert qemu_img_check(lab.slave_brick / world.rel(disk, base)), base
-    assert 'verify: 4 disks of 3 VMs verified restorable' in output
+    summary = '5 disks of 4 VMs and 1 disk of 1 template verified restorable'
+    assert 'verify: %s' % summary in output
+    # the template's volume reached the slave in both images, its bytes the
+    # master's (same inode or not: vdsm reads either), the thin VM's own
+    # base is its leaf, on it
+    for image in (template_disk['id'], thin_disk['id']):
+        for suffix in SUFFIXES:
+            path = world.rel(image, shared) + suffix
+            assert lab.read_slave(path) == master_before[path], world.describe(path)
+    linked = [os.stat(str(lab.slave_brick / world.rel(image, shared))).st_ino
+              for image in (template_disk['id'], thin_disk['id'])]
+    note_time('the template volume at the slave is %s (inodes %s)' % (
+        'one file, hard-linked' if linked[0] == linked[1] else 'two copies', linked), 0)
 
     # --verify alone at the slave: no engine, no change
     slave_before = lab.slave_tree()
     code, output, _ = world.run(3, 'verify', '--verify')
     assert code == 0, output
-    assert 'verify of %s::%s: 4 disks of 3 VMs verified restorable' % (
-        lab.host, lab.slave) in output
+    assert 'verify of %s::%s: %s' % (lab.host, lab.slave, summary) in output
     assert lab.slave_tree() == slave_before
     assert_nothing_left(world, output)
 
@@ -421,10 +445,10 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
     assert 'no restore point taken of %s: gluster snapshot create on %s failed' % (
         lab.slave, lab.host) in alert['description'], alert
     assert 'snapshot create: failed: ' + refusal in alert['description'], (refusal, alert)
-    assert len(world.run_overlays) == 3 and our_snapshots(engine) == {}
+    assert world.run_overlays and our_snapshots(engine) == {}
     assert_nothing_left(world, output)
     assert lab.session_state() == 'Stopped'
-    assert output.count('confirmed at the remote site') == len(overlays2) == 3
+    assert output.count('confirmed at the remote site') == len(overlays2) == 4
     assert 'was rewritten during the run' in output
     for (name, disk), (base, overlay) in overlays2.items():
         path = world.rel(disk, base) + '.meta'
@@ -436,7 +460,7 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
     for disk_id, volume_id in engine.ovf_stores(world.sd_id):
         meta = lab.read_slave(world.rel(disk_id, volume_id) + '.meta').decode()
         assert requested['last_updated'] in meta, meta
-    assert 'verify: 4 disks of 3 VMs verified restorable' in output
+    assert 'verify: %s' % summary in output
     # --verify of a restore point: real gluster's XML answer (opRet -1) over ssh
     code, output, _ = world.run(3, 'verify of no such restore point', '--verify',
                                 '--restore-point', 'nosuch')
