@@ -50,7 +50,10 @@ The steps of a run:
      confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
      .meta and .lease, and set VOLTYPE=LEAF in the base's .meta, in place;
      put back the OVF store kept in step 5 where the engine rewrote it;
-     verify the copy as a DR engine would import it; unmount.
+     verify the copy as a DR engine would import it; unmount. When every
+     disk was verified, take a restore point: a gluster snapshot of the
+     slave volume on a slave node, over ssh, keeping the newest
+     [restore_points] keep of ours (0, none, by default).
   8. Remove the snapshots this run created (live merge), whatever happened
      before, and wait until they are gone (the removals start as soon as
      the copy is confirmed).
@@ -66,7 +69,8 @@ them.
 With --dry-run, steps 1, 3 and 4 are done, without the lock, and the rest is
 only printed; it exits 1 when a check of step 4 fails. With --verify, only
 the verify of step 7 is done, at the slave mounted read-only, with no engine
-and no lock: what a DR administrator runs before a failover. --status and
+and no lock: what a DR administrator runs before a failover; with
+--restore-point NAME too, of that restore point instead of the volume. --status and
 --check read the last run's status file and nothing else.
 
 Run it nightly on every gluster node of the master volume's pool, as root,
@@ -177,6 +181,17 @@ BACKOFF = 1.25
 DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
 GLUSTER_CLI_TIMEOUT = 120            # seconds for one gluster CLI call
+DEFAULT_RESTORE_SSH = 'ssh -o BatchMode=yes'    # reaches a slave node
+DEFAULT_RESTORE_GLUSTER = 'gluster'  # gluster's CLI on that node
+# gluster's CLI gives up on glusterd after 120 s (cli/src/cli.c,
+# cli_default_conn_timeout); ssh's own connection on top of that
+RESTORE_POINT_TIMEOUT = GLUSTER_CLI_TIMEOUT + 60
+# a snapshot's description longer than this is cut by gluster's CLI
+# (cli/src/cli-cmd-parser.c, cli_snap_create_desc_parse: MAX_SNAP_DESCRIPTION_LEN)
+RESTORE_POINT_DESCRIPTION_LIMIT = 1023
+# glusterd's cap on a volume's snapshots (xlators/mgmt/glusterd/src/glusterd.h,
+# GLUSTERD_SNAPS_MAX_HARD_LIMIT): more can never be kept
+RESTORE_POINT_KEEP_MAX = 256
 PAGE_SIZE = 100                      # the engine's cap on one search answer
 LOOK_PAGE_SIZE = 20                  # VMs per page when looking again at some
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
@@ -210,6 +225,9 @@ VOLUME_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
 SLAVE_NAME = re.compile(r'^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*$')
 UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
                   r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z')   # \Z: '$' takes a '\n'
+# gluster's CLI takes a snapshot name of these, shorter than 256
+# (cli/src/cli-cmd-parser.c, cli_snap_create_parse)
+SNAPSHOT_NAME = re.compile(r'^[A-Za-z0-9_-]{1,255}\Z')
 OVERLAY_SUFFIXES = ('', '.meta', '.lease')
 FOLLOW = 'disk_attachments.disk,snapshots'   # what a VM look-up inlines
 
@@ -277,6 +295,7 @@ KNOWN_KEYS = {
     'event': {'cluster'},
     'lock': {'lock_dir', 'skip_within', 'storage_timeout'},
     'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
+    'restore_points': {'keep', 'ssh', 'host', 'gluster'},
 }
 
 # what a VM's copy is, by what the guest agent did at the snapshot
@@ -359,6 +378,10 @@ class Settings(Record):
         'textfile_dir': None,
         'ping_url': None,
         'ping_timeout': DEFAULT_PING_TIMEOUT,
+        'restore_keep': 0,
+        'restore_ssh': shlex.split(DEFAULT_RESTORE_SSH),
+        'restore_host': None,        # None: SLAVE, with its user
+        'restore_gluster': [DEFAULT_RESTORE_GLUSTER],
     }
     HIDDEN = ('password',)
 
@@ -435,6 +458,7 @@ class Run:
         self.notes = []                   # lines for the event, good or bad
         self.ovf_stores = []              # OvfStores kept before the snapshots
         self.verify_summary = None        # "N disks of M VMs verified restorable"
+        self.restore_points = None        # RestorePoints, when step 7 took one
         self.exit_status = None
 
     def fail(self, message, *args):
@@ -544,6 +568,10 @@ def build_parser():
     mode.add_argument('--verify', action='store_true',
                       help='check the copy at the remote site as a DR engine '
                            'would import it; needs no engine, changes nothing')
+    parser.add_argument('--restore-point', metavar='NAME',
+                        help='--verify: verify this restore point (a gluster '
+                             'snapshot of SLAVEVOL) instead of the volume, '
+                             'activating it for the verify if it is not')
     mode.add_argument('--status', action='store_true',
                       help="print the last run's result for MASTERVOL")
     mode.add_argument('--check', action='store_true',
@@ -557,6 +585,16 @@ def build_parser():
                         default=DEFAULT_CHECK_CRITICAL,
                         help='--check: CRITICAL when the last success is older '
                              '(default %g)' % DEFAULT_CHECK_CRITICAL)
+    parser.add_argument('--restore-point-warning', type=float, metavar='HOURS',
+                        default=DEFAULT_CHECK_WARNING,
+                        help='--check, with [restore_points] keep: WARNING '
+                             'when the newest restore point is older '
+                             '(default %g)' % DEFAULT_CHECK_WARNING)
+    parser.add_argument('--restore-point-critical', type=float, metavar='HOURS',
+                        default=DEFAULT_CHECK_CRITICAL,
+                        help='--check, with [restore_points] keep: CRITICAL '
+                             'when the newest restore point is older, or '
+                             'there is none (default %g)' % DEFAULT_CHECK_CRITICAL)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument('-v', '--verbose', action='store_true',
                            help='log debugging detail')
@@ -615,6 +653,18 @@ def check_arguments(args):
         problems.append('--warning and --critical are hours, 0 < warning <= '
                         'critical <= %d (not %g and %g)' % (
                             MAX_CHECK_HOURS, args.warning, args.critical))
+    if not (0 < args.restore_point_warning <= args.restore_point_critical
+            <= MAX_CHECK_HOURS):
+        problems.append('--restore-point-warning and --restore-point-critical '
+                        'are hours, 0 < warning <= critical <= %d (not %g and '
+                        '%g)' % (MAX_CHECK_HOURS, args.restore_point_warning,
+                                 args.restore_point_critical))
+    if args.restore_point is not None:
+        if not args.verify:
+            problems.append('--restore-point goes with --verify')
+        elif not SNAPSHOT_NAME.match(args.restore_point):
+            problems.append('--restore-point %r is not a gluster snapshot name'
+                            % args.restore_point)
     if problems:
         raise UsageError('; '.join(problems))
 
@@ -792,6 +842,7 @@ def read_config(path, needs_engine=True, storage_limit=None):
         ping_timeout=config.number('status', 'ping_timeout',
                                    DEFAULT_PING_TIMEOUT, float),
     )
+    read_restore_points(config, settings)
     if settings.ping_url is not None:
         url = split_url(settings.ping_url)
         if url is None or url.scheme not in ('http', 'https') or not url.hostname:
@@ -825,6 +876,37 @@ def read_config(path, needs_engine=True, storage_limit=None):
     if problems:
         raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
     return settings
+
+
+def read_restore_points(config, settings):
+    """Given the ConfigReader and the Settings, read [restore_points] into
+    the settings, adding every problem to config.problems."""
+    keep = config.number('restore_points', 'keep', 0, int, allow_zero=True)
+    if keep > RESTORE_POINT_KEEP_MAX:
+        config.problems.append('[restore_points] keep = %d must be at most %d '
+                               "(gluster's snap-max-hard-limit)"
+                               % (keep, RESTORE_POINT_KEEP_MAX))
+        keep = 0
+    settings.restore_keep = keep
+    for key, default in (('ssh', DEFAULT_RESTORE_SSH),
+                         ('gluster', DEFAULT_RESTORE_GLUSTER)):
+        text = config.text('restore_points', key, default)
+        try:
+            words = shlex.split(text)
+        except ValueError as error:
+            config.problems.append('[restore_points] %s = %r is not a command '
+                                   'line: %s' % (key, text, error))
+            continue
+        if not words:
+            config.problems.append('[restore_points] %s is empty' % key)
+            continue
+        setattr(settings, 'restore_' + key, words)
+    host = config.text('restore_points', 'host')
+    if host is not None and not SLAVE_NAME.match(host):
+        config.problems.append('[restore_points] host = %r is not HOST or '
+                               'user@HOST' % host)
+        host = None
+    settings.restore_host = host
 
 
 def shared_storage_dir():
@@ -2102,6 +2184,18 @@ def print_plan(run):
                   % (disk.sd_id, disk.disk_id, disk.base_id), file=out)
     print("then put back the OVF store kept, where the engine rewrote it, and "
           'verify the copy.', file=out)
+    if settings.restore_keep:
+        host = restore_point_host(args, settings)
+        command = remote_gluster_command(settings, host, [
+            'snapshot', 'create', 'NAME', args.slavevol, 'no-timestamp',
+            'description', 'EVENT TEXT'])
+        print('When every disk is verified, would take the restore point %s '
+              'with: %s' % (restore_point_name(args.slavevol, time.time()),
+                            ' '.join(shlex.quote(part) for part in command)),
+              file=out)
+        print('and delete the restore points of ours beyond keep = %d, oldest '
+              'first (gluster snapshot info volume %s on %s).'
+              % (settings.restore_keep, args.slavevol, host), file=out)
     print('Would then remove the %d snapshots (live merge) and post an event '
           'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
 
@@ -4431,7 +4525,7 @@ def verify_only(args, settings, stop):
                          '(install glusterfs-fuse / glusterfs-client, or name '
                          'it)' % settings.glusterfs)
     run = Run(args, settings, stop)
-    with slave_mounted(args, settings, run, stop, read_only=True) as root:
+    with verify_mounted(args, settings, run, stop) as root:
         if root is None:
             return EXIT_FAILED
         verifier = Verifier(root, qemu_img, stop)
@@ -4447,13 +4541,340 @@ def verify_only(args, settings, stop):
                      args.slavevol)
         for sd_id in domains:
             verifier.domain(sd_id)
+    what = '%s::%s' % (slave_host(args.slave), args.slavevol)
+    if args.restore_point:
+        what = 'restore point %s of %s' % (args.restore_point, what)
     if run.failures or verifier.failures:
-        log.error('verify of %s::%s failed: %s', slave_host(args.slave),
-                  args.slavevol, verifier.summary())
+        log.error('verify of %s failed: %s', what, verifier.summary())
         return EXIT_FAILED
-    log.info('verify of %s::%s: %s', slave_host(args.slave), args.slavevol,
-             verifier.summary())
+    log.info('verify of %s: %s', what, verifier.summary())
     return EXIT_OK
+
+
+# Restore points: gluster snapshots of the slave volume (end of step 7) -----------
+
+class GlusterSnapshot(Record):
+    """One gluster snapshot, as `gluster snapshot info --xml` tells it."""
+    DEFAULTS = {'name': None, 'uuid': None, 'description': '',
+                'created_at': None,     # Unix time, gluster's createTime
+                'status': None,         # of its volume: Started, Stopped
+                'origin': None}         # the volume it is a snapshot of
+
+
+class RestorePoints(Record):
+    """The restore points of the slave volume after this run's step."""
+    DEFAULTS = {
+        'host': None,              # the slave node gluster was asked on
+        'volume': None,            # SLAVEVOL
+        'taken': None,             # the name of this run's, if it took one
+        'kept': [],                # GlusterSnapshots of ours, newest first
+        'deleted': [],             # names of ours this run deleted
+        'listed_at': None,         # Unix time of the listing
+    }
+
+
+def restore_point_host(args, settings):
+    """Given the command line and the settings, return where gluster's CLI
+    is run over ssh: [restore_points] host, else SLAVE with its user."""
+    return settings.restore_host or args.slave
+
+
+def restore_point_name(slavevol, now):
+    """Given the slave volume and the Unix time, return the name of the
+    restore point taken then: vmbackup-SLAVEVOL-20261206T013002Z."""
+    return 'vmbackup-%s-%s' % (slavevol, time.strftime('%Y%m%dT%H%M%SZ',
+                                                       time.gmtime(now)))
+
+
+def is_our_restore_point(name, slavevol):
+    """Tell whether a snapshot's name is one restore_point_name gives for
+    this slave volume (and not, say, vmbackup-SLAVEVOL-before-upgrade, or
+    a name of the volume SLAVEVOL-old)."""
+    return re.match(r'vmbackup-%s-\d{8}T\d{6}Z\Z' % re.escape(slavevol),
+                    name) is not None
+
+
+def restore_point_refused(backups, failures, partial):
+    """Given the run's VmBackups, its failures so far and whether --vm or
+    --exclude narrowed it, return why it may take no restore point, or None
+    when every disk's copy was verified in full."""
+    if failures:
+        return 'the run failed'
+    if partial:
+        return ('--vm or --exclude left VMs out: their copies at the slave '
+                'are as geo-replication left them')
+    disks = [disk for backup in backups for disk in backup.disks]
+    if not disks:
+        return 'no disk was backed up'
+    if not all(backup.snapshot_ready for backup in backups):
+        return 'a VM was not snapshotted'
+    unverified = [disk for disk in disks if disk_outcome(disk) != 'verified']
+    if unverified:
+        return '%d of %d disks were not verified' % (len(unverified), len(disks))
+    return None
+
+
+def restore_points_beyond(snapshots, slavevol, keep):
+    """Given the GlusterSnapshots of the slave volume, the volume and keep,
+    return (ours to keep, newest first; ours beyond keep, oldest first),
+    newest by gluster's creation time (then by name). A snapshot whose name
+    is not ours, or of another volume, is in neither: never deleted."""
+    ours = sorted((snapshot for snapshot in snapshots
+                   if is_our_restore_point(snapshot.name, slavevol)
+                   and snapshot.origin == slavevol),
+                  key=lambda snapshot: (snapshot.created_at, snapshot.name),
+                  reverse=True)
+    return ours[:keep], list(reversed(ours[keep:]))
+
+
+def remote_gluster_command(settings, host, words):
+    """Given the settings, the slave node and gluster's words, return the
+    argv that runs `GLUSTER --mode=script WORDS` there over ssh. ssh joins
+    its arguments into one line for the remote shell: the remote command is
+    one argument, each word quoted for a POSIX shell (a description has
+    spaces, an event's text may hold quotes)."""
+    remote = settings.restore_gluster + ['--mode=script'] + list(words)
+    return settings.restore_ssh + [host, ' '.join(shlex.quote(word)
+                                                  for word in remote)]
+
+
+def remote_gluster(settings, host, words, stop):
+    """Run gluster WORDS on host over ssh, for at most
+    RESTORE_POINT_TIMEOUT seconds; return (None, its stdout) when it
+    exited 0, else (what failed in one line with gluster's or ssh's own
+    words, its stdout)."""
+    command = remote_gluster_command(settings, host, words)
+    what = 'gluster snapshot %s on %s' % (words[1], host)
+    log.debug('running %s', ' '.join(shlex.quote(part) for part in command))
+    status, output, errors = run_captured(command, RESTORE_POINT_TIMEOUT, stop)
+    xml = output.lstrip().startswith('<')
+    said = ' '.join((errors + ('' if xml else '\n' + output)).split())
+    if isinstance(status, OSError):
+        return ('cannot run %s ([restore_points] ssh): %s' % (
+            settings.restore_ssh[0], status.strerror or status)), ''
+    if status is None:
+        return ('%s did not answer within %d seconds' % (
+            what, RESTORE_POINT_TIMEOUT)), output
+    if status != 0:
+        return '%s failed (ssh %s): %s' % (what, describe_status(status),
+                                            said or 'no message'), output
+    for line in ([] if xml else output.splitlines()) + errors.splitlines():
+        if line.strip():
+            log.info('gluster: %s', line.strip())
+    return None, output
+
+
+def remote_gluster_xml(settings, host, words, stop):
+    """Run gluster WORDS --xml on host over ssh; return (its cliOutput
+    element, None), or (None, what failed, with gluster's own words: with
+    --xml an error is opRet -1 and opErrstr, cli/src/cli-xml-output.c,
+    cli_xml_output_common)."""
+    problem, output = remote_gluster(settings, host, list(words) + ['--xml'],
+                                     stop)
+    what = 'gluster snapshot %s on %s' % (words[1], host)
+    try:
+        root = ElementTree.fromstring(output)
+    except ElementTree.ParseError:
+        return None, problem or '%s answered no XML: %s' % (
+            what, ' '.join(output.split())[:200] or 'nothing')
+    if root.tag != 'cliOutput':
+        return None, '%s answered <%s>, not <cliOutput>' % (what, root.tag)
+    if (root.findtext('opRet') or '').strip() != '0':
+        return None, '%s failed: %s' % (what, ' '.join(
+            (root.findtext('opErrstr') or 'no message').split()))
+    if problem:
+        return None, problem
+    return root, None
+
+
+def gluster_time(text):
+    """Given a time as glusterd writes a snapshot's (gf_time_fmt,
+    gf_timefmt_FT: 2026-12-06 01:30:02, UTC unless glusterd logs in local
+    time), return Unix time; raise ValueError."""
+    moment = datetime.datetime.strptime(text.strip(), '%Y-%m-%d %H:%M:%S')
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def parse_snapshot_info(root):
+    """Given the cliOutput element of `gluster snapshot info (NAME | volume
+    VOL) --xml` (cli/src/cli-xml-output.c, cli_xml_snapshot_info: snapInfo
+    with an originVolume per volume or per snapshot volume, then
+    snapshots/snapshot with name, uuid, description, createTime and
+    snapVolume/status), return its GlusterSnapshots; raise ValueError when
+    it is not that."""
+    info = root.find('snapInfo')
+    if info is None:
+        raise ValueError('no snapInfo in the answer')
+    origin = info.findtext('originVolume/name')
+    found = []
+    for element in info.findall('snapshots/snapshot'):
+        name = (element.findtext('name') or '').strip()
+        created = element.findtext('createTime')
+        if not name or created is None:
+            raise ValueError('a snapshot without name or createTime')
+        try:
+            created_at = gluster_time(created)
+        except ValueError:
+            raise ValueError('snapshot %s: createTime %r is not a time'
+                             % (name, created)) from None
+        found.append(GlusterSnapshot(
+            name=name, uuid=element.findtext('uuid'),
+            description=element.findtext('description') or '',
+            created_at=created_at,
+            status=element.findtext('snapVolume/status'),
+            origin=(element.findtext('snapVolume/originVolume/name')
+                    or origin)))
+    return found
+
+
+def list_snapshots(settings, host, words, stop):
+    """Given gluster's words for a snapshot info, return (the GlusterSnapshots,
+    None) or (None, what failed)."""
+    root, problem = remote_gluster_xml(settings, host, words, stop)
+    if problem:
+        return None, problem
+    try:
+        return parse_snapshot_info(root), None
+    except ValueError as error:
+        return None, 'gluster snapshot info on %s: %s' % (host, error)
+
+
+def take_restore_point(run):
+    """End of step 7, when [restore_points] keep is not 0 and every disk's
+    copy was verified in full: snapshot the slave volume on a slave node
+    (`gluster snapshot create` over ssh, the run's summary as its
+    description), list the volume's snapshots, and delete ours beyond keep,
+    oldest first. Return the RestorePoints, or None when none was due or
+    the listing failed; run.fail, with gluster's own words, for each
+    refusal."""
+    args, settings = run.args, run.settings
+    if not settings.restore_keep:
+        return None
+    why_not = restore_point_refused(run.plan.backups if run.plan else [],
+                                    run.failures, bool(args.vm or args.exclude))
+    if why_not:
+        log.warning('no restore point taken: %s', why_not)
+        return None
+    host = restore_point_host(args, settings)
+    name = restore_point_name(args.slavevol, time.time())
+    notes = run.notes + ([run.verify_summary] if run.verify_summary else [])
+    _, summary = event_description(run.mastervol, [], run.minutes(), notes)
+    if len(summary) > RESTORE_POINT_DESCRIPTION_LIMIT:
+        summary = summary[:RESTORE_POINT_DESCRIPTION_LIMIT - 3] + '...'
+    problem, _ = remote_gluster(settings, host, [
+        'snapshot', 'create', name, args.slavevol, 'no-timestamp',
+        'description', summary], run.stop)
+    if problem:
+        run.fail('no restore point taken of %s: %s', args.slavevol, problem)
+        return None
+    log.info('restore point %s of %s taken on %s', name, args.slavevol, host)
+    snapshots, problem = list_snapshots(
+        settings, host, ['snapshot', 'info', 'volume', args.slavevol], run.stop)
+    if problem:
+        run.fail('restore point %s taken, but the restore points of %s cannot '
+                 'be listed (none deleted): %s', name, args.slavevol, problem)
+        return None
+    listed_at = time.time()
+    kept, beyond = restore_points_beyond(snapshots, args.slavevol,
+                                         settings.restore_keep)
+    if name not in [snapshot.name for snapshot in kept]:
+        run.fail('restore point %s was taken but gluster on %s does not list '
+                 'it among the newest %d of %s', name, host,
+                 settings.restore_keep, args.slavevol)
+    deleted = []
+    for snapshot in beyond:
+        problem, _ = remote_gluster(settings, host, [
+            'snapshot', 'delete', snapshot.name], run.stop)
+        if problem:
+            run.fail('restore point %s (beyond keep = %d) not deleted: %s',
+                     snapshot.name, settings.restore_keep, problem)
+            kept.append(snapshot)
+        else:
+            log.info('restore point %s deleted (beyond keep = %d)',
+                     snapshot.name, settings.restore_keep)
+            deleted.append(snapshot.name)
+    log.info('%s of %s kept on %s, newest %s', count_phrase(
+        len(kept), 'restore point'), args.slavevol, host, kept[0].name
+        if kept else 'none')
+    return RestorePoints(host=host, volume=args.slavevol, taken=name,
+                         kept=kept, deleted=deleted, listed_at=listed_at)
+
+
+def snapshot_volfile_id(name, slavevol):
+    """Given a snapshot and its volume, return the volfile id a client
+    mounts it by (glusterd-handshake.c, get_snap_volname_and_volinfo:
+    /snaps/<snapname>/<parent volname>)."""
+    return '/snaps/%s/%s' % (name, slavevol)
+
+
+@contextlib.contextmanager
+def restore_point_active(args, settings, run, stop):
+    """--verify --restore-point NAME: check with gluster on the slave node
+    that NAME is a snapshot of SLAVEVOL, and activate it for the block when
+    it is not (a snapshot is made deactivated; its volume must be started
+    to be mounted), deactivating it again on every way out; yield True,
+    or False after run.fail."""
+    host = restore_point_host(args, settings)
+    name = args.restore_point
+    snapshots, problem = list_snapshots(settings, host, ['snapshot', 'info', name],
+                                        stop)
+    found = [snapshot for snapshot in snapshots or () if snapshot.name == name]
+    if problem or not found:
+        run.fail('restore point %s: %s', name, problem or 'gluster on %s does '
+                 'not list it' % host)
+        yield False
+        return
+    if found[0].origin != args.slavevol:
+        run.fail('restore point %s is a snapshot of volume %s, not of %s', name,
+                 found[0].origin, args.slavevol)
+        yield False
+        return
+    activated = False
+    if found[0].status != 'Started':
+        problem, _ = remote_gluster(settings, host, ['snapshot', 'activate', name],
+                                    stop)
+        if problem:
+            run.fail('restore point %s cannot be activated: %s', name, problem)
+            yield False
+            return
+        activated = True
+        log.info('restore point %s activated for the verify (deactivated '
+                 'after it)', name)
+    try:
+        yield True
+    finally:
+        if activated:
+            problem, _ = remote_gluster(settings, host, [
+                'snapshot', 'deactivate', name], stop)
+            if problem:
+                run.fail('restore point %s stays activated: %s; deactivate it '
+                         '(gluster snapshot deactivate %s)', name, problem, name)
+            else:
+                log.info('restore point %s deactivated again', name)
+
+
+@contextlib.contextmanager
+def verify_mounted(args, settings, run, stop):
+    """--verify: mount read-only for the block the slave volume or, with
+    --restore-point, that snapshot of it; yield the directory, or None
+    after run.fail. Unmount (and deactivate what was activated) on every
+    way out."""
+    if args.restore_point is None:
+        with slave_mounted(args, settings, run, stop, read_only=True) as root:
+            yield root
+        return
+    with restore_point_active(args, settings, run, stop) as active:
+        if not active:
+            yield None
+            return
+        command = mount_command(args, settings, 'DIR')
+        command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
+        command[command.index('--volfile-id') + 1] = snapshot_volfile_id(
+            args.restore_point, args.slavevol)
+        with volume_mounted(command, 'the restore point %s:%s' % (
+                slave_host(args.slave), command[command.index('--volfile-id') + 1]),
+                args.slavevol, settings, run, stop) as root:
+            yield root
 
 
 # Step 8: remove the snapshots ------------------------------------------------------------
@@ -4908,7 +5329,38 @@ def status_document(run, previous, node):
         ('snapshot_window', snapshot_window(backups)),
         ('vms', vms),
         ('last_success', last_success),
+        ('restore_points', restore_points_record(run, previous)),
     ])
+
+
+def restore_points_record(run, previous):
+    """Given a finished Run and the previous status document (or None),
+    return what the status file says of the restore points: None with
+    [restore_points] keep = 0; else this run's listing, or the previous
+    run's carried over (this run took none and deleted none), or one that
+    knows none (count None)."""
+    keep = run.settings.restore_keep
+    if not keep:
+        return None
+    found = run.restore_points
+    if found is None:
+        record = (previous or {}).get('restore_points')
+        if isinstance(record, dict) and record.get('volume') == run.args.slavevol:
+            record = collections.OrderedDict(record)
+            record.update(keep=keep, taken=None, deleted=[])
+            return record
+        found = RestorePoints(host=restore_point_host(run.args, run.settings),
+                              volume=run.args.slavevol)
+    newest = found.kept[0] if found.kept else None
+    return collections.OrderedDict([
+        ('keep', keep), ('host', found.host), ('volume', found.volume),
+        ('count', len(found.kept) if found.listed_at else None),
+        ('newest', newest.name if newest else None),
+        ('newest_created_at', newest.created_at if newest else None),
+        ('newest_created', iso_utc(newest.created_at) if newest else None),
+        ('names', [snapshot.name for snapshot in found.kept]),
+        ('taken', found.taken), ('deleted', list(found.deleted)),
+        ('listed_at', found.listed_at)])
 
 
 def is_number(value):
@@ -4957,6 +5409,13 @@ def check_document(document):
     if last is not None and not (isinstance(last, dict)
                                  and is_time(last.get('ended_at'))):
         return 'last_success has no ended_at time'
+    points = document.get('restore_points')
+    if points is not None:
+        if not isinstance(points, dict):
+            return 'restore_points is not an object'
+        for key in ('newest_created_at', 'count'):
+            if points.get(key) is not None and not is_number(points[key]):
+                return 'restore_points %s is not a number' % key
     return None
 
 
@@ -5092,6 +5551,14 @@ def metrics_text(document):
           'of vmbackup', [(volume + (('node', document.get('node', '')),
                                      ('version', document.get(
                                          'vmbackup_version', ''))), 1)])
+    points = document.get('restore_points')
+    if points is not None:        # none with [restore_points] keep = 0
+        gauge('restore_point_timestamp_seconds', 'When the newest restore '
+              'point (gluster snapshot of the slave volume) was taken, in '
+              'Unix time; 0 when none is known',
+              [(volume, points.get('newest_created_at') or 0)])
+        gauge('restore_points', 'Restore points of ours kept of the slave '
+              'volume', [(volume, points.get('count') or 0)])
     return '\n'.join(lines) + '\n'
 
 
@@ -5416,6 +5883,69 @@ def check_state(document, problem, now, warning_hours, critical_hours):
         human_duration(document['duration_seconds'])), perfdata)
 
 
+def restore_point_state(points, keep, now, warning_hours, critical_hours):
+    """Given the status document's restore_points (or None), [restore_points]
+    keep, the time now and the --restore-point-warning and -critical hours,
+    return (Nagios state, text, performance data); None when keep is 0
+    (nothing to check)."""
+    if not keep:
+        return None
+    count = points.get('count') if points else None
+    created = points.get('newest_created_at') if points else None
+    age = now - created if created is not None else None
+    perfdata = 'restore_point_age=%s;%d;%d;0 restore_points=%s;;;0' % (
+        '%ds' % max(0, age) if age is not None else 'U',
+        warning_hours * 3600, critical_hours * 3600,
+        count if count is not None else 'U')
+    if count is None:
+        return (CHECK_CRITICAL, 'no restore point known (the last run listed '
+                'none)', perfdata)
+    if age is None:
+        return (CHECK_CRITICAL, 'no restore point of ours on %s' % (
+            points.get('volume')), perfdata)
+    text = 'newest restore point %s ago (%d kept)' % (human_duration(age),
+                                                      count)
+    if age > critical_hours * 3600:
+        return CHECK_CRITICAL, '%s, older than %g hours' % (
+            text, critical_hours), perfdata
+    if age > warning_hours * 3600:
+        return CHECK_WARNING, '%s, older than %g hours' % (
+            text, warning_hours), perfdata
+    return CHECK_OK, text, perfdata
+
+
+def worse_state(first, second):
+    """Given two Nagios states, return the one to report: CRITICAL over
+    WARNING over UNKNOWN over OK."""
+    order = (CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, CHECK_CRITICAL)
+    return max(first, second, key=order.index)
+
+
+def restore_point_lines(points, keep, now):
+    """Given the status document's restore_points (or None), [restore_points]
+    keep and the time now, return the lines --status prints of them."""
+    if not keep:
+        return ['  restore points: none ([restore_points] keep = 0): while a '
+                'sync runs, and after a run that failed, the remote copy is '
+                'inconsistent, and nothing older is kept at the remote site']
+    if not points or points.get('count') is None:
+        return ['  restore points: none known (keep = %d); the last run '
+                'listed none' % keep]
+    where = '%s::%s' % (points.get('host'), points.get('volume'))
+    if not points.get('newest'):
+        return ['  restore points: none of ours on %s (keep = %d)' % (where, keep)]
+    lines = ['  restore points: %d kept on %s (keep = %d); newest %s, taken %s, '
+             '%s ago' % (points['count'], where, keep, points['newest'],
+                         local_time(points['newest_created_at']),
+                         human_duration(now - points['newest_created_at']))]
+    if points.get('taken'):
+        lines.append('    taken by the last run: %s' % points['taken'])
+    if points.get('deleted'):
+        lines.append('    deleted by the last run: %s'
+                     % ', '.join(points['deleted']))
+    return lines
+
+
 def check_line(state, text, perfdata):
     """Given check_state's answer, return the plugin's one output line."""
     line = 'VMBACKUP %s - %s' % (CHECK_STATES[state],
@@ -5499,10 +6029,20 @@ def show_status(args, settings, now=None):
             path, document.get('volume'), args.mastervol))
     state, text, perfdata = check_state(document, problem, now, args.warning,
                                         args.critical)
+    points = document.get('restore_points') if document else None
+    restore = restore_point_state(points, settings.restore_keep, now,
+                                  args.restore_point_warning,
+                                  args.restore_point_critical)
+    if document is not None and restore is not None:
+        state = worse_state(state, restore[0])
+        text = '%s; %s' % (text, restore[1])
+        perfdata = '%s %s' % (perfdata, restore[2])
     if args.check or document is None or state == CHECK_UNKNOWN:
         print(check_line(state, text, perfdata))
     if args.status and document is not None:
-        print('\n'.join(status_report(document, path, now)))
+        lines = status_report(document, path, now)
+        lines[-1:-1] = restore_point_lines(points, settings.restore_keep, now)
+        print('\n'.join(lines))
     return state
 
 
@@ -5656,6 +6196,8 @@ def back_up(run):
                             remote_copy(run, engine, master,
                                         snapshots.start_removal,
                                         watch.evidence())
+                        with run.step('restore point'):           # 7
+                            run.restore_points = take_restore_point(run)
                     else:
                         log.warning('the remote site is left as it is, '
                                     'since geo-replication did not complete')

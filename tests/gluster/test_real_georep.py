@@ -185,7 +185,7 @@ class World:
                        if s['description'] == USER_SNAPSHOT]
         return {disk: v['overlay'] for disk, v in snapshot['volumes'].items()}
 
-    def config(self, scheduler=None):
+    def config(self, scheduler=None, extra=''):
         path = self.tmp / 'backup.cfg'
         path.write_text(
             '[connection]\n'
@@ -208,18 +208,18 @@ class World:
                self.engine.ca_pem_path(str(self.tmp)), self.mount_log,
                self.lab.host,
                'schedule_georep = %s\n' % scheduler if scheduler else '',
-               self.tmp / 'lock'))
+               self.tmp / 'lock') + extra)
         path.chmod(0o600)
         return str(path)
 
-    def run(self, timeout_minutes, what, *extra, scheduler=None):
+    def run(self, timeout_minutes, what, *extra, scheduler=None, config=''):
         """Run the tool; return (exit status, its output (the tool drops the
         scheduler's colours), {(vm, disk id): (base id, overlay id)} of the snapshots
         with our description the engine made during the run)."""
         made_before = len(self.engine.overlays)
         command = [sys.executable, str(VMBACKUP), self.lab.master,
                    self.lab.host, self.lab.slave, '-c',
-                   self.config(scheduler=scheduler),
+                   self.config(scheduler=scheduler, extra=config),
                    '-i', '5', '-t', str(timeout_minutes)] + list(extra)
         env = dict(self.lab.env, TMPDIR=str(self.scratch))
         start = time.monotonic()
@@ -281,6 +281,35 @@ def the_event(engine, severity, start):
     assert event['severity'] == severity, event
     assert event['description'].startswith(start), event
     return event
+
+
+def real_snapshot_refusal(lab):
+    """Return what the lab's real glusterd says, after "snapshot create:
+    failed: ", to a snapshot of the slave volume (printed for NOTES.md)."""
+    probe = lab.gluster('snapshot', 'create', 'vmbackup-probe', lab.slave,
+                        'no-timestamp', check=False)
+    print('[e2e] real gluster snapshot create: exit %d, stdout %r, stderr %r'
+          % (probe.returncode, probe.stdout, probe.stderr), file=sys.__stderr__)
+    if probe.returncode == 0:
+        delete_real_snapshots(lab)
+        pytest.fail('the lab made a gluster snapshot: this test expects bricks '
+                    'without thin LVM')
+    (line,) = [line for line in probe.stderr.splitlines()
+               if line.startswith('snapshot create: failed: ')]
+    info = lab.gluster('snapshot', 'info', 'nosuch', '--xml', check=False)
+    print('[e2e] real gluster snapshot info nosuch --xml: exit %d, stdout %r, '
+          'stderr %r' % (info.returncode, info.stdout, info.stderr),
+          file=sys.__stderr__)
+    return line[len('snapshot create: failed: '):]
+
+
+def delete_real_snapshots(lab):
+    """Delete every snapshot of the lab's slave volume (none is expected):
+    a volume with snapshots cannot be deleted at the lab's tear-down."""
+    listing = lab.gluster('snapshot', 'list', lab.slave, check=False).stdout
+    for name in listing.split():
+        if name.startswith('vmbackup-'):
+            lab.gluster('snapshot', 'delete', name, check=False)
 
 
 def assert_nothing_left(world, output):
@@ -411,11 +440,26 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
 
     # the second night, with the engine's periodic OVF write in the middle:
     # the .meta rewritten in place last night syncs again (its gfid is the
-    # master's), the OVF store is put back at the slave
+    # master's), the OVF store is put back at the slave. And with restore
+    # points on: the tool asks the lab's real glusterd, over real ssh to the
+    # slave node (root@HOST, BatchMode), for a snapshot of the slave volume;
+    # its bricks are plain directories (no device-mapper here, so no thin
+    # LV), and gluster's own refusal must be the run's failure, in the alert
+    refusal = real_snapshot_refusal(lab)
     engine.rewrite_ovf_store_after_snapshot()
     master_night2 = lab.master_tree()
-    code, output, overlays2 = world.run(3, 'second night')
-    assert code == 0, output
+    try:
+        code, output, overlays2 = world.run(3, 'second night',
+                                            config='[restore_points]\nkeep = 2\n')
+    finally:
+        delete_real_snapshots(lab)
+    assert code == 1, output
+    alert = engine.events[-1]
+    assert alert['severity'] == 'alert', alert
+    assert 'no restore point taken of %s: gluster snapshot create on %s failed' % (
+        lab.slave, lab.host) in alert['description'], alert
+    assert 'snapshot create: failed: ' + refusal in alert['description'], (refusal, alert)
+    assert world.run_overlays and our_snapshots(engine) == {}
     assert_nothing_left(world, output)
     assert lab.session_state() == 'Stopped'
     assert output.count('confirmed at the remote site') == len(overlays2) == 4
@@ -431,6 +475,15 @@ def test_a_backup_through_real_georep_copies_the_bases_and_drops_only_this_runs_
         meta = lab.read_slave(world.rel(disk_id, volume_id) + '.meta').decode()
         assert requested['last_updated'] in meta, meta
     assert 'verify: %s' % summary in output
+    # --verify of a restore point: real gluster's XML answer (opRet -1) over ssh
+    code, output, _ = world.run(3, 'verify of no such restore point', '--verify',
+                                '--restore-point', 'nosuch')
+    assert code == 1, output
+    # 10.3 without lvm2 refuses every snapshot command, info too, before
+    # looking for the name (glusterd_handle_snapshot: no /sbin/lvcreate)
+    assert 'restore point nosuch: gluster snapshot info on %s failed: %s' % (
+        lab.host, refusal) in output, output
+    assert 'mounting' not in output
 
     # planted faults at the slave: --verify names each disk and its check
     web_disks = [d['id'] for d in engine.vm('web')['disks']]
