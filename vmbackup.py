@@ -45,14 +45,20 @@ The steps of a run:
      snapshot is ready, and record each disk's image id before (the base)
      and after (the overlay).
   6. Replicate with gluster's schedule_georep.py (checkpoint, wait, stop).
-     Its exit 0 is no proof: confirm that each disk's base at the slave is
-     the master's (size and mtime) and that this run's snapshots are still
-     there, before anything at the slave changes.
+     Its exit 0 is no proof: while it runs, read geo-replication's status
+     (gluster volume geo-replication status detail --xml), and confirm that
+     this run's checkpoint completed on an Active worker of every replica set
+     of the master, that each disk's base at the slave is the master's (size,
+     mtime and content: see "What the confirm proves") and that this run's
+     snapshots are still there, before anything at the slave changes.
   7. Make the remote copy restorable: mount the slave volume; for each
      confirmed disk delete exactly <sd>/images/<disk>/<overlay> and its
      .meta and .lease, and set VOLTYPE=LEAF in the base's .meta, in place;
      put back the OVF store kept in step 5 where the engine rewrote it;
-     verify the copy as a DR engine would import it; unmount.
+     verify the copy as a DR engine would import it; unmount. When every
+     disk was verified, take a restore point: a gluster snapshot of the
+     slave volume on a slave node, over ssh, keeping the newest
+     [restore_points] keep of ours (0, none, by default).
   8. Remove the snapshots this run created (live merge), whatever happened
      before, and wait until they are gone (the removals start as soon as
      the copy is confirmed).
@@ -68,7 +74,8 @@ them.
 With --dry-run, steps 1, 3 and 4 are done, without the lock, and the rest is
 only printed; it exits 1 when a check of step 4 fails. With --verify, only
 the verify of step 7 is done, at the slave mounted read-only, with no engine
-and no lock: what a DR administrator runs before a failover. --status and
+and no lock: what a DR administrator runs before a failover; with
+--restore-point NAME too, of that restore point instead of the volume. --status and
 --check read the last run's status file and nothing else.
 
 Run it nightly on every gluster node of the master volume's pool, as root,
@@ -88,6 +95,7 @@ session where the volume has two.
 """
 
 import argparse
+import calendar
 import collections
 import concurrent.futures
 import configparser
@@ -185,6 +193,17 @@ BACKOFF = 1.25
 DEFAULT_MOUNT_TIMEOUT = 120          # seconds for the FUSE client to mount
 UMOUNT_TIMEOUT = 60
 GLUSTER_CLI_TIMEOUT = 120            # seconds for one gluster CLI call
+DEFAULT_RESTORE_SSH = 'ssh -o BatchMode=yes'    # reaches a slave node
+DEFAULT_RESTORE_GLUSTER = 'gluster'  # gluster's CLI on that node
+# gluster's CLI gives up on glusterd after 120 s (cli/src/cli.c,
+# cli_default_conn_timeout); ssh's own connection on top of that
+RESTORE_POINT_TIMEOUT = GLUSTER_CLI_TIMEOUT + 60
+# a snapshot's description longer than this is cut by gluster's CLI
+# (cli/src/cli-cmd-parser.c, cli_snap_create_desc_parse: MAX_SNAP_DESCRIPTION_LEN)
+RESTORE_POINT_DESCRIPTION_LIMIT = 1023
+# glusterd's cap on a volume's snapshots (xlators/mgmt/glusterd/src/glusterd.h,
+# GLUSTERD_SNAPS_MAX_HARD_LIMIT): more can never be kept
+RESTORE_POINT_KEEP_MAX = 256
 PAGE_SIZE = 100                      # the engine's cap on one search answer
 LOOK_PAGE_SIZE = 20                  # VMs per page when looking again at some
 REMOVE_ATTEMPTS = 3                  # removals of one snapshot whose merge failed
@@ -218,6 +237,9 @@ VOLUME_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')
 SLAVE_NAME = re.compile(r'^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9][A-Za-z0-9_.:-]*$')
 UUID = re.compile(r'^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-'
                   r'[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z')   # \Z: '$' takes a '\n'
+# gluster's CLI takes a snapshot name of these, shorter than 256
+# (cli/src/cli-cmd-parser.c, cli_snap_create_parse)
+SNAPSHOT_NAME = re.compile(r'^[A-Za-z0-9_-]{1,255}\Z')
 OVERLAY_SUFFIXES = ('', '.meta', '.lease')
 FOLLOW = 'disk_attachments.disk,snapshots'   # what a VM look-up inlines
 
@@ -285,6 +307,7 @@ KNOWN_KEYS = {
     'event': {'cluster'},
     'lock': {'lock_dir', 'skip_within', 'storage_timeout'},
     'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
+    'restore_points': {'keep', 'ssh', 'host', 'gluster'},
 }
 
 # what a VM's copy is, by what the guest agent did at the snapshot
@@ -367,6 +390,10 @@ class Settings(Record):
         'textfile_dir': None,
         'ping_url': None,
         'ping_timeout': DEFAULT_PING_TIMEOUT,
+        'restore_keep': 0,
+        'restore_ssh': shlex.split(DEFAULT_RESTORE_SSH),
+        'restore_host': None,        # None: SLAVE, with its user
+        'restore_gluster': [DEFAULT_RESTORE_GLUSTER],
     }
     HIDDEN = ('password',)
 
@@ -444,6 +471,7 @@ class Run:
         self.notes = []                   # lines for the event, good or bad
         self.ovf_stores = []              # OvfStores kept before the snapshots
         self.verify_summary = None        # "N disks of M VMs verified restorable"
+        self.restore_points = None        # RestorePoints, when step 7 took one
         self.exit_status = None
 
     def fail(self, message, *args):
@@ -558,6 +586,10 @@ def build_parser():
     mode.add_argument('--verify', action='store_true',
                       help='check the copy at the remote site as a DR engine '
                            'would import it; needs no engine, changes nothing')
+    parser.add_argument('--restore-point', metavar='NAME',
+                        help='--verify: verify this restore point (a gluster '
+                             'snapshot of SLAVEVOL) instead of the volume, '
+                             'activating it for the verify if it is not')
     mode.add_argument('--status', action='store_true',
                       help="print the last run's result for MASTERVOL")
     mode.add_argument('--check', action='store_true',
@@ -571,6 +603,16 @@ def build_parser():
                         default=DEFAULT_CHECK_CRITICAL,
                         help='--check: CRITICAL when the last success is older '
                              '(default %g)' % DEFAULT_CHECK_CRITICAL)
+    parser.add_argument('--restore-point-warning', type=float, metavar='HOURS',
+                        default=DEFAULT_CHECK_WARNING,
+                        help='--check, with [restore_points] keep: WARNING '
+                             'when the newest restore point is older '
+                             '(default %g)' % DEFAULT_CHECK_WARNING)
+    parser.add_argument('--restore-point-critical', type=float, metavar='HOURS',
+                        default=DEFAULT_CHECK_CRITICAL,
+                        help='--check, with [restore_points] keep: CRITICAL '
+                             'when the newest restore point is older, or '
+                             'there is none (default %g)' % DEFAULT_CHECK_CRITICAL)
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument('-v', '--verbose', action='store_true',
                            help='log debugging detail')
@@ -632,6 +674,18 @@ def check_arguments(args):
         problems.append('--warning and --critical are hours, 0 < warning <= '
                         'critical <= %d (not %g and %g)' % (
                             MAX_CHECK_HOURS, args.warning, args.critical))
+    if not (0 < args.restore_point_warning <= args.restore_point_critical
+            <= MAX_CHECK_HOURS):
+        problems.append('--restore-point-warning and --restore-point-critical '
+                        'are hours, 0 < warning <= critical <= %d (not %g and '
+                        '%g)' % (MAX_CHECK_HOURS, args.restore_point_warning,
+                                 args.restore_point_critical))
+    if args.restore_point is not None:
+        if not args.verify:
+            problems.append('--restore-point goes with --verify')
+        elif not SNAPSHOT_NAME.match(args.restore_point):
+            problems.append('--restore-point %r is not a gluster snapshot name'
+                            % args.restore_point)
     if problems:
         raise UsageError('; '.join(problems))
 
@@ -809,6 +863,7 @@ def read_config(path, needs_engine=True, storage_limit=None):
         ping_timeout=config.number('status', 'ping_timeout',
                                    DEFAULT_PING_TIMEOUT, float),
     )
+    read_restore_points(config, settings)
     if settings.ping_url is not None:
         url = split_url(settings.ping_url)
         if url is None or url.scheme not in ('http', 'https') or not url.hostname:
@@ -842,6 +897,37 @@ def read_config(path, needs_engine=True, storage_limit=None):
     if problems:
         raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
     return settings
+
+
+def read_restore_points(config, settings):
+    """Given the ConfigReader and the Settings, read [restore_points] into
+    the settings, adding every problem to config.problems."""
+    keep = config.number('restore_points', 'keep', 0, int, allow_zero=True)
+    if keep > RESTORE_POINT_KEEP_MAX:
+        config.problems.append('[restore_points] keep = %d must be at most %d '
+                               "(gluster's snap-max-hard-limit)"
+                               % (keep, RESTORE_POINT_KEEP_MAX))
+        keep = 0
+    settings.restore_keep = keep
+    for key, default in (('ssh', DEFAULT_RESTORE_SSH),
+                         ('gluster', DEFAULT_RESTORE_GLUSTER)):
+        text = config.text('restore_points', key, default)
+        try:
+            words = shlex.split(text)
+        except ValueError as error:
+            config.problems.append('[restore_points] %s = %r is not a command '
+                                   'line: %s' % (key, text, error))
+            continue
+        if not words:
+            config.problems.append('[restore_points] %s is empty' % key)
+            continue
+        setattr(settings, 'restore_' + key, words)
+    host = config.text('restore_points', 'host')
+    if host is not None and not SLAVE_NAME.match(host):
+        config.problems.append('[restore_points] host = %r is not HOST or '
+                               'user@HOST' % host)
+        host = None
+    settings.restore_host = host
 
 
 def shared_storage_dir():
@@ -1679,14 +1765,16 @@ def run_child(command, timeout, stop):
 ANSI_ESCAPE = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 
-def log_output(stream, label):
+def log_output(stream, label, on_line=None):
     """Log each line of a child's output as it comes, until it closes,
-    without terminal colour codes."""
+    without terminal colour codes; call on_line(text) after each."""
     with stream:
         for raw in stream:
             line = ANSI_ESCAPE.sub('', raw.decode('utf-8', 'replace')).rstrip()
             if line:
                 log.info('%s: %s', label, line)
+            if on_line is not None:
+                on_line(line)
 
 
 def is_mount_point(directory):
@@ -1756,9 +1844,23 @@ def slave_host(slave):
     return slave.rsplit('@', 1)[-1]
 
 
+# The slave's client id. geo-replication makes the slave read-only to
+# ordinary clients, and gluster's read-only xlator lets every internal
+# (negative) client id through (read-only-common.c
+# is_readonly_or_worm_enabled). Not -1 (GF_CLIENT_PID_GSYNCD, what gsyncd
+# uses): the shard xlator hands gsyncd's calls through unsharded (shard.c:
+# lookup, stat, unlink, rename), so on a sharded slave a -1 mount sees only
+# the first shard of each file (measured on 10.3: a 20 MiB file read as its
+# first 4 MiB) and its unlink leaves the other shards behind. -4 is
+# GF_CLIENT_PID_NO_ROOT_SQUASH (libglusterfs common-utils.h; the id of
+# `glusterfs --no-root-squash`, fuse-bridge.c): a whole-file client that
+# the read-only xlator lets write.
+SLAVE_CLIENT_PID = '--client-pid=-4'
+
+
 def mount_command(args, settings, directory):
     return [settings.glusterfs, '--volfile-server', slave_host(args.slave),
-            '--volfile-id', args.slavevol, '--client-pid=-1',
+            '--volfile-id', args.slavevol, SLAVE_CLIENT_PID,
             '-l', settings.mount_log, directory]
 
 
@@ -1809,13 +1911,13 @@ def volume_mounted(command, where, volume, settings, run, stop):
 @contextlib.contextmanager
 def slave_mounted(args, settings, run, stop, read_only=False):
     """Mount the slave volume in a fresh temporary directory for the block
-    (read_only: with --read-only, for --verify; else with --client-pid=-1,
-    gsyncd's client id, which the slave's features.read-only lets write);
+    (read_only: with --read-only, for --verify; else with SLAVE_CLIENT_PID,
+    which the slave's features.read-only lets write);
     yield its path, or None after run.fail. Unmount and remove the
     directory on every way out."""
     command = mount_command(args, settings, 'DIR')
     if read_only:
-        command[command.index('--client-pid=-1')] = '--read-only'
+        command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
     with volume_mounted(command, 'the slave volume %s:%s' % (
             slave_host(args.slave), args.slavevol), args.slavevol, settings,
             run, stop) as directory:
@@ -2215,6 +2317,18 @@ def print_plan(run):
                   % (disk.sd_id, disk.disk_id, disk.base_id), file=out)
     print("then put back the OVF store kept, where the engine rewrote it, and "
           'verify the copy.', file=out)
+    if settings.restore_keep:
+        host = restore_point_host(args, settings)
+        command = remote_gluster_command(settings, host, [
+            'snapshot', 'create', 'NAME', args.slavevol, 'no-timestamp',
+            'description', 'EVENT TEXT'])
+        print('When every disk is verified, would take the restore point %s '
+              'with: %s' % (restore_point_name(args.slavevol, time.time()),
+                            ' '.join(shlex.quote(part) for part in command)),
+              file=out)
+        print('and delete the restore points of ours beyond keep = %d, oldest '
+              'first (gluster snapshot info volume %s on %s).'
+              % (settings.restore_keep, args.slavevol, host), file=out)
     print('Would then remove the %d snapshots (live merge) and post an event '
           'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
 
@@ -2825,11 +2939,12 @@ SCHEDULER_EXITS = {
 }
 
 
-def replicate(args, settings, run, stop, timeout=None, report=None):
-    """Run gluster's scheduler, logging its output as it comes; return True
-    when it reported the checkpoint complete. timeout: the minutes it may
-    wait (default -t); report(message, *args): how a failure is told
-    (default run.fail; the pre-sync's is a warning)."""
+def replicate(args, settings, run, stop, timeout=None, report=None,
+              on_line=None):
+    """Run gluster's scheduler, logging its output as it comes (on_line(text)
+    after each line); return True when it reported the checkpoint complete.
+    timeout: the minutes it may wait (default -t); report(message, *args):
+    how a failure is told (default run.fail; the pre-sync's is a warning)."""
     timeout = args.timeout if timeout is None else timeout
     report = report or run.fail
     command = scheduler_command(args, settings, timeout)
@@ -2844,7 +2959,8 @@ def replicate(args, settings, run, stop, timeout=None, report=None):
         return False
     stop.child = process
     reader = threading.Thread(target=log_output, name='scheduler-output',
-                              args=(process.stdout, 'schedule_georep'),
+                              args=(process.stdout, 'schedule_georep',
+                                    on_line),
                               daemon=True)
     reader.start()
     deadline = None
@@ -2888,6 +3004,279 @@ def replicate(args, settings, run, stop, timeout=None, report=None):
                 args.mastervol, args.slave, args.slavevol, args.mastervol,
                 slave_host(args.slave), args.slavevol)
     return False
+
+
+# Step 6: geo-replication's own word, read while the scheduler runs.
+#
+# The checkpoint's completion per master brick (`status detail --xml`, one
+# <pair> per brick: cli/src/cli-xml-output.c cli_xml_output_vol_gsync_status)
+# is there only while the session runs: the scheduler stops it at its end,
+# and a stopped session reads N/A in every checkpoint field (measured on
+# 10.3, gluster-notes.md). A brick's checkpoint is "Yes" once its worker's
+# last synced time reached the checkpoint (gsyncdstatus.py
+# GeorepStatus.get_status): every change before it, each shard of a sharded
+# file included (shards are files of their own to gsyncd), was synced from
+# that brick. Only the Active worker of a replica set syncs, so each replica
+# set needs an Active one with "Yes". Asked WITHOUT a master volume the
+# status takes no volume lock (cli-cmd-parser.c cli_cmd_gsync_set_parse sets
+# "volname" only with a primary; glusterd-syncop.c gd_sync_task_begin: no
+# volname, no lock), so these polls can never make the scheduler's own
+# stop/config/start fail with "Another transaction is in progress".
+
+GEOREP_TIME = '%Y-%m-%d %H:%M:%S'    # gsyncdstatus.py human_time_utc (UTC)
+# The scheduler stops the session as soon as its own poll reads the
+# checkpoint complete, so a poll of ours can miss the seconds between the
+# completion and the stop. A replica set whose Active worker carried this
+# run's checkpoint in a poll of ours begun at most this many seconds before
+# the scheduler said "All Checkpoints COMPLETE" counts too: a worker that
+# dies shows Faulty for about 10 s before it is Initializing... again
+# (measured, tests/gluster/NOTES.md), and the scheduler's own read comes
+# some 2 s before its line; a Faulty worker makes it say NOT COMPLETE.
+ACTIVE_WINDOW = 12
+
+
+def xml_root(output):
+    """The cliOutput element of a gluster --xml answer, or None."""
+    start = output.find('<cliOutput')
+    if start < 0:
+        return None
+    try:
+        return ElementTree.fromstring(output[start:])
+    except ElementTree.ParseError:
+        return None
+
+
+def replica_sets(output, mastervol):
+    """Given `gluster volume info MASTERVOL --xml`, return its bricks
+    ("host:path") grouped by replica (or disperse) set, or None when the
+    answer is not that. The sets are consecutive bricks of replicaCount
+    (disperseCount) each; distCount is not used: it means bricks per set in
+    10.3 and sets in later releases (glusterd-handler.c
+    glusterd_add_volume_detail_to_dict)."""
+    root = xml_root(output)
+    volume = None if root is None else root.find('volInfo/volumes/volume')
+    if (volume is None or root.findtext('opRet', '').strip() != '0'
+            or (volume.findtext('name') or '').strip() != mastervol):
+        return None
+    bricks = [(brick.findtext('name') or '').strip()
+              for brick in volume.findall('bricks/brick')]
+    try:
+        size = (int(volume.findtext('disperseCount') or 0)
+                or int(volume.findtext('replicaCount') or 1) or 1)
+    except ValueError:
+        return None
+    if not bricks or '' in bricks or len(bricks) % size:
+        return None
+    return [bricks[at:at + size] for at in range(0, len(bricks), size)]
+
+
+def session_pairs(output, mastervol, slave, slavevol):
+    """Given `gluster volume geo-replication status detail --xml` (every
+    session), return the <pair>s of MASTERVOL -> SLAVE::SLAVEVOL as dicts of
+    their fields, or None when the answer is not a status (opRet -1: a
+    transaction of another command, glusterd down, ...)."""
+    root = xml_root(output)
+    if root is None or root.findtext('opRet', '').strip() != '0':
+        return None
+    wanted = '%s::%s' % (slave_host(slave), slavevol)
+    pairs = []
+    for volume in root.iter('volume'):
+        if (volume.findtext('name') or '').strip() != mastervol:
+            continue
+        for pair in volume.iter('pair'):
+            fields = {child.tag: (child.text or '').strip() for child in pair}
+            secondary = fields.get('secondary', fields.get('slave', ''))
+            secondary = secondary.split('://', 1)[-1].rsplit('@', 1)[-1]
+            if secondary == wanted:
+                pairs.append(fields)
+    return pairs
+
+
+def georep_time(text):
+    """Epoch seconds of a status time (UTC), or None for N/A."""
+    try:
+        return calendar.timegm(time.strptime(text, GEOREP_TIME))
+    except (TypeError, ValueError):
+        return None
+
+
+def active_sets(sets, pairs, since):
+    """The indexes of the replica sets with an Active worker carrying this
+    run's checkpoint (complete or not) in one poll's pairs."""
+    found = set()
+    for index, bricks in enumerate(sets):
+        for pair in pairs:
+            brick = '%s:%s' % (pair.get('primary_node', pair.get('master_node', '')),
+                               pair.get('primary_brick', pair.get('master_brick', '')))
+            checkpoint = georep_time(pair.get('checkpoint_time'))
+            if (brick in bricks and pair.get('status') == 'Active'
+                    and checkpoint is not None and checkpoint >= since):
+                found.add(index)
+    return found
+
+
+def completed_sets(sets, pairs, since):
+    """Given the replica sets, one poll's pairs and the epoch second before
+    which a checkpoint is not this run's, return {set index: (brick,
+    checkpoint time, completion time)} of the sets whose Active worker had
+    completed this run's checkpoint."""
+    done = {}
+    for index, bricks in enumerate(sets):
+        for pair in pairs:
+            brick = '%s:%s' % (pair.get('primary_node', pair.get('master_node', '')),
+                               pair.get('primary_brick', pair.get('master_brick', '')))
+            checkpoint = georep_time(pair.get('checkpoint_time'))
+            if (brick in bricks and pair.get('status') == 'Active'
+                    and pair.get('checkpoint_completed') == 'Yes'
+                    and checkpoint is not None and checkpoint >= since):
+                done[index] = (brick, pair.get('checkpoint_time'),
+                               pair.get('checkpoint_completion_time'))
+    return done
+
+
+def describe_pairs(bricks, pairs):
+    """How the workers of one replica set looked at the last poll."""
+    seen = ['%s:%s %s, checkpoint %s' % (
+        pair.get('primary_node', ''), pair.get('primary_brick', ''),
+        pair.get('status') or '?', pair.get('checkpoint_completed') or '?')
+        for pair in pairs
+        if '%s:%s' % (pair.get('primary_node', ''),
+                      pair.get('primary_brick', '')) in bricks]
+    return '; '.join(seen) or 'no worker'
+
+
+class CheckpointWatch:
+    """Polls geo-replication's status (every session, no lock) from the
+    start of the scheduler to its end: at once, then every --interval
+    seconds, and at once after each line of the scheduler's (the real one
+    prints a line after each of its own polls, just before it stops the
+    session). evidence() then says whether this run's checkpoint was seen
+    complete on an Active worker of every replica set of MASTERVOL."""
+
+    def __init__(self, args, settings):
+        self.args = args
+        self.settings = settings
+        self.since = int(time.time()) - 1   # the scheduler sets it later
+        self.sets = None
+        self.done = {}
+        self.last = None         # the pairs of the last readable poll
+        self.active = {}         # set index: when a poll began that saw it Active
+        self.complete_said = None    # when the scheduler said COMPLETE
+        self.polls = 0
+        self.wake = threading.Event()
+        self.ended = threading.Event()
+        self.child = None
+        self.thread = threading.Thread(target=self._loop, daemon=True,
+                                       name='checkpoint-watch')
+
+    def _gluster(self, *words):
+        command = [self.settings.gluster, '--mode=script'] + list(words)
+        try:
+            self.child = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, start_new_session=True,
+                close_fds=True)
+        except OSError as error:
+            log.debug('checkpoint watch: cannot run %s: %s', command[0], error)
+            return ''
+        try:
+            output, _ = self.child.communicate(timeout=GLUSTER_CLI_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            terminate_child(self.child)
+            output, _ = self.child.communicate()
+        return output.decode('utf-8', 'replace')
+
+    def _loop(self):
+        interval = max(1, self.args.interval)
+        while True:
+            # one more poll once the scheduler ended: the real one stopped
+            # the session (N/A, nothing gained), a stand-in may not have
+            last = self.ended.is_set()
+            self._poll(last)
+            if last:
+                return
+            self.wake.wait(interval)
+            self.wake.clear()
+
+    def _poll(self, final=False):
+        began = time.monotonic()
+        if self.sets is None:
+            self.sets = replica_sets(self._gluster(
+                'volume', 'info', self.args.mastervol, '--xml'),
+                self.args.mastervol)
+        pairs = session_pairs(self._gluster(
+            'volume', 'geo-replication', 'status', 'detail', '--xml'),
+            self.args.mastervol, self.args.slave, self.args.slavevol)
+        if pairs is None:
+            return
+        self.polls += 1
+        if not final or self.last is None:     # how it was while it ran
+            self.last = pairs
+        if self.sets:
+            for index, seen in completed_sets(self.sets, pairs,
+                                              self.since).items():
+                self.done.setdefault(index, seen)
+            if not final:
+                for index in active_sets(self.sets, pairs, self.since):
+                    self.active[index] = began
+
+    def nudge(self, line=''):
+        if 'All Checkpoints COMPLETE' in line and self.complete_said is None:
+            self.complete_said = time.monotonic()
+        self.wake.set()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.ended.set()
+        self.wake.set()
+        self.thread.join(GLUSTER_CLI_TIMEOUT)
+        child = self.child
+        if self.thread.is_alive() and child is not None and child.poll() is None:
+            terminate_child(child)
+            self.thread.join(10)
+        return False
+
+    def evidence(self):
+        """None when every replica set was seen complete (logged), else the
+        problem in words."""
+        where = '%s -> %s::%s' % (self.args.mastervol,
+                                  slave_host(self.args.slave),
+                                  self.args.slavevol)
+        if not self.sets:
+            return ('gluster did not list the bricks of volume %s (volume info '
+                    '--xml)' % self.args.mastervol)
+        if not self.polls:
+            return ('geo-replication status detail of %s could not be read '
+                    'while the scheduler ran' % where)
+        missing = [index for index in range(len(self.sets))
+                   if index not in self.done]
+        for index in list(missing):
+            seen = self.active.get(index)
+            if (seen is not None and self.complete_said is not None
+                    and 0 <= self.complete_said - seen <= ACTIVE_WINDOW):
+                missing.remove(index)
+                log.info('geo-replication %s: replica set %d of %d (%s) had an '
+                         "Active worker on this run's checkpoint %.0f s before "
+                         'the scheduler read it complete and stopped the '
+                         'session', where, index + 1, len(self.sets),
+                         ' '.join(self.sets[index]), self.complete_said - seen)
+        if missing:
+            return ("geo-replication's checkpoint was not seen complete on an "
+                    'Active worker of %s while the session ran (%d polls; '
+                    'last seen: %s)' % (
+                        ', '.join('replica set %d (%s)' % (
+                            index + 1, ' '.join(self.sets[index]))
+                            for index in missing), self.polls,
+                        ' | '.join(describe_pairs(self.sets[index], self.last or [])
+                                   for index in missing)))
+        for index, (brick, checkpoint, completed) in sorted(self.done.items()):
+            log.info('geo-replication %s: checkpoint of %s UTC completed at %s '
+                     'UTC on %s (replica set %d of %d)', where, checkpoint,
+                     completed, brick, index + 1, len(self.sets))
+        return None
 
 
 def presync(run):
@@ -3408,12 +3797,15 @@ def describe_os_error(error):
 
 # step 6: confirm the copy, while the bases are still frozen
 
-def confirm_copies(engine, run, master_root, slave_root):
+def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
     """Step 6, after the scheduler's exit 0 and before any snapshot removal
     is sent: for each disk of this run's snapshots, confirm that the base
     volume and its .meta at the slave are the master's (size and mtime to
-    the nanosecond, which geo-replication keeps mount to mount) and that
-    this run's snapshot is still there with the disk on its overlay. Return
+    the nanosecond, which geo-replication keeps mount to mount, and content:
+    see copy_problem), that geo-replication's checkpoint was seen complete
+    on every replica set (checkpoint: the CheckpointWatch's problem, or
+    None; on a sharded volume size and mtime show only the first shard) and
+    that this run's snapshot is still there with the disk on its overlay. Return
     the (VmBackup, DiskRecord) pairs confirmed; run.fail names each other
     disk (nothing of it will be changed at the slave)."""
     backups = run.plan.backups if run.plan else []
@@ -3425,6 +3817,8 @@ def confirm_copies(engine, run, master_root, slave_root):
                 disk.problem = disk.problem or 'no snapshot of this run'
     if not ready:
         return []
+    if checkpoint is not None:
+        run.fail('the copy at the remote site is not confirmed: %s', checkpoint)
     states = fetch_confirming(engine, run, [backup.vm_id for backup in ready])
     confirmed = []
     for backup in ready:
@@ -3443,6 +3837,8 @@ def confirm_copies(engine, run, master_root, slave_root):
                             backup.name, disk.disk_id, disk.problem)
                 continue
             problem = (copy_problem(disk, master_root, slave_root)
+                       or (checkpoint and "geo-replication's checkpoint was "
+                           'not seen complete (see above)')
                        or snapshot_problem(states.get(backup.vm_id), backup, disk))
             disk.confirmed = problem is None
             if problem is None:
@@ -3508,8 +3904,50 @@ def copy_problem(disk, master_root, slave_root):
             return ('%s at the slave is not the master\'s (modified %s, at the '
                     'master %s)' % (name, format_ns(slave.st_mtime_ns),
                                     format_ns(master.st_mtime_ns)))
+        problem = content_problem(os.path.join(master_root, relative + suffix),
+                                  os.path.join(slave_root, relative + suffix),
+                                  master.st_size)
+        if problem:
+            return '%s %s' % (name, problem)
         if not suffix:
             disk.size = slave.st_size
+    return None
+
+
+# Bases up to this size are compared byte for byte, master to slave; larger
+# ones by their first and last CONTENT_BLOCK (the checkpoint covers the rest:
+# reading a whole disk at the slave, over the WAN, every night is what
+# geo-replication is there to spare).
+CONTENT_FULL_LIMIT = 256 * 1024 * 1024
+CONTENT_BLOCK = 1024 * 1024
+
+
+def content_problem(master_path, slave_path, size):
+    """Given the paths of a file at the master and the slave mounts and its
+    size, return where their content differs, or None. Compared in full up
+    to CONTENT_FULL_LIMIT, else the first and the last CONTENT_BLOCK."""
+    if size <= CONTENT_FULL_LIMIT:
+        spans = [(0, size)]
+    else:
+        spans = [(0, CONTENT_BLOCK), (size - CONTENT_BLOCK, size)]
+    try:
+        with open(master_path, 'rb') as master, open(slave_path, 'rb') as slave:
+            for start, end in spans:
+                master.seek(start)
+                slave.seek(start)
+                offset = start
+                while offset < end:
+                    want = min(CONTENT_BLOCK, end - offset)
+                    ours, theirs = master.read(want), slave.read(want)
+                    if ours != theirs:
+                        at = next((n for n, (a, b) in enumerate(zip(ours, theirs))
+                                   if a != b), min(len(ours), len(theirs)))
+                        return ('differs from the master at the slave from byte '
+                                '%d (the %d-byte block at %d compared)'
+                                % (offset + at, want, offset))
+                    offset += want
+    except OSError as error:
+        return 'cannot be read to compare: %s' % describe_os_error(error)
     return None
 
 
@@ -3675,16 +4113,18 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
 
 # Steps 6 and 7 together, and the old cleanup the bench measures --------------------
 
-def remote_copy(run, engine, master_root, start_removal):
+def remote_copy(run, engine, master_root, start_removal, checkpoint=None):
     """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
     read-only and the OVF store kept from before the snapshots: mount the
-    slave, confirm every disk while the bases are still frozen, then call
+    slave, confirm every disk while the bases are still frozen (checkpoint:
+    what the CheckpointWatch found wrong, or None), then call
     start_removal() (the merges may run while the slave is repaired),
     repair the chains, put back the OVF store, verify; unmount."""
     with slave_mounted(run.args, run.settings, run, run.stop) as slave_root:
         confirmed = []
         if slave_root is not None:
-            confirmed = confirm_copies(engine, run, master_root, slave_root)
+            confirmed = confirm_copies(engine, run, master_root, slave_root,
+                                       checkpoint)
         # the bases are confirmed (or given up): the merges may change them
         start_removal()
         if slave_root is None:
@@ -4292,7 +4732,7 @@ def verify_only(args, settings, stop):
                          '(install glusterfs-fuse / glusterfs-client, or name '
                          'it)' % settings.glusterfs)
     run = Run(args, settings, stop)
-    with slave_mounted(args, settings, run, stop, read_only=True) as root:
+    with verify_mounted(args, settings, run, stop) as root:
         if root is None:
             return EXIT_FAILED
         verifier = Verifier(root, qemu_img, stop)
@@ -4308,13 +4748,340 @@ def verify_only(args, settings, stop):
                      args.slavevol)
         for sd_id in domains:
             verifier.domain(sd_id)
+    what = '%s::%s' % (slave_host(args.slave), args.slavevol)
+    if args.restore_point:
+        what = 'restore point %s of %s' % (args.restore_point, what)
     if run.failures or verifier.failures:
-        log.error('verify of %s::%s failed: %s', slave_host(args.slave),
-                  args.slavevol, verifier.summary())
+        log.error('verify of %s failed: %s', what, verifier.summary())
         return EXIT_FAILED
-    log.info('verify of %s::%s: %s', slave_host(args.slave), args.slavevol,
-             verifier.summary())
+    log.info('verify of %s: %s', what, verifier.summary())
     return EXIT_OK
+
+
+# Restore points: gluster snapshots of the slave volume (end of step 7) -----------
+
+class GlusterSnapshot(Record):
+    """One gluster snapshot, as `gluster snapshot info --xml` tells it."""
+    DEFAULTS = {'name': None, 'uuid': None, 'description': '',
+                'created_at': None,     # Unix time, gluster's createTime
+                'status': None,         # of its volume: Started, Stopped
+                'origin': None}         # the volume it is a snapshot of
+
+
+class RestorePoints(Record):
+    """The restore points of the slave volume after this run's step."""
+    DEFAULTS = {
+        'host': None,              # the slave node gluster was asked on
+        'volume': None,            # SLAVEVOL
+        'taken': None,             # the name of this run's, if it took one
+        'kept': [],                # GlusterSnapshots of ours, newest first
+        'deleted': [],             # names of ours this run deleted
+        'listed_at': None,         # Unix time of the listing
+    }
+
+
+def restore_point_host(args, settings):
+    """Given the command line and the settings, return where gluster's CLI
+    is run over ssh: [restore_points] host, else SLAVE with its user."""
+    return settings.restore_host or args.slave
+
+
+def restore_point_name(slavevol, now):
+    """Given the slave volume and the Unix time, return the name of the
+    restore point taken then: vmbackup-SLAVEVOL-20261206T013002Z."""
+    return 'vmbackup-%s-%s' % (slavevol, time.strftime('%Y%m%dT%H%M%SZ',
+                                                       time.gmtime(now)))
+
+
+def is_our_restore_point(name, slavevol):
+    """Tell whether a snapshot's name is one restore_point_name gives for
+    this slave volume (and not, say, vmbackup-SLAVEVOL-before-upgrade, or
+    a name of the volume SLAVEVOL-old)."""
+    return re.match(r'vmbackup-%s-\d{8}T\d{6}Z\Z' % re.escape(slavevol),
+                    name) is not None
+
+
+def restore_point_refused(backups, failures, partial):
+    """Given the run's VmBackups, its failures so far and whether --vm or
+    --exclude narrowed it, return why it may take no restore point, or None
+    when every disk's copy was verified in full."""
+    if failures:
+        return 'the run failed'
+    if partial:
+        return ('--vm or --exclude left VMs out: their copies at the slave '
+                'are as geo-replication left them')
+    disks = [disk for backup in backups for disk in backup.disks]
+    if not disks:
+        return 'no disk was backed up'
+    if not all(backup.snapshot_ready for backup in backups):
+        return 'a VM was not snapshotted'
+    unverified = [disk for disk in disks if disk_outcome(disk) != 'verified']
+    if unverified:
+        return '%d of %d disks were not verified' % (len(unverified), len(disks))
+    return None
+
+
+def restore_points_beyond(snapshots, slavevol, keep):
+    """Given the GlusterSnapshots of the slave volume, the volume and keep,
+    return (ours to keep, newest first; ours beyond keep, oldest first),
+    newest by gluster's creation time (then by name). A snapshot whose name
+    is not ours, or of another volume, is in neither: never deleted."""
+    ours = sorted((snapshot for snapshot in snapshots
+                   if is_our_restore_point(snapshot.name, slavevol)
+                   and snapshot.origin == slavevol),
+                  key=lambda snapshot: (snapshot.created_at, snapshot.name),
+                  reverse=True)
+    return ours[:keep], list(reversed(ours[keep:]))
+
+
+def remote_gluster_command(settings, host, words):
+    """Given the settings, the slave node and gluster's words, return the
+    argv that runs `GLUSTER --mode=script WORDS` there over ssh. ssh joins
+    its arguments into one line for the remote shell: the remote command is
+    one argument, each word quoted for a POSIX shell (a description has
+    spaces, an event's text may hold quotes)."""
+    remote = settings.restore_gluster + ['--mode=script'] + list(words)
+    return settings.restore_ssh + [host, ' '.join(shlex.quote(word)
+                                                  for word in remote)]
+
+
+def remote_gluster(settings, host, words, stop):
+    """Run gluster WORDS on host over ssh, for at most
+    RESTORE_POINT_TIMEOUT seconds; return (None, its stdout) when it
+    exited 0, else (what failed in one line with gluster's or ssh's own
+    words, its stdout)."""
+    command = remote_gluster_command(settings, host, words)
+    what = 'gluster snapshot %s on %s' % (words[1], host)
+    log.debug('running %s', ' '.join(shlex.quote(part) for part in command))
+    status, output, errors = run_captured(command, RESTORE_POINT_TIMEOUT, stop)
+    xml = output.lstrip().startswith('<')
+    said = ' '.join((errors + ('' if xml else '\n' + output)).split())
+    if isinstance(status, OSError):
+        return ('cannot run %s ([restore_points] ssh): %s' % (
+            settings.restore_ssh[0], status.strerror or status)), ''
+    if status is None:
+        return ('%s did not answer within %d seconds' % (
+            what, RESTORE_POINT_TIMEOUT)), output
+    if status != 0:
+        return '%s failed (ssh %s): %s' % (what, describe_status(status),
+                                            said or 'no message'), output
+    for line in ([] if xml else output.splitlines()) + errors.splitlines():
+        if line.strip():
+            log.info('gluster: %s', line.strip())
+    return None, output
+
+
+def remote_gluster_xml(settings, host, words, stop):
+    """Run gluster WORDS --xml on host over ssh; return (its cliOutput
+    element, None), or (None, what failed, with gluster's own words: with
+    --xml an error is opRet -1 and opErrstr, cli/src/cli-xml-output.c,
+    cli_xml_output_common)."""
+    problem, output = remote_gluster(settings, host, list(words) + ['--xml'],
+                                     stop)
+    what = 'gluster snapshot %s on %s' % (words[1], host)
+    try:
+        root = ElementTree.fromstring(output)
+    except ElementTree.ParseError:
+        return None, problem or '%s answered no XML: %s' % (
+            what, ' '.join(output.split())[:200] or 'nothing')
+    if root.tag != 'cliOutput':
+        return None, '%s answered <%s>, not <cliOutput>' % (what, root.tag)
+    if (root.findtext('opRet') or '').strip() != '0':
+        return None, '%s failed: %s' % (what, ' '.join(
+            (root.findtext('opErrstr') or 'no message').split()))
+    if problem:
+        return None, problem
+    return root, None
+
+
+def gluster_time(text):
+    """Given a time as glusterd writes a snapshot's (gf_time_fmt,
+    gf_timefmt_FT: 2026-12-06 01:30:02, UTC unless glusterd logs in local
+    time), return Unix time; raise ValueError."""
+    moment = datetime.datetime.strptime(text.strip(), '%Y-%m-%d %H:%M:%S')
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def parse_snapshot_info(root):
+    """Given the cliOutput element of `gluster snapshot info (NAME | volume
+    VOL) --xml` (cli/src/cli-xml-output.c, cli_xml_snapshot_info: snapInfo
+    with an originVolume per volume or per snapshot volume, then
+    snapshots/snapshot with name, uuid, description, createTime and
+    snapVolume/status), return its GlusterSnapshots; raise ValueError when
+    it is not that."""
+    info = root.find('snapInfo')
+    if info is None:
+        raise ValueError('no snapInfo in the answer')
+    origin = info.findtext('originVolume/name')
+    found = []
+    for element in info.findall('snapshots/snapshot'):
+        name = (element.findtext('name') or '').strip()
+        created = element.findtext('createTime')
+        if not name or created is None:
+            raise ValueError('a snapshot without name or createTime')
+        try:
+            created_at = gluster_time(created)
+        except ValueError:
+            raise ValueError('snapshot %s: createTime %r is not a time'
+                             % (name, created)) from None
+        found.append(GlusterSnapshot(
+            name=name, uuid=element.findtext('uuid'),
+            description=element.findtext('description') or '',
+            created_at=created_at,
+            status=element.findtext('snapVolume/status'),
+            origin=(element.findtext('snapVolume/originVolume/name')
+                    or origin)))
+    return found
+
+
+def list_snapshots(settings, host, words, stop):
+    """Given gluster's words for a snapshot info, return (the GlusterSnapshots,
+    None) or (None, what failed)."""
+    root, problem = remote_gluster_xml(settings, host, words, stop)
+    if problem:
+        return None, problem
+    try:
+        return parse_snapshot_info(root), None
+    except ValueError as error:
+        return None, 'gluster snapshot info on %s: %s' % (host, error)
+
+
+def take_restore_point(run):
+    """End of step 7, when [restore_points] keep is not 0 and every disk's
+    copy was verified in full: snapshot the slave volume on a slave node
+    (`gluster snapshot create` over ssh, the run's summary as its
+    description), list the volume's snapshots, and delete ours beyond keep,
+    oldest first. Return the RestorePoints, or None when none was due or
+    the listing failed; run.fail, with gluster's own words, for each
+    refusal."""
+    args, settings = run.args, run.settings
+    if not settings.restore_keep:
+        return None
+    why_not = restore_point_refused(run.plan.backups if run.plan else [],
+                                    run.failures, bool(args.vm or args.exclude))
+    if why_not:
+        log.warning('no restore point taken: %s', why_not)
+        return None
+    host = restore_point_host(args, settings)
+    name = restore_point_name(args.slavevol, time.time())
+    notes = run.notes + ([run.verify_summary] if run.verify_summary else [])
+    _, summary = event_description(run.mastervol, [], run.minutes(), notes)
+    if len(summary) > RESTORE_POINT_DESCRIPTION_LIMIT:
+        summary = summary[:RESTORE_POINT_DESCRIPTION_LIMIT - 3] + '...'
+    problem, _ = remote_gluster(settings, host, [
+        'snapshot', 'create', name, args.slavevol, 'no-timestamp',
+        'description', summary], run.stop)
+    if problem:
+        run.fail('no restore point taken of %s: %s', args.slavevol, problem)
+        return None
+    log.info('restore point %s of %s taken on %s', name, args.slavevol, host)
+    snapshots, problem = list_snapshots(
+        settings, host, ['snapshot', 'info', 'volume', args.slavevol], run.stop)
+    if problem:
+        run.fail('restore point %s taken, but the restore points of %s cannot '
+                 'be listed (none deleted): %s', name, args.slavevol, problem)
+        return None
+    listed_at = time.time()
+    kept, beyond = restore_points_beyond(snapshots, args.slavevol,
+                                         settings.restore_keep)
+    if name not in [snapshot.name for snapshot in kept]:
+        run.fail('restore point %s was taken but gluster on %s does not list '
+                 'it among the newest %d of %s', name, host,
+                 settings.restore_keep, args.slavevol)
+    deleted = []
+    for snapshot in beyond:
+        problem, _ = remote_gluster(settings, host, [
+            'snapshot', 'delete', snapshot.name], run.stop)
+        if problem:
+            run.fail('restore point %s (beyond keep = %d) not deleted: %s',
+                     snapshot.name, settings.restore_keep, problem)
+            kept.append(snapshot)
+        else:
+            log.info('restore point %s deleted (beyond keep = %d)',
+                     snapshot.name, settings.restore_keep)
+            deleted.append(snapshot.name)
+    log.info('%s of %s kept on %s, newest %s', count_phrase(
+        len(kept), 'restore point'), args.slavevol, host, kept[0].name
+        if kept else 'none')
+    return RestorePoints(host=host, volume=args.slavevol, taken=name,
+                         kept=kept, deleted=deleted, listed_at=listed_at)
+
+
+def snapshot_volfile_id(name, slavevol):
+    """Given a snapshot and its volume, return the volfile id a client
+    mounts it by (glusterd-handshake.c, get_snap_volname_and_volinfo:
+    /snaps/<snapname>/<parent volname>)."""
+    return '/snaps/%s/%s' % (name, slavevol)
+
+
+@contextlib.contextmanager
+def restore_point_active(args, settings, run, stop):
+    """--verify --restore-point NAME: check with gluster on the slave node
+    that NAME is a snapshot of SLAVEVOL, and activate it for the block when
+    it is not (a snapshot is made deactivated; its volume must be started
+    to be mounted), deactivating it again on every way out; yield True,
+    or False after run.fail."""
+    host = restore_point_host(args, settings)
+    name = args.restore_point
+    snapshots, problem = list_snapshots(settings, host, ['snapshot', 'info', name],
+                                        stop)
+    found = [snapshot for snapshot in snapshots or () if snapshot.name == name]
+    if problem or not found:
+        run.fail('restore point %s: %s', name, problem or 'gluster on %s does '
+                 'not list it' % host)
+        yield False
+        return
+    if found[0].origin != args.slavevol:
+        run.fail('restore point %s is a snapshot of volume %s, not of %s', name,
+                 found[0].origin, args.slavevol)
+        yield False
+        return
+    activated = False
+    if found[0].status != 'Started':
+        problem, _ = remote_gluster(settings, host, ['snapshot', 'activate', name],
+                                    stop)
+        if problem:
+            run.fail('restore point %s cannot be activated: %s', name, problem)
+            yield False
+            return
+        activated = True
+        log.info('restore point %s activated for the verify (deactivated '
+                 'after it)', name)
+    try:
+        yield True
+    finally:
+        if activated:
+            problem, _ = remote_gluster(settings, host, [
+                'snapshot', 'deactivate', name], stop)
+            if problem:
+                run.fail('restore point %s stays activated: %s; deactivate it '
+                         '(gluster snapshot deactivate %s)', name, problem, name)
+            else:
+                log.info('restore point %s deactivated again', name)
+
+
+@contextlib.contextmanager
+def verify_mounted(args, settings, run, stop):
+    """--verify: mount read-only for the block the slave volume or, with
+    --restore-point, that snapshot of it; yield the directory, or None
+    after run.fail. Unmount (and deactivate what was activated) on every
+    way out."""
+    if args.restore_point is None:
+        with slave_mounted(args, settings, run, stop, read_only=True) as root:
+            yield root
+        return
+    with restore_point_active(args, settings, run, stop) as active:
+        if not active:
+            yield None
+            return
+        command = mount_command(args, settings, 'DIR')
+        command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
+        command[command.index('--volfile-id') + 1] = snapshot_volfile_id(
+            args.restore_point, args.slavevol)
+        with volume_mounted(command, 'the restore point %s:%s' % (
+                slave_host(args.slave), command[command.index('--volfile-id') + 1]),
+                args.slavevol, settings, run, stop) as root:
+            yield root
 
 
 # Step 8: remove the snapshots ------------------------------------------------------------
@@ -4777,6 +5544,7 @@ def status_document(run, previous, node):
         ('session', session),
         ('full_run', full),
         ('last_success', last_success),
+        ('restore_points', restore_points_record(run, previous)),
     ])
     sessions[session] = session_entry(document)
     document['sessions'] = sessions
@@ -4863,6 +5631,36 @@ def session_view(document, session):
     return view, None
 
 
+def restore_points_record(run, previous):
+    """Given a finished Run and the previous status document (or None),
+    return what the status file says of the restore points: None with
+    [restore_points] keep = 0; else this run's listing, or the previous
+    run's carried over (this run took none and deleted none), or one that
+    knows none (count None)."""
+    keep = run.settings.restore_keep
+    if not keep:
+        return None
+    found = run.restore_points
+    if found is None:
+        record = (previous or {}).get('restore_points')
+        if isinstance(record, dict) and record.get('volume') == run.args.slavevol:
+            record = collections.OrderedDict(record)
+            record.update(keep=keep, taken=None, deleted=[])
+            return record
+        found = RestorePoints(host=restore_point_host(run.args, run.settings),
+                              volume=run.args.slavevol)
+    newest = found.kept[0] if found.kept else None
+    return collections.OrderedDict([
+        ('keep', keep), ('host', found.host), ('volume', found.volume),
+        ('count', len(found.kept) if found.listed_at else None),
+        ('newest', newest.name if newest else None),
+        ('newest_created_at', newest.created_at if newest else None),
+        ('newest_created', iso_utc(newest.created_at) if newest else None),
+        ('names', [snapshot.name for snapshot in found.kept]),
+        ('taken', found.taken), ('deleted', list(found.deleted)),
+        ('listed_at', found.listed_at)])
+
+
 def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value)
@@ -4909,6 +5707,13 @@ def check_document(document):
     if last is not None and not (isinstance(last, dict)
                                  and is_time(last.get('ended_at'))):
         return 'last_success has no ended_at time'
+    points = document.get('restore_points')
+    if points is not None:
+        if not isinstance(points, dict):
+            return 'restore_points is not an object'
+        for key in ('newest_created_at', 'count'):
+            if points.get(key) is not None and not is_number(points[key]):
+                return 'restore_points %s is not a number' % key
     return None
 
 
@@ -5044,6 +5849,14 @@ def metrics_text(document):
           'of vmbackup', [(volume + (('node', document.get('node', '')),
                                      ('version', document.get(
                                          'vmbackup_version', ''))), 1)])
+    points = document.get('restore_points')
+    if points is not None:        # none with [restore_points] keep = 0
+        gauge('restore_point_timestamp_seconds', 'When the newest restore '
+              'point (gluster snapshot of the slave volume) was taken, in '
+              'Unix time; 0 when none is known',
+              [(volume, points.get('newest_created_at') or 0)])
+        gauge('restore_points', 'Restore points of ours kept of the slave '
+              'volume', [(volume, points.get('count') or 0)])
     return '\n'.join(lines) + '\n'
 
 
@@ -5368,6 +6181,69 @@ def check_state(document, problem, now, warning_hours, critical_hours):
         human_duration(document['duration_seconds'])), perfdata)
 
 
+def restore_point_state(points, keep, now, warning_hours, critical_hours):
+    """Given the status document's restore_points (or None), [restore_points]
+    keep, the time now and the --restore-point-warning and -critical hours,
+    return (Nagios state, text, performance data); None when keep is 0
+    (nothing to check)."""
+    if not keep:
+        return None
+    count = points.get('count') if points else None
+    created = points.get('newest_created_at') if points else None
+    age = now - created if created is not None else None
+    perfdata = 'restore_point_age=%s;%d;%d;0 restore_points=%s;;;0' % (
+        '%ds' % max(0, age) if age is not None else 'U',
+        warning_hours * 3600, critical_hours * 3600,
+        count if count is not None else 'U')
+    if count is None:
+        return (CHECK_CRITICAL, 'no restore point known (the last run listed '
+                'none)', perfdata)
+    if age is None:
+        return (CHECK_CRITICAL, 'no restore point of ours on %s' % (
+            points.get('volume')), perfdata)
+    text = 'newest restore point %s ago (%d kept)' % (human_duration(age),
+                                                      count)
+    if age > critical_hours * 3600:
+        return CHECK_CRITICAL, '%s, older than %g hours' % (
+            text, critical_hours), perfdata
+    if age > warning_hours * 3600:
+        return CHECK_WARNING, '%s, older than %g hours' % (
+            text, warning_hours), perfdata
+    return CHECK_OK, text, perfdata
+
+
+def worse_state(first, second):
+    """Given two Nagios states, return the one to report: CRITICAL over
+    WARNING over UNKNOWN over OK."""
+    order = (CHECK_OK, CHECK_UNKNOWN, CHECK_WARNING, CHECK_CRITICAL)
+    return max(first, second, key=order.index)
+
+
+def restore_point_lines(points, keep, now):
+    """Given the status document's restore_points (or None), [restore_points]
+    keep and the time now, return the lines --status prints of them."""
+    if not keep:
+        return ['  restore points: none ([restore_points] keep = 0): while a '
+                'sync runs, and after a run that failed, the remote copy is '
+                'inconsistent, and nothing older is kept at the remote site']
+    if not points or points.get('count') is None:
+        return ['  restore points: none known (keep = %d); the last run '
+                'listed none' % keep]
+    where = '%s::%s' % (points.get('host'), points.get('volume'))
+    if not points.get('newest'):
+        return ['  restore points: none of ours on %s (keep = %d)' % (where, keep)]
+    lines = ['  restore points: %d kept on %s (keep = %d); newest %s, taken %s, '
+             '%s ago' % (points['count'], where, keep, points['newest'],
+                         local_time(points['newest_created_at']),
+                         human_duration(now - points['newest_created_at']))]
+    if points.get('taken'):
+        lines.append('    taken by the last run: %s' % points['taken'])
+    if points.get('deleted'):
+        lines.append('    deleted by the last run: %s'
+                     % ', '.join(points['deleted']))
+    return lines
+
+
 def check_line(state, text, perfdata):
     """Given check_state's answer, return the plugin's one output line."""
     line = 'VMBACKUP %s - %s' % (CHECK_STATES[state],
@@ -5457,10 +6333,20 @@ def show_status(args, settings, now=None):
             args.slave, args.slavevol) if args.slave else None)
     state, text, perfdata = check_state(document, problem, now, args.warning,
                                         args.critical)
+    points = document.get('restore_points') if document else None
+    restore = restore_point_state(points, settings.restore_keep, now,
+                                  args.restore_point_warning,
+                                  args.restore_point_critical)
+    if document is not None and restore is not None:
+        state = worse_state(state, restore[0])
+        text = '%s; %s' % (text, restore[1])
+        perfdata = '%s %s' % (perfdata, restore[2])
     if args.check or document is None or state == CHECK_UNKNOWN:
         print(check_line(state, text, perfdata))
     if args.status and document is not None:
-        print('\n'.join(status_report(document, path, now)))
+        lines = status_report(document, path, now)
+        lines[-1:-1] = restore_point_lines(points, settings.restore_keep, now)
+        print('\n'.join(lines))
     return state
 
 
@@ -5603,13 +6489,19 @@ def back_up(run):
                                      write_ovf_stores(engine, run, master)
                                      ) as snapshots:              # 5, 8
                     with run.step('replicate'):
-                        replicated = replicate(run.args, run.settings, run,
-                                               run.stop)          # 6
+                        with CheckpointWatch(run.args,
+                                             run.settings) as watch:
+                            replicated = replicate(
+                                run.args, run.settings, run, run.stop,
+                                on_line=watch.nudge)              # 6
                     run.check_stop()
                     if replicated:
                         with run.step('remote copy'):             # 6, 7
                             remote_copy(run, engine, master,
-                                        snapshots.start_removal)
+                                        snapshots.start_removal,
+                                        watch.evidence())
+                        with run.step('restore point'):           # 7
+                            run.restore_points = take_restore_point(run)
                     else:
                         log.warning('the remote site is left as it is, '
                                     'since geo-replication did not complete')

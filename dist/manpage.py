@@ -38,7 +38,8 @@ FILES = (
     ('/var/lib/vmbackup',
      'The status files, when gluster\'s shared storage is not mounted.'),
 )
-SEE_ALSO = 'gluster(8), glusterfs(8), qemu-img(1), systemd.timer(5), cron(8)'
+SEE_ALSO = ('gluster(8), glusterfs(8), qemu-img(1), ssh(1), systemd.timer(5), '
+            'cron(8)')
 
 
 def load_parser(source):

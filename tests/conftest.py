@@ -175,8 +175,10 @@ class Site:
         return [e for e in entries if program is None or e['program'] == program]
 
     def calls_but_preflight(self):
-        """The calls of the fakes but the preflight's read-only look at the
-        geo-replication session (gluster ... status --xml)."""
+        """The calls of the fakes but gluster's CLI: the preflight's
+        read-only look at the geo-replication session (gluster ... status
+        --xml) and the status detail and volume info read while the
+        scheduler runs."""
         return [call for call in self.calls() if call['program'] != 'gluster']
 
     # the config ----------------------------------------------------------------

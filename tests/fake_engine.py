@@ -517,8 +517,20 @@ def _remove_file(path):
         pass
 
 
+def _put_meta(path, data):
+    """Write a .meta as vdsm does: the whole file as <vol>.meta.new, then
+    renamed over <vol>.meta (vdsm lib/vdsm/storage/fileVolume.py
+    FileVolumeManifest._putMetadata, used for a new volume's metadata too:
+    FileVolume.newMetadata). So at the master a .meta gets a new inode (a
+    new gfid on gluster) on every metadata write."""
+    with open(path + '.new', 'wb') as stream:
+        stream.write(data)
+    os.rename(path + '.new', path)
+
+
 def _edit_meta(path, **changes):
-    """Given a vdsm .meta file, rewrite the KEY=VALUE lines named in changes."""
+    """Given a vdsm .meta file, rewrite the KEY=VALUE lines named in changes
+    (as vdsm does: _put_meta)."""
     try:
         with open(path) as stream:
             lines = stream.read().splitlines()
@@ -528,8 +540,7 @@ def _edit_meta(path, **changes):
         key = line.split('=', 1)[0]
         if key in changes:
             lines[index] = '%s=%s' % (key, changes[key])
-    with open(path, 'w') as stream:
-        stream.write('\n'.join(lines) + '\n')
+    _put_meta(path, ('\n'.join(lines) + '\n').encode())
 
 
 def _meta_value(path, key):
@@ -1398,7 +1409,7 @@ class FakeEngine:
             'VOLTYPE': 'LEAF',
         }
         lines = ['%s=%s\n' % (key, meta[key]) for key in sorted(meta)] + ['EOF\n']
-        _write_file(self._volume_path(disk, volume_id) + '.meta', ''.join(lines).encode())
+        _put_meta(self._volume_path(disk, volume_id) + '.meta', ''.join(lines).encode())
 
     # -- the OVF store -------------------------------------------------------
 

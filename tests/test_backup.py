@@ -89,7 +89,7 @@ def test_scheduler_and_mount_client_get_exactly_the_documented_command_lines(sit
     (mount,) = site.mounts()
     argv = mount['argv']
     assert argv[:7] == ['--volfile-server', SLAVE_HOST, '--volfile-id', SLAVEVOL,
-                        '--client-pid=-1', '-l', str(site.mount_log)]
+                        '--client-pid=-4', '-l', str(site.mount_log)]
     assert os.path.dirname(argv[7]) == str(site.scratch)
     assert os.path.dirname(master['argv'][7]) == str(site.scratch)
     assert [c['argv'] for c in site.calls('umount')] == [[argv[7]], [master['argv'][7]]]
@@ -162,7 +162,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(site):
     for disk in site.engine.vm('web')['disks']:
         assert disk['id'] in result.out
         assert disk['image_id'] in result.out
-    assert 'schedule_georep' in result.out and '--client-pid=-1' in result.out
+    assert 'schedule_georep' in result.out and '--client-pid=-4' in result.out
     assert [r for r in site.engine.requests if r['method'] in ('POST', 'DELETE')
             and not r['path'].startswith('/ovirt-engine/s')] == []
     # only the preflight's look at the geo-replication session

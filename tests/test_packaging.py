@@ -296,12 +296,13 @@ def test_the_config_files_are_kept_across_upgrades(rpm):
     assert flags['/usr/share/doc/vmbackup/README.md'] == 'd'
 
 
-def test_the_rpm_requires_the_sdk_gluster_and_qemu_img(rpm):
+def test_the_rpm_requires_the_sdk_gluster_qemu_img_and_ssh(rpm):
     requires = {line.split()[0] for line in
                 rpm_query(rpm, '--requires').splitlines()}
     for package in ('python3-ovirt-engine-sdk4', 'glusterfs-geo-replication',
                     'glusterfs-fuse', 'glusterfs-cli', 'qemu-img',
-                    'logrotate', 'crontabs', '/usr/bin/python3'):
+                    'openssh-clients', 'logrotate', 'crontabs',
+                    '/usr/bin/python3'):
         assert package in requires
 
 

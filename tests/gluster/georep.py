@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import xml.etree.ElementTree as ET
 
 CLEAN_PATH = '/usr/sbin:/usr/bin:/sbin:/bin'
@@ -89,7 +90,7 @@ SKIP_ENV = 'VMBACKUP_SKIP_GLUSTER'
 # set (to the work dir) in the environment of everything the lab starts, so
 # that what a lab killed before its tear-down left running can be found
 MARK_ENV = 'GEOREP_LAB'
-BRICK_INTERNAL = ('.glusterfs', '.trashcan')
+BRICK_INTERNAL = ('.glusterfs', '.trashcan', '.shard')
 # the lab's volumes are named so (GeoRepLab's defaults); volumes of other
 # names in /var/lib/glusterd mean a real gluster node
 LAB_VOLUME_PREFIX = 'georeplab-'
@@ -465,7 +466,8 @@ class GeoRepLab:
 
     def __init__(self, workdir=None, master='georeplab-master',
                  slave='georeplab-slave', host=None, install=True,
-                 log=_log_default, keep_workdir=None):
+                 log=_log_default, keep_workdir=None, shard_block_size=None,
+                 change_detector='xsync', rollover_time=None):
         self._own_workdir = workdir is None
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix='georep-lab-')
@@ -477,6 +479,14 @@ class GeoRepLab:
         self.master = master
         self.slave = slave
         self.host = host
+        # features.shard on both volumes (oVirt's group virt) with this
+        # block size (e.g. '4MB'); None: no sharding
+        self.shard_block_size = shard_block_size
+        # 'xsync' (every scheduler run completes here) or 'changelog'
+        # (production's; see make_live() and gluster-notes.md)
+        self.change_detector = change_detector
+        # changelog.rollover-time of the master (seconds), None: gluster's 15
+        self.rollover_time = rollover_time
         self.install = install
         self.log = log or (lambda message: None)
         self.env = clean_env({MARK_ENV: str(self.workdir)})
@@ -837,6 +847,17 @@ class GeoRepLab:
             self.gluster('volume', 'create', volume,
                          '%s:%s' % (self.host, brick), 'force')
             self._volumes_created.append(volume)
+            if self.shard_block_size:
+                # oVirt's group virt turns sharding on; the slave has the
+                # master's (item 8 of issue 20: a DR volume must)
+                self.gluster('volume', 'set', volume, 'features.shard', 'on')
+                self.gluster('volume', 'set', volume,
+                             'features.shard-block-size',
+                             self.shard_block_size)
+            if volume == self.master and self.rollover_time:
+                self.gluster('volume', 'set', volume,
+                             'changelog.rollover-time',
+                             str(self.rollover_time))
             self.gluster('volume', 'start', volume)
         for volume in (self.master, self.slave):
             wait_until(lambda v=volume: self._bricks_online(v), 60,
@@ -943,7 +964,8 @@ class GeoRepLab:
                    % self.slave)
         self._wait_glusterd_children()
         self.georep('config', 'secondary-access-mount', 'true')
-        self.georep('config', 'change-detector', 'xsync')
+        if self.change_detector != 'changelog':
+            self.georep('config', 'change-detector', self.change_detector)
         self.wait_state('Created', timeout=30)
 
     def volume_option(self, volume, option):
@@ -1021,10 +1043,11 @@ class GeoRepLab:
                 and cmd.endswith(' ' + str(path))]
 
     @contextlib.contextmanager
-    def mount_slave(self, client_pid=-1):
+    def mount_slave(self, client_pid=-4):
         """Mount the slave in a fresh directory, as vmbackup.py does
-        (--client-pid=-1 gets through the slave's read-only), or as an
-        ordinary client with client_pid=None. Yields the mount's Path;
+        (--client-pid=-4 gets through the slave's read-only and, unlike
+        gsyncd's -1, sees sharded files whole), or as an ordinary client
+        with client_pid=None. Yields the mount's Path;
         unmounts and removes it on the way out."""
         path = pathlib.Path(tempfile.mkdtemp(prefix='slave-',
                                              dir=self.mnt_dir))
@@ -1094,6 +1117,46 @@ class GeoRepLab:
         """Wait until session_state() == state."""
         return wait_until(lambda: self.session_state() == state, timeout,
                           'session state %s' % state, interval=1)
+
+    def crawl_status(self):
+        """The workers' crawl_status (`status detail --xml`), joined with
+        ',' when they differ: 'Changelog Crawl', 'Hybrid Crawl', ..."""
+        proc = self.georep('status', 'detail', '--xml', check=False)
+        try:
+            root = ET.fromstring(proc.stdout)
+        except ET.ParseError:
+            return None
+        return ','.join(sorted({(p.findtext('crawl_status') or '').strip()
+                                for p in root.iter('pair')})) or None
+
+    def make_live(self, attempts=4, wait=35):
+        """Start the session in changelog mode and make sure its worker gets
+        the brick's change notices (gluster-notes.md, "Changelog mode and
+        sharding, measured": about half of the starts here are dead, in
+        Changelog Crawl with nothing ever synced): wait for Changelog
+        Crawl, write a probe file into the master, wait up to `wait` s for
+        it at the slave; if it did not come, stop force and start again.
+        Returns the number of starts it took; GeoRepError after attempts.
+        Change no config afterwards (every config change restarts the
+        worker, which rolls the dice again)."""
+        for attempt in range(1, attempts + 1):
+            if self.session_state() not in ('Created', 'Stopped'):
+                self.georep('stop', 'force', check=False)
+            self.georep('start')
+            wait_until(lambda: self.crawl_status() == 'Changelog Crawl', 90,
+                       'Changelog Crawl', interval=1)
+            probe = '.georep-lab-probe-%d-%s' % (attempt, uuid.uuid4().hex)
+            self.write_master(probe, b'probe %d\n' % attempt)
+            try:
+                wait_until(lambda: self.read_slave(probe) is not None, wait,
+                           'the probe file at the slave', interval=0.5)
+            except GeoRepError:
+                self.log('start %d of the session is dead (nothing synced '
+                         'in %d s): restarting' % (attempt, wait))
+                continue
+            self.log('live changelog session after %d start(s)' % attempt)
+            return attempt
+        raise GeoRepError('no live changelog session in %d starts' % attempts)
 
     # ----------------------------------------------------------- scheduler
     def scheduler_command(self, interval=5, timeout=5, no_color=True,
