@@ -2597,14 +2597,8 @@ class Feed:
 
     def start(self):
         """Before the actions are sent: note the newest event."""
-        if not self.engine.events_from:
-            return
-        try:
-            latest = self.engine.system.events_service().list(max=1)
-        except sdk.Error as error:
-            log.debug('could not read the latest event: %s', one_line(error))
-            return
-        self.last_event = event_number(latest[0]) if latest else 0
+        if self.engine.events_from:
+            self.start_on_domains()
 
     def changes(self):
         """Return {vm_id: event codes} of the events since the last call, or
