@@ -64,6 +64,7 @@ of file-system operations (also printed) is the better guide.
 """
 import argparse
 import collections
+import datetime
 import os
 import pathlib
 import random
@@ -287,6 +288,21 @@ def lags(engine, steps):
     return lag_ok, lag_merge
 
 
+def write_timeline(path, engine, timed):
+    """Given a file path, the engine after a run and its timed requests,
+    write the engine's side of the snapshot wait, one line per request
+    (epoch start, engine seconds, kind) with the snapshot-ok events (68) in
+    between: what the tool's "lag ok" is made of, beside the tool's log."""
+    lines = [(e['time'].timestamp(), 'event 68 %s' % e.get('id', ''))
+             for e in engine.engine_events(68)]
+    lines += [(r['start'], 'request %.3f s %s' % (r['seconds'], r['kind']))
+              for r in timed if not r['kind'].startswith(('POST /vms', 'DELETE'))]
+    with open(path, 'w') as out:
+        for when, what in sorted(lines):
+            out.write('%s %s\n' % (datetime.datetime.fromtimestamp(when).strftime(
+                '%H:%M:%S.%f')[:-3], what))
+
+
 def polls(timed):
     """Given timed requests, return the VM list polls as (start, end, pages):
     a poll is a run of 'page 1', 'page 2', ... list requests."""
@@ -351,6 +367,9 @@ def run_tool(ca, vm_count, args, merge_latency):
                 os.makedirs(args.logs, exist_ok=True)
                 shutil.copyfile(str(log_path), os.path.join(
                     args.logs, 'vmbackup-%d-%g.log' % (vm_count, merge_latency)))
+            if args.logs:
+                write_timeline(os.path.join(args.logs, 'engine-%d-%g.txt' % (
+                    vm_count, merge_latency)), engine, timed)
             cleanup = CLEANUP_LINE.search(log_text)
             steps = marks(log_text, started, wall)
             lag_ok, lag_merge = lags(engine, steps)
