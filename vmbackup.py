@@ -295,21 +295,6 @@ FEED_MAX = 1000                      # events asked for at once
 NET_FIRST = 30.0                     # seconds to the safety net's first look,
 NET_LAST = 300.0                     # then twice as long each time, up to this
 
-KNOWN_KEYS = {
-    'connection': {'server', 'user_name', 'password', 'ca_file', 'insecure',
-                   'timeout', 'connections'},
-    'logging': {'logger_conf'},
-    'snapshot': {'wait_timeout', 'poll_interval', 'require_quiesce'},
-    'gluster': {'schedule_georep', 'glusterfs', 'gluster', 'master_server',
-                'mount_log', 'storage_domain', 'scheduler_grace',
-                'mount_timeout', 'presync', 'presync_timeout'},
-    'verify': {'qemu_img'},
-    'event': {'cluster'},
-    'lock': {'lock_dir', 'skip_within', 'storage_timeout'},
-    'status': {'dir', 'textfile_dir', 'ping_url', 'ping_timeout'},
-    'restore_points': {'keep', 'ssh', 'host', 'gluster'},
-}
-
 # what a VM's copy is, by what the guest agent did at the snapshot
 QUIESCED = 'quiesced'
 CRASH_CONSISTENT = 'crash-consistent only'
@@ -359,42 +344,212 @@ class Record:
             if name not in self.HIDDEN))
 
 
+# The config file: one table -------------------------------------------------
+# Each key of the config file is one entry of CONFIG_KEYS: (section, key,
+# kind, default, check). From it come the keys known (KNOWN_KEYS), Settings'
+# defaults, the reading and its checks (ConfigReader), the README's table
+# (tests/unit/test_docs.py checks it row by row) and the man page's
+# CONFIGURATION (dist/manpage.py). A new key is an entry here, its row in
+# the README's table and its lines in backup.cfg.example.
+
+# a kind of value: its name (for the man page), how a text becomes one
+# (raising ValueError) and what is said of a text that does not
+Kind = collections.namedtuple('Kind', 'name parse refusal')
+
+
+def yes_or_no(text):
+    """Given a config text, return True or False; raise ValueError."""
+    if text.lower() in ('yes', 'true', 'on', '1'):
+        return True
+    if text.lower() in ('no', 'false', 'off', '0'):
+        return False
+    raise ValueError(text)
+
+
+TEXT = Kind('text', str, None)
+SECRET = Kind('text, never logged', str, None)
+PATH = Kind('path, relative to the config file', os.path.expanduser, None)
+WHOLE = Kind('whole number', int, 'is not a whole number')
+NUMBER = Kind('number', float, 'is not a number')
+YES_NO = Kind('yes or no', yes_or_no, 'must be yes or no')
+COMMAND = Kind('command line, split like a shell', shlex.split,
+               'is not a command line: {error}')
+
+
+class Within:
+    """The check of a number: more than 0 (or 0 or more, with zero) and at
+    most maximum. Called with a value, it returns what is wrong with it, or
+    None; rule says it in words."""
+
+    def __init__(self, maximum=MAX_SECONDS, zero=False, why=''):
+        self.maximum, self.zero, self.why = maximum, zero, why
+        self.rule = '%s, at most %d%s' % (
+            '0 or more' if zero else 'more than 0', maximum, why)
+
+    def __call__(self, value):
+        # (math.isfinite of an int past a float's range raises)
+        not_finite = isinstance(value, float) and not math.isfinite(value)
+        if not_finite or value < 0 or (value == 0 and not self.zero):
+            return 'must be %s' % ('0 or more' if self.zero else 'more than 0')
+        if value > self.maximum:
+            return 'must be at most %d%s' % (self.maximum, self.why)
+        return None
+
+
+def is_host(text):
+    """The check of [restore_points] host."""
+    return None if SLAVE_NAME.match(text) else 'is not HOST or user@HOST'
+
+
+def is_http_url(text):
+    """The check of [status] ping_url."""
+    url = split_url(text)
+    if url is None or url.scheme not in ('http', 'https') or not url.hostname:
+        return 'is not an http(s) URL'
+    return None
+
+
+ConfigKey = collections.namedtuple('ConfigKey', (
+    'section key kind default check attribute required meaning shown'))
+
+
+def config_key(section, key, kind, default=None, check=None, meaning='',
+               shown=None, attribute=None, required=False):
+    """Return the entry of CONFIG_KEYS of [section] key: of kind, default
+    when absent or empty, check (None, or given the value, what is wrong
+    with it); attribute names it in Settings (default: the key); required
+    when the engine is needed. meaning and shown (the default as the README
+    writes it; default: from default) are for the README and the man page."""
+    if shown is None:
+        shown = 'required' if required else default_text(default)
+    return ConfigKey(section, key, kind, default, check, attribute or key,
+                     required, meaning, shown)
+
+
+def default_text(default):
+    """Given a key's default, return it as the README's table writes it."""
+    if isinstance(default, bool):
+        return '`%s`' % ('yes' if default else 'no')
+    if isinstance(default, (int, float)):
+        return '%g' % default
+    if isinstance(default, list):
+        default = ' '.join(shlex.quote(word) for word in default)
+    return '`%s`' % default if default else 'none'
+
+
+CONFIG_KEYS = (
+    config_key('connection', 'server', TEXT, required=True, meaning=(
+        'engine API URL, `https://ENGINE/ovirt-engine/api`')),
+    config_key('connection', 'user_name', TEXT, required=True,
+               meaning='e.g. `admin@internal`'),
+    config_key('connection', 'password', SECRET, '', required=True),
+    config_key('connection', 'ca_file', PATH, meaning=(
+        'engine CA certificate (PEM)'), shown='system store'),
+    config_key('connection', 'insecure', YES_NO, False, meaning=(
+        '`yes` skips TLS verification (and allows `http://`)')),
+    config_key('connection', 'timeout', WHOLE, DEFAULT_REQUEST_TIMEOUT,
+               Within(), 'seconds for one API request'),
+    config_key('connection', 'connections', WHOLE, DEFAULT_CONNECTIONS,
+               Within(MAX_CONNECTIONS), 'API requests in flight at once'),
+    config_key('logging', 'logger_conf', PATH, meaning=(
+        'a `logging.config.fileConfig` file (see `logging.conf.example`); '
+        'errors reach stderr too'), shown='log to stderr'),
+    config_key('snapshot', 'wait_timeout', NUMBER, DEFAULT_WAIT_TIMEOUT,
+               Within(MAX_MINUTES), (
+                   'minutes to wait for the snapshots to be created, and again '
+                   "to be removed (and for the engine's word on the OVF store)")),
+    config_key('snapshot', 'poll_interval', NUMBER, DEFAULT_POLL_INTERVAL,
+               Within(), ('seconds between status checks, at most (they '
+                          'start at 0.25 s and back off)')),
+    config_key('snapshot', 'require_quiesce', YES_NO, False, meaning=(
+        '`yes`: a VM whose guest was not frozen fails the run (as '
+        '`--require-quiesce`)')),
+    config_key('gluster', 'schedule_georep', TEXT, meaning=(
+        'the scheduler command line, split like a shell'), shown=(
+        '`schedule_georep.py` where the distribution installs it, run with '
+        '`/usr/bin/python3`')),
+    config_key('gluster', 'scheduler_grace', WHOLE, DEFAULT_SCHEDULER_GRACE,
+               Within(zero=True), (
+                   'seconds the scheduler may run past `-t` before it is stopped '
+                   '(SIGTERM, then SIGKILL 10 seconds later)')),
+    config_key('gluster', 'presync', YES_NO, False, meaning=(
+        '`yes`: run the scheduler once more before the OVF store and the '
+        'snapshots, to shorten the snapshot window (see below)')),
+    # None: the same as -t
+    config_key('gluster', 'presync_timeout', WHOLE, None, Within(zero=True), (
+        'minutes the pre-sync may take (its `--timeout`); past it the run '
+        'goes on, with a warning; 0: for ever'), shown='`-t`'),
+    config_key('gluster', 'gluster', PATH, DEFAULT_GLUSTER, meaning=(
+        "gluster's CLI, for the check of the geo-replication session")),
+    config_key('gluster', 'glusterfs', PATH, DEFAULT_GLUSTERFS, meaning=(
+        'the FUSE client that mounts the volumes')),
+    config_key('gluster', 'master_server', TEXT, DEFAULT_MASTER_SERVER,
+               meaning='host the master volume is mounted from, read-only'),
+    config_key('gluster', 'mount_timeout', WHOLE, DEFAULT_MOUNT_TIMEOUT,
+               Within(), 'seconds a mount may take before it is stopped'),
+    config_key('gluster', 'mount_log', PATH, DEFAULT_MOUNT_LOG,
+               meaning="the FUSE client's log file"),
+    config_key('gluster', 'storage_domain', TEXT, meaning=(
+        'the storage domain on MASTERVOL, when its path does not name the '
+        'volume'), shown='found'),
+    config_key('verify', 'qemu_img', TEXT, DEFAULT_QEMU_IMG, meaning=(
+        'the `qemu-img` that checks the copy'), shown='`qemu-img` on PATH'),
+    config_key('event', 'cluster', TEXT, meaning=(
+        'cluster the event is attached to (sent by id)')),
+    # None: on shared storage when it is mounted (check_machine)
+    config_key('lock', 'lock_dir', PATH, meaning=(
+        'where `vmbackup-MASTERVOL.lock` lives'), shown=(
+        '`/run/gluster/shared_storage/vmbackup` when shared storage is '
+        "mounted, else `/run/lock/vmbackup` (root's, 0700)")),
+    config_key('lock', 'skip_within', NUMBER, DEFAULT_SKIP_WITHIN,
+               Within(MAX_MINUTES, zero=True), (
+                   'minutes after a full successful backup of a session during '
+                   'which a later full run of it exits 3; 0: never')),
+    config_key('lock', 'storage_timeout', NUMBER, DEFAULT_STORAGE_TIMEOUT,
+               Within(MAX_STORAGE_TIMEOUT), (
+                   'seconds one access to shared storage, the lock or the status '
+                   'directory may take (a hung mount): then one line, exit 1 '
+                   '(`--check`: UNKNOWN, within 4 s)')),
+    config_key('status', 'dir', PATH, attribute='status_dir', meaning=(
+        'where the status file `MASTERVOL.json` is written (made, 0755, when '
+        'missing)'), shown=(
+        '`/run/gluster/shared_storage/vmbackup` when mounted, else '
+        '`/var/lib/vmbackup`')),
+    config_key('status', 'textfile_dir', PATH, meaning=(
+        'node_exporter textfile directory for the metrics (made, 0755, when '
+        'missing)')),
+    config_key('status', 'ping_url', TEXT, None, is_http_url,
+               'Healthchecks-style URL pinged at start and end'),
+    config_key('status', 'ping_timeout', NUMBER, DEFAULT_PING_TIMEOUT,
+               Within(), 'seconds one ping may take'),
+    config_key('restore_points', 'keep', WHOLE, 0, Within(
+        RESTORE_POINT_KEEP_MAX, zero=True, why=" (gluster's snap-max-hard-limit)"),
+        ("restore points (gluster snapshots of SLAVEVOL) of ours to keep, newest "
+         "by gluster's creation time; 0: none taken; at most 256"),
+        attribute='restore_keep'),
+    config_key('restore_points', 'ssh', COMMAND, shlex.split(DEFAULT_RESTORE_SSH),
+               meaning=('the command that reaches a slave node, split like a '
+                        "shell; the host and gluster's command line follow it"),
+               attribute='restore_ssh'),
+    config_key('restore_points', 'host', TEXT, None, is_host, (
+        "the slave node where gluster's CLI runs, `HOST` or `user@HOST` "
+        "(root's: gluster's snapshots need it)"), shown='SLAVE, with its user',
+        attribute='restore_host'),
+    config_key('restore_points', 'gluster', COMMAND, [DEFAULT_RESTORE_GLUSTER],
+               meaning="gluster's CLI on that node, split like a shell",
+               attribute='restore_gluster'),
+)
+
+KNOWN_KEYS = {entry.section: {other.key for other in CONFIG_KEYS
+                               if other.section == entry.section}
+              for entry in CONFIG_KEYS}
+
+
 class Settings(Record):
-    """The config file, checked."""
-    DEFAULTS = {
-        'server': None, 'user_name': None, 'password': None,
-        'ca_file': None, 'insecure': False,
-        'timeout': DEFAULT_REQUEST_TIMEOUT,
-        'connections': DEFAULT_CONNECTIONS,
-        'logger_conf': None,
-        'wait_timeout': DEFAULT_WAIT_TIMEOUT,
-        'poll_interval': DEFAULT_POLL_INTERVAL,
-        'require_quiesce': False,
-        'schedule_georep': None,
-        'glusterfs': DEFAULT_GLUSTERFS,
-        'gluster': DEFAULT_GLUSTER,
-        'master_server': DEFAULT_MASTER_SERVER,
-        'mount_log': DEFAULT_MOUNT_LOG,
-        'storage_domain': None,
-        'scheduler_grace': DEFAULT_SCHEDULER_GRACE,
-        'presync': False,
-        'presync_timeout': None,     # minutes; None: the same as -t
-        'mount_timeout': DEFAULT_MOUNT_TIMEOUT,
-        'qemu_img': None,
-        'cluster': None,
-        'lock_dir': None,
-        'lock_is_shared': False,
-        'storage_timeout': DEFAULT_STORAGE_TIMEOUT,
-        'skip_within': DEFAULT_SKIP_WITHIN,
-        'status_dir': None,
-        'textfile_dir': None,
-        'ping_url': None,
-        'ping_timeout': DEFAULT_PING_TIMEOUT,
-        'restore_keep': 0,
-        'restore_ssh': shlex.split(DEFAULT_RESTORE_SSH),
-        'restore_host': None,        # None: SLAVE, with its user
-        'restore_gluster': [DEFAULT_RESTORE_GLUSTER],
-    }
+    """The config file, checked: an attribute per entry of CONFIG_KEYS, and
+    lock_is_shared (the lock directory is on gluster, seen by every node)."""
+    DEFAULTS = dict([(entry.attribute, entry.default) for entry in CONFIG_KEYS]
+                    + [('lock_is_shared', False)])
     HIDDEN = ('password',)
 
 
@@ -639,6 +794,15 @@ def parse_command_line(argv):
 
 def check_arguments(args):
     """Given the parsed arguments, raise UsageError for values that can't work."""
+    problems = (name_problems(args) + number_problems(args)
+                + vm_name_problems(args) + restore_point_problems(args))
+    if problems:
+        raise UsageError('; '.join(problems))
+
+
+def name_problems(args):
+    """Given the parsed arguments, return what is wrong with MASTERVOL,
+    SLAVE and SLAVEVOL."""
     problems = []
     names = [('MASTERVOL', args.mastervol)]
     if args.read_only and (args.slave is None) != (args.slavevol is None):
@@ -656,12 +820,34 @@ def check_arguments(args):
     for label, value in names:
         if not VOLUME_NAME.match(value):
             problems.append('%s %r is not a gluster volume name' % (label, value))
+    return problems
+
+
+def number_problems(args):
+    """Given the parsed arguments, return what is wrong with the numbers
+    (--interval, --timeout and --check's hours)."""
+    problems = []
     if not 1 <= args.interval <= MAX_SECONDS:
         problems.append('--interval must be at least 1 second and at most '
                         '%d, not %d' % (MAX_SECONDS, args.interval))
     if not 0 <= args.timeout <= MAX_MINUTES:
         problems.append('--timeout must be 0 (wait for ever) or a number of '
                         'minutes up to %d, not %d' % (MAX_MINUTES, args.timeout))
+    for options, warning, critical in (
+            (('--warning', '--critical'), args.warning, args.critical),
+            (('--restore-point-warning', '--restore-point-critical'),
+             args.restore_point_warning, args.restore_point_critical)):
+        if not (0 < warning <= critical <= MAX_CHECK_HOURS):
+            problems.append('%s and %s are hours, 0 < warning <= critical <= %d '
+                            '(not %g and %g)' % (options + (
+                                MAX_CHECK_HOURS, warning, critical)))
+    return problems
+
+
+def vm_name_problems(args):
+    """Given the parsed arguments, return what is wrong with --vm and
+    --exclude."""
+    problems = []
     for option, names in (('--vm', args.vm), ('--exclude', args.exclude)):
         if any(not name.strip() for name in names):
             problems.append('%s needs the name of a VM, not an empty one'
@@ -670,90 +856,71 @@ def check_arguments(args):
     if overlap:
         problems.append('VM named both in --vm and --exclude: %s'
                         % ', '.join(overlap))
-    if not (0 < args.warning <= args.critical <= MAX_CHECK_HOURS):
-        problems.append('--warning and --critical are hours, 0 < warning <= '
-                        'critical <= %d (not %g and %g)' % (
-                            MAX_CHECK_HOURS, args.warning, args.critical))
-    if not (0 < args.restore_point_warning <= args.restore_point_critical
-            <= MAX_CHECK_HOURS):
-        problems.append('--restore-point-warning and --restore-point-critical '
-                        'are hours, 0 < warning <= critical <= %d (not %g and '
-                        '%g)' % (MAX_CHECK_HOURS, args.restore_point_warning,
-                                 args.restore_point_critical))
-    if args.restore_point is not None:
-        if not args.verify:
-            problems.append('--restore-point goes with --verify')
-        elif not SNAPSHOT_NAME.match(args.restore_point):
-            problems.append('--restore-point %r is not a gluster snapshot name'
-                            % args.restore_point)
-    if problems:
-        raise UsageError('; '.join(problems))
+    return problems
+
+
+def restore_point_problems(args):
+    """Given the parsed arguments, return what is wrong with --restore-point."""
+    if args.restore_point is None:
+        return []
+    if not args.verify:
+        return ['--restore-point goes with --verify']
+    if not SNAPSHOT_NAME.match(args.restore_point):
+        return ['--restore-point %r is not a gluster snapshot name'
+                % args.restore_point]
+    return []
 
 
 class ConfigReader:
-    """Given a parsed config file, read its keys, collecting every problem
-    (with the key's name) in self.problems instead of stopping at the first."""
+    """Given a parsed config file, read its keys by CONFIG_KEYS, collecting
+    every problem (with the key's name) in self.problems instead of stopping
+    at the first."""
 
-    def __init__(self, parser, path):
+    def __init__(self, parser, path, needs_engine=True):
         self.parser = parser
         self.base = os.path.dirname(os.path.abspath(path))
+        self.needs_engine = needs_engine
         self.problems = []
 
-    def text(self, section, key, default=None, required=False):
-        value = self.parser.get(section, key, fallback=None)
-        value = value.strip() if value is not None else None
-        if not value:
-            if required:
-                if not self.parser.has_section(section):
-                    self.problems.append('[%s] section is missing (it needs %s)'
-                                         % (section, key))
-                else:
-                    self.problems.append('[%s] %s is %s' % (
-                        section, key, 'empty' if value == '' else 'missing'))
-            return default
-        return value
-
-    def number(self, section, key, default, kind, allow_zero=False,
-               maximum=MAX_SECONDS):
-        """Return the key's value as kind (int or float): finite, more than 0
-        (or 0 with allow_zero) and at most maximum; else add a problem and
-        return default."""
-        text = self.text(section, key)
-        if text is None:
-            return default
+    def value(self, entry):
+        """Given an entry of CONFIG_KEYS, return its key's value, checked;
+        its default when the key is absent or empty, or after adding what
+        is wrong with it to the problems."""
+        text = self.parser.get(entry.section, entry.key, fallback=None)
+        text = text.strip() if text is not None else None
+        if not text:
+            if entry.required and self.needs_engine:
+                self.missing(entry, text)
+            return entry.default
         try:
-            value = kind(text)
-        except ValueError:
-            self.problems.append('[%s] %s = %r is not a %s' % (
-                section, key, text,
-                'whole number' if kind is int else 'number'))
-            return default
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            self.problems.append('[%s] %s = %s must be %s' % (
-                section, key, text, '0 or more' if allow_zero else 'more than 0'))
-            return default
-        if value > maximum:
-            self.problems.append('[%s] %s = %s must be at most %d' % (
-                section, key, text, maximum))
-            return default
+            value = entry.kind.parse(text)
+        except ValueError as error:
+            return self.refuse(entry, repr(text),
+                               entry.kind.refusal.format(error=error))
+        if entry.kind is PATH:
+            value = os.path.join(self.base, value)
+        problem = entry.check(value) if entry.check else None
+        if problem:
+            # a number is shown as written, a text quoted
+            return self.refuse(entry, text if entry.kind in (WHOLE, NUMBER)
+                               else repr(text), problem)
         return value
 
-    def boolean(self, section, key, default=False):
-        text = self.text(section, key)
-        if text is None:
-            return default
-        if text.lower() in ('yes', 'true', 'on', '1'):
-            return True
-        if text.lower() not in ('no', 'false', 'off', '0'):
-            self.problems.append('[%s] %s = %r must be yes or no'
-                                 % (section, key, text))
-        return False
+    def missing(self, entry, text):
+        """Add the problem of a required key that is absent or empty."""
+        if self.parser.has_section(entry.section):
+            self.problems.append('[%s] %s is %s' % (
+                entry.section, entry.key, 'empty' if text == '' else 'missing'))
+        elif entry.kind is not SECRET:
+            # the keys before it said it: the password is no news
+            self.problems.append('[%s] section is missing (it needs %s)'
+                                 % (entry.section, entry.key))
 
-    def path(self, section, key, default=None):
-        value = self.text(section, key)
-        if value is None:
-            return default
-        return os.path.join(self.base, os.path.expanduser(value))
+    def refuse(self, entry, shown, problem):
+        """Add a problem of the key's value; return its default."""
+        self.problems.append('[%s] %s = %s %s' % (
+            entry.section, entry.key, shown, problem))
+        return entry.default
 
     def warn_unknown(self, path):
         for section in self.parser.sections():
@@ -784,150 +951,105 @@ def read_config(path, needs_engine=True, storage_limit=None):
         raise UsageError('config file %s is not a valid INI file: %s'
                          % (path, first_line)) from None
     warn_if_readable_by_others(path)
-    config = ConfigReader(parser, path)
-    config.warn_unknown(path)
-    problems = config.problems
-
-    server = config.text('connection', 'server', required=needs_engine)
-    user_name = config.text('connection', 'user_name', required=needs_engine)
-    password = parser.get('connection', 'password', fallback=None)
-    if needs_engine and parser.has_section('connection'):
-        if password is None:
-            problems.append('[connection] password is missing')
-        elif password == '':
-            problems.append('[connection] password is empty')
-    insecure = config.boolean('connection', 'insecure')
-    if server is not None:
-        server, problem = check_server_url(server, insecure)
-        if problem:
-            problems.append(problem)
-    ca_file = config.path('connection', 'ca_file')
-    if ca_file is not None and not insecure and needs_engine:
-        if not os.path.isfile(ca_file):
-            problems.append('[connection] ca_file %s does not exist' % ca_file)
-        elif not os.access(ca_file, os.R_OK):
-            problems.append('[connection] ca_file %s is not readable' % ca_file)
-
-    storage_timeout = config.number('lock', 'storage_timeout',
-                                    DEFAULT_STORAGE_TIMEOUT, float,
-                                    maximum=MAX_STORAGE_TIMEOUT)
-    if storage_limit is not None:
-        storage_timeout = min(storage_timeout, storage_limit)
-    shared = bounded(shared_storage_dir, storage_timeout,
-                     "gluster's shared storage %s" % SHARED_STORAGE)
-    lock_dir = config.path('lock', 'lock_dir')
-    status_dir = config.path('status', 'dir')
-    settings = Settings(
-        server=server, user_name=user_name, password=password or '',
-        ca_file=ca_file if not insecure else None, insecure=insecure,
-        timeout=config.number('connection', 'timeout', DEFAULT_REQUEST_TIMEOUT,
-                              int),
-        connections=config.number('connection', 'connections',
-                                  DEFAULT_CONNECTIONS, int,
-                                  maximum=MAX_CONNECTIONS),
-        logger_conf=config.path('logging', 'logger_conf'),
-        wait_timeout=config.number('snapshot', 'wait_timeout',
-                                   DEFAULT_WAIT_TIMEOUT, float,
-                                   maximum=MAX_MINUTES),
-        poll_interval=config.number('snapshot', 'poll_interval',
-                                    DEFAULT_POLL_INTERVAL, float),
-        require_quiesce=config.boolean('snapshot', 'require_quiesce'),
-        glusterfs=config.path('gluster', 'glusterfs', DEFAULT_GLUSTERFS),
-        gluster=config.path('gluster', 'gluster', DEFAULT_GLUSTER),
-        master_server=config.text('gluster', 'master_server',
-                                  DEFAULT_MASTER_SERVER),
-        mount_log=config.path('gluster', 'mount_log', DEFAULT_MOUNT_LOG),
-        storage_domain=config.text('gluster', 'storage_domain'),
-        mount_timeout=config.number('gluster', 'mount_timeout',
-                                    DEFAULT_MOUNT_TIMEOUT, int),
-        scheduler_grace=config.number('gluster', 'scheduler_grace',
-                                      DEFAULT_SCHEDULER_GRACE, int,
-                                      allow_zero=True),
-        presync=config.boolean('gluster', 'presync'),
-        presync_timeout=config.number('gluster', 'presync_timeout', None, int,
-                                      allow_zero=True),
-        qemu_img=config.text('verify', 'qemu_img', DEFAULT_QEMU_IMG),
-        cluster=config.text('event', 'cluster'),
-        lock_dir=lock_dir or (os.path.join(shared, 'vmbackup') if shared
-                              else FALLBACK_LOCK_DIR),
-        lock_is_shared=bool(shared) if lock_dir is None else needs_engine
-        and bounded(lambda: is_gluster_mount(lock_dir), storage_timeout,
-                    'the lock directory %s' % lock_dir),
-        storage_timeout=storage_timeout,
-        skip_within=config.number('lock', 'skip_within', DEFAULT_SKIP_WITHIN,
-                                  float, allow_zero=True, maximum=MAX_MINUTES),
-        status_dir=status_dir or (os.path.join(shared, 'vmbackup') if shared
-                                  else FALLBACK_STATUS_DIR),
-        textfile_dir=config.path('status', 'textfile_dir'),
-        ping_url=config.text('status', 'ping_url'),
-        ping_timeout=config.number('status', 'ping_timeout',
-                                   DEFAULT_PING_TIMEOUT, float),
-    )
-    read_restore_points(config, settings)
-    if settings.ping_url is not None:
-        url = split_url(settings.ping_url)
-        if url is None or url.scheme not in ('http', 'https') or not url.hostname:
-            problems.append('[status] ping_url = %r is not an http(s) URL'
-                            % settings.ping_url)
-    if settings.logger_conf is not None and not os.path.isfile(settings.logger_conf):
-        problems.append('[logging] logger_conf %s does not exist'
-                        % settings.logger_conf)
-    if needs_engine:
-        settings.schedule_georep = find_scheduler(
-            config.text('gluster', 'schedule_georep'), problems)
-        for key, package in (('glusterfs', 'glusterfs-fuse / glusterfs-client'),
-                             ('gluster', 'glusterfs-cli / glusterfs-cli')):
-            program = getattr(settings, key)
-            if not is_executable(program):
-                problems.append('[gluster] %s %s is not an executable file '
-                                '(install %s, or name it)'
-                                % (key, program, package))
-    # the lock directory must be there (for a run: the read-only modes take
-    # no lock); the status directories are made at its start when they are not
-    for label, directory, missing_is_fine in (
-            ('[lock] lock_dir', lock_dir if needs_engine else None, False),
-            ('[status] dir', status_dir, True),
-            ('[status] textfile_dir', settings.textfile_dir, True)):
-        if directory is not None:
-            problem = bounded(
-                lambda: directory_problem(directory, label, missing_is_fine),
-                storage_timeout, '%s %s' % (label, directory))
-            if problem:
-                problems.append('%s %s %s' % (label, directory, problem))
+    settings, problems = parse_config(parser, path, needs_engine, storage_limit)
+    problems += check_machine(settings, needs_engine)
     if problems:
         raise UsageError('config file %s: %s' % (path, '; '.join(problems)))
     return settings
 
 
-def read_restore_points(config, settings):
-    """Given the ConfigReader and the Settings, read [restore_points] into
-    the settings, adding every problem to config.problems."""
-    keep = config.number('restore_points', 'keep', 0, int, allow_zero=True)
-    if keep > RESTORE_POINT_KEEP_MAX:
-        config.problems.append('[restore_points] keep = %d must be at most %d '
-                               "(gluster's snap-max-hard-limit)"
-                               % (keep, RESTORE_POINT_KEEP_MAX))
-        keep = 0
-    settings.restore_keep = keep
-    for key, default in (('ssh', DEFAULT_RESTORE_SSH),
-                         ('gluster', DEFAULT_RESTORE_GLUSTER)):
-        text = config.text('restore_points', key, default)
-        try:
-            words = shlex.split(text)
-        except ValueError as error:
-            config.problems.append('[restore_points] %s = %r is not a command '
-                                   'line: %s' % (key, text, error))
-            continue
-        if not words:
-            config.problems.append('[restore_points] %s is empty' % key)
-            continue
-        setattr(settings, 'restore_' + key, words)
-    host = config.text('restore_points', 'host')
-    if host is not None and not SLAVE_NAME.match(host):
-        config.problems.append('[restore_points] host = %r is not HOST or '
-                               'user@HOST' % host)
-        host = None
-    settings.restore_host = host
+def parse_config(parser, path, needs_engine=True, storage_limit=None):
+    """Given the parsed config file and its path, return (Settings, the
+    problems found): every key of CONFIG_KEYS read and checked, looking at
+    nothing on this machine (check_machine does). Unknown sections and keys
+    are warnings."""
+    config = ConfigReader(parser, path, needs_engine)
+    config.warn_unknown(path)
+    settings = Settings(**{entry.attribute: config.value(entry)
+                           for entry in CONFIG_KEYS})
+    problems = config.problems
+    if settings.server is not None:
+        settings.server, problem = check_server_url(settings.server,
+                                                    settings.insecure)
+        if problem:
+            problems.append(problem)
+    if settings.insecure:
+        settings.ca_file = None
+    if storage_limit is not None:
+        settings.storage_timeout = min(settings.storage_timeout, storage_limit)
+    return settings, problems
+
+
+def check_machine(settings, needs_engine=True):
+    """Given the Settings parsed, fill in what this machine decides (where
+    the lock and the status file live, the scheduler's command line) and
+    return the problems of the files, programs and directories they name;
+    raise StorageFailed when shared storage or one of them does not answer
+    (or not in time). Without needs_engine, the files of a run are not
+    looked for."""
+    # only a directory the config names must be there: the defaults are
+    # made at the run's start
+    directories = (
+        ('[lock] lock_dir', settings.lock_dir if needs_engine else None, False),
+        ('[status] dir', settings.status_dir, True),
+        ('[status] textfile_dir', settings.textfile_dir, True))
+    place_lock_and_status(settings, needs_engine)
+    problems = file_problems(settings, needs_engine)
+    for label, directory, missing_is_fine in directories:
+        if directory is not None:
+            problem = bounded(
+                lambda: directory_problem(directory, label, missing_is_fine),
+                settings.storage_timeout, '%s %s' % (label, directory))
+            if problem:
+                problems.append('%s %s %s' % (label, directory, problem))
+    return problems
+
+
+def place_lock_and_status(settings, needs_engine):
+    """Given the Settings, set the lock and status directories the config
+    leaves out (on gluster's shared storage when it is mounted, else this
+    node's), and whether the lock is seen by every node."""
+    shared = bounded(shared_storage_dir, settings.storage_timeout,
+                     "gluster's shared storage %s" % SHARED_STORAGE)
+    on_shared = os.path.join(shared, 'vmbackup') if shared else None
+    if settings.lock_dir is None:
+        settings.lock_dir = on_shared or FALLBACK_LOCK_DIR
+        settings.lock_is_shared = bool(shared)
+    else:
+        lock_dir = settings.lock_dir
+        settings.lock_is_shared = needs_engine and bounded(
+            lambda: is_gluster_mount(lock_dir), settings.storage_timeout,
+            'the lock directory %s' % lock_dir)
+    if settings.status_dir is None:
+        settings.status_dir = on_shared or FALLBACK_STATUS_DIR
+
+
+def file_problems(settings, needs_engine):
+    """Given the Settings, return the problems of the files and programs
+    they name (the engine's CA, logging's config; for a run the scheduler,
+    whose command line it sets, and gluster's programs)."""
+    problems = []
+    if settings.ca_file is not None and needs_engine:
+        if not os.path.isfile(settings.ca_file):
+            problems.append('[connection] ca_file %s does not exist'
+                            % settings.ca_file)
+        elif not os.access(settings.ca_file, os.R_OK):
+            problems.append('[connection] ca_file %s is not readable'
+                            % settings.ca_file)
+    if settings.logger_conf is not None and not os.path.isfile(settings.logger_conf):
+        problems.append('[logging] logger_conf %s does not exist'
+                        % settings.logger_conf)
+    if not needs_engine:
+        settings.schedule_georep = None
+        return problems
+    settings.schedule_georep = find_scheduler(settings.schedule_georep, problems)
+    for key, package in (('glusterfs', 'glusterfs-fuse / glusterfs-client'),
+                         ('gluster', 'glusterfs-cli / glusterfs-cli')):
+        program = getattr(settings, key)
+        if not is_executable(program):
+            problems.append('[gluster] %s %s is not an executable file '
+                            '(install %s, or name it)' % (key, program, package))
+    return problems
 
 
 def shared_storage_dir():

@@ -5,8 +5,10 @@
 
 The page is made of what `vmbackup --help` prints: the parser's description
 (vmbackup.py's docstring, the manual), its usage line, and every argument
-with its help text, so the two cannot drift apart. Only FILES and SEE ALSO,
-which are about the installed package, are written here.
+with its help text, so the two cannot drift apart; and of vmbackup.py's
+table of config keys (CONFIG_KEYS, the README's table too) for
+CONFIGURATION. Only FILES and SEE ALSO, which are about the installed
+package, are written here.
 
 It imports vmbackup.py (default: the one beside this directory), which
 imports ovirtsdk4: run it with a Python that has the SDK.
@@ -42,15 +44,20 @@ SEE_ALSO = ('gluster(8), glusterfs(8), qemu-img(1), ssh(1), systemd.timer(5), '
             'cron(8)')
 
 
-def load_parser(source):
-    """Given the path of vmbackup.py, return its argparse parser, with the
-    program named as installed."""
+def load_module(source):
+    """Given the path of vmbackup.py, return it imported."""
     spec = importlib.util.spec_from_file_location('vmbackup', source)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_parser(module):
+    """Given vmbackup imported, return its argparse parser, with the
+    program named as installed."""
     parser = module.build_parser()
     parser.prog = PROG
-    return parser, getattr(module, 'VERSION', '')
+    return parser
 
 
 def escape(text):
@@ -133,8 +140,51 @@ def options_roff(parser):
     return out
 
 
-def manpage(parser, version):
-    """Given the parser and the version, return the whole page as roff."""
+CONFIG_INTRO = (
+    'The config file named by -c is INI, with the sections and keys below '
+    '(backup.cfg.example describes each at length). A key absent or empty '
+    "takes its default; a relative path is taken from the config file's "
+    'directory. Every bad value is named at once, one line for all, as '
+    '[section] key, before anything is contacted (exit 2); an unknown '
+    'section or key is a warning.')
+
+
+def marked(text):
+    """Given a line of the README's table (markdown), return it as roff:
+    escaped, `code` in bold."""
+    return re.sub(r'`([^`]*)`', r'\\fB\1\\fR', escape(text))
+
+
+def key_roff(entry):
+    """Given an entry of vmbackup's CONFIG_KEYS, return its paragraph: the
+    key, what it means, its kind, range and default."""
+    kind = entry.kind.name
+    rule = getattr(entry.check, 'rule', None)
+    if rule:
+        kind += ', ' + rule
+    default = 'required' if entry.required else 'default: ' + entry.shown
+    body = (entry.meaning[:1].upper() + entry.meaning[1:] + '. '
+            if entry.meaning else '')
+    body += '%s%s; %s.' % (kind[:1].upper(), kind[1:], default)
+    return ['.TP', '.B %s' % escape(entry.key), marked(body)]
+
+
+def config_roff(keys):
+    """Given vmbackup's CONFIG_KEYS, return the CONFIGURATION section: one
+    subsection per config section, a tagged paragraph per key."""
+    out = ['.SH CONFIGURATION', '.PP', escape(CONFIG_INTRO)]
+    section = None
+    for entry in keys:
+        if entry.section != section:
+            section = entry.section
+            out.append('.SS [%s]' % escape(section))
+        out += key_roff(entry)
+    return out
+
+
+def manpage(parser, version, keys=()):
+    """Given the parser, the version and vmbackup's CONFIG_KEYS, return the
+    whole page as roff."""
     description = parser.description or ''
     summary = paragraphs(description)[0] if description.strip() else ['']
     summary = ' '.join(line.strip() for line in summary).rstrip('.')
@@ -153,6 +203,8 @@ def manpage(parser, version):
            '.SH DESCRIPTION']
     out += description_roff(description)
     out += options_roff(parser)
+    if keys:
+        out += config_roff(keys)
     if parser.epilog:
         out += description_roff(parser.epilog)
     out.append('.SH FILES')
@@ -165,8 +217,9 @@ def manpage(parser, version):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     source = argv[0] if argv else DEFAULT_SOURCE
-    parser, version = load_parser(source)
-    sys.stdout.write(manpage(parser, version))
+    module = load_module(source)
+    sys.stdout.write(manpage(load_parser(module), getattr(module, 'VERSION', ''),
+                             getattr(module, 'CONFIG_KEYS', ())))
     return 0
 
 

@@ -18,6 +18,7 @@ DIST = ROOT / 'dist'
 sys.path.insert(0, str(DIST))
 
 import manpage  # noqa: E402
+import vmbackup  # noqa: E402
 
 
 def source_version():
@@ -133,6 +134,20 @@ def test_the_man_page_check_notices_an_argument_left_out(
     assert cut != man_roff
     shown, _ = render(cut, tmp_path)
     assert missing_from_man(shown, help_text) == ['--exclude NAME']
+
+
+def test_the_man_page_shows_every_config_key_under_its_section(man_roff, tmp_path):
+    shown, errors = render(man_roff, tmp_path)
+    assert errors == ''
+    configuration = shown.split('\nCONFIGURATION\n')[1].split('\nFILES\n')[0]
+    tags = {}                   # section -> the keys tagged under it
+    for line in configuration.splitlines():
+        header = re.match(r'^   \[(\w+)\]$', line)
+        if header:
+            section = tags.setdefault(header.group(1), set())
+        elif re.match(r'^       \S', line) and tags:
+            section.add(line.split()[0])
+    assert tags == vmbackup.KNOWN_KEYS
 
 
 def test_roff_escaping_keeps_options_and_leading_dots_literal():

@@ -1,26 +1,43 @@
-"""The prose kept true to the code: every config key in the README's table
-and in backup.cfg.example, and the README's step list word for word the
-docstring's (which is --help and the man page)."""
+"""The prose kept true to the code: the README's table of config keys row
+by row vmbackup's CONFIG_KEYS, every key in backup.cfg.example, and the
+README's step list word for word the docstring's (which is --help and the
+man page)."""
 import ast
 import pathlib
 import re
 
+import vmbackup
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def known_keys(source):
-    """Given vmbackup.py's text, return KNOWN_KEYS as {section: set of keys},
-    read from the source without importing it."""
-    for node in ast.parse(source).body:
-        if (isinstance(node, ast.Assign)
-                and any(getattr(t, 'id', None) == 'KNOWN_KEYS' for t in node.targets)):
-            return ast.literal_eval(node.value)
-    raise AssertionError('KNOWN_KEYS not found in vmbackup.py')
+def known_keys():
+    """Return vmbackup's config keys as (section, key) pairs, in its order."""
+    return [(entry.section, entry.key) for entry in vmbackup.CONFIG_KEYS]
+
+
+def table_rows():
+    """Return the rows the README's table of keys must have: (section, key,
+    meaning, default) of each entry of CONFIG_KEYS, in its order."""
+    return [(entry.section, entry.key, entry.meaning, entry.shown)
+            for entry in vmbackup.CONFIG_KEYS]
+
+
+def readme_table(readme):
+    """Given the README, return the rows of its table of config keys as
+    (section, key, meaning, default)."""
+    rows = []
+    for line in readme.splitlines():
+        if re.match(r'^\| \w+ \| `\w+` \|', line):
+            section, key, meaning, default = [
+                cell.strip() for cell in line.strip().strip('|').split('|')]
+            rows.append((section, key.strip('`'), meaning, default))
+    return rows
 
 
 def readme_table_keys(readme):
     """Given the README, return the (section, key) pairs of its config table."""
-    return set(re.findall(r'^\| (\w+) \| `(\w+)` \|', readme, re.M))
+    return {row[:2] for row in readme_table(readme)}
 
 
 def example_keys(example):
@@ -39,8 +56,7 @@ def example_keys(example):
 
 
 def missing_keys(keys, documented):
-    return sorted((section, key) for section, names in keys.items()
-                  for key in names if (section, key) not in documented)
+    return sorted(pair for pair in keys if pair not in documented)
 
 
 def normalise(text):
@@ -81,21 +97,29 @@ README = (ROOT / 'README.md').read_text()
 EXAMPLE = (ROOT / 'backup.cfg.example').read_text()
 
 
-def test_every_config_key_is_in_the_readme_table():
-    assert missing_keys(known_keys(SOURCE), readme_table_keys(README)) == []
+def test_the_readme_table_of_keys_is_vmbackups_row_by_row():
+    assert readme_table(README) == table_rows()
 
 
 def test_every_config_key_is_in_backup_cfg_example():
-    assert missing_keys(known_keys(SOURCE), example_keys(EXAMPLE)) == []
+    assert missing_keys(known_keys(), example_keys(EXAMPLE)) == []
 
 
 def test_the_key_checks_notice_a_key_left_out():
     cut = re.sub(r'^\| lock \| `skip_within` \|.*\n', '', README, flags=re.M)
-    assert missing_keys(known_keys(SOURCE), readme_table_keys(cut)) == [
+    assert missing_keys(known_keys(), readme_table_keys(cut)) == [
         ('lock', 'skip_within')]
     cut = re.sub(r'^#?skip_within = .*\n', '', EXAMPLE, flags=re.M)
-    assert missing_keys(known_keys(SOURCE), example_keys(cut)) == [
+    assert missing_keys(known_keys(), example_keys(cut)) == [
         ('lock', 'skip_within')]
+
+
+def test_the_table_check_notices_a_changed_default():
+    changed = README.replace('| seconds for one API request | 300 |',
+                             '| seconds for one API request | 30 |', 1)
+    assert changed != README
+    (difference,) = set(readme_table(changed)) - set(table_rows())
+    assert difference == ('connection', 'timeout', 'seconds for one API request', '30')
 
 
 def test_the_readme_lists_the_docstrings_ten_steps_word_for_word():
