@@ -344,8 +344,7 @@ class Record:
             if name not in self.HIDDEN))
 
 
-# The config file: one table -------------------------------------------------
-# Each key of the config file is one entry of CONFIG_KEYS: (section, key,
+# The config file as one table. Each key of it is one entry of CONFIG_KEYS: (section, key,
 # kind, default, check). From it come the keys known (KNOWN_KEYS), Settings'
 # defaults, the reading and its checks (ConfigReader), the README's table
 # (tests/unit/test_docs.py checks it row by row) and the man page's
@@ -397,12 +396,14 @@ class Within:
 
 
 def is_host(text):
-    """The check of [restore_points] host."""
+    """The check of [restore_points] host: given its text, return what is
+    wrong with it, or None."""
     return None if SLAVE_NAME.match(text) else 'is not HOST or user@HOST'
 
 
 def is_http_url(text):
-    """The check of [status] ping_url."""
+    """The check of [status] ping_url: given its text, return what is wrong
+    with it, or None."""
     url = split_url(text)
     if url is None or url.scheme not in ('http', 'https') or not url.hostname:
         return 'is not an http(s) URL'
@@ -438,105 +439,110 @@ def default_text(default):
 
 
 CONFIG_KEYS = (
-    config_key('connection', 'server', TEXT, required=True, meaning=(
-        'engine API URL, `https://ENGINE/ovirt-engine/api`')),
-    config_key('connection', 'user_name', TEXT, required=True,
-               meaning='e.g. `admin@internal`'),
-    config_key('connection', 'password', SECRET, '', required=True),
-    config_key('connection', 'ca_file', PATH, meaning=(
-        'engine CA certificate (PEM)'), shown='system store'),
-    config_key('connection', 'insecure', YES_NO, False, meaning=(
-        '`yes` skips TLS verification (and allows `http://`)')),
-    config_key('connection', 'timeout', WHOLE, DEFAULT_REQUEST_TIMEOUT,
-               Within(), 'seconds for one API request'),
+    # section, key, kind, default, check; what it means, for the README and
+    # the man page
+    config_key('connection', 'server', TEXT, None, None,
+               'engine API URL, `https://ENGINE/ovirt-engine/api`',
+               required=True),
+    config_key('connection', 'user_name', TEXT, None, None,
+               'e.g. `admin@internal`', required=True),
+    config_key('connection', 'password', SECRET, '', None, '', required=True),
+    config_key('connection', 'ca_file', PATH, None, None,
+               'engine CA certificate (PEM)', shown='system store'),
+    config_key('connection', 'insecure', YES_NO, False, None,
+               '`yes` skips TLS verification (and allows `http://`)'),
+    config_key('connection', 'timeout', WHOLE, DEFAULT_REQUEST_TIMEOUT, Within(),
+               'seconds for one API request'),
     config_key('connection', 'connections', WHOLE, DEFAULT_CONNECTIONS,
                Within(MAX_CONNECTIONS), 'API requests in flight at once'),
-    config_key('logging', 'logger_conf', PATH, meaning=(
-        'a `logging.config.fileConfig` file (see `logging.conf.example`); '
-        'errors reach stderr too'), shown='log to stderr'),
+    config_key('logging', 'logger_conf', PATH, None, None,
+               'a `logging.config.fileConfig` file (see '
+               '`logging.conf.example`); errors reach stderr too',
+               shown='log to stderr'),
     config_key('snapshot', 'wait_timeout', NUMBER, DEFAULT_WAIT_TIMEOUT,
-               Within(MAX_MINUTES), (
-                   'minutes to wait for the snapshots to be created, and again '
-                   "to be removed (and for the engine's word on the OVF store)")),
+               Within(MAX_MINUTES),
+               'minutes to wait for the snapshots to be created, and again to '
+               "be removed (and for the engine's word on the OVF store)"),
     config_key('snapshot', 'poll_interval', NUMBER, DEFAULT_POLL_INTERVAL,
-               Within(), ('seconds between status checks, at most (they '
-                          'start at 0.25 s and back off)')),
-    config_key('snapshot', 'require_quiesce', YES_NO, False, meaning=(
-        '`yes`: a VM whose guest was not frozen fails the run (as '
-        '`--require-quiesce`)')),
-    config_key('gluster', 'schedule_georep', TEXT, meaning=(
-        'the scheduler command line, split like a shell'), shown=(
-        '`schedule_georep.py` where the distribution installs it, run with '
-        '`/usr/bin/python3`')),
+               Within(), 'seconds between status checks, at most (they start '
+               'at 0.25 s and back off)'),
+    config_key('snapshot', 'require_quiesce', YES_NO, False, None,
+               '`yes`: a VM whose guest was not frozen fails the run (as '
+               '`--require-quiesce`)'),
+    # a command line: find_scheduler splits it, or finds one
+    config_key('gluster', 'schedule_georep', TEXT, None, None,
+               'the scheduler command line, split like a shell',
+               shown='`schedule_georep.py` where the distribution installs '
+               'it, run with `/usr/bin/python3`'),
     config_key('gluster', 'scheduler_grace', WHOLE, DEFAULT_SCHEDULER_GRACE,
-               Within(zero=True), (
-                   'seconds the scheduler may run past `-t` before it is stopped '
-                   '(SIGTERM, then SIGKILL 10 seconds later)')),
-    config_key('gluster', 'presync', YES_NO, False, meaning=(
-        '`yes`: run the scheduler once more before the OVF store and the '
-        'snapshots, to shorten the snapshot window (see below)')),
+               Within(zero=True), 'seconds the scheduler may run past `-t` '
+               'before it is stopped (SIGTERM, then SIGKILL 10 seconds later)'),
+    config_key('gluster', 'presync', YES_NO, False, None,
+               '`yes`: run the scheduler once more before the OVF store and '
+               'the snapshots, to shorten the snapshot window (see below)'),
     # None: the same as -t
-    config_key('gluster', 'presync_timeout', WHOLE, None, Within(zero=True), (
-        'minutes the pre-sync may take (its `--timeout`); past it the run '
-        'goes on, with a warning; 0: for ever'), shown='`-t`'),
-    config_key('gluster', 'gluster', PATH, DEFAULT_GLUSTER, meaning=(
-        "gluster's CLI, for the check of the geo-replication session")),
-    config_key('gluster', 'glusterfs', PATH, DEFAULT_GLUSTERFS, meaning=(
-        'the FUSE client that mounts the volumes')),
-    config_key('gluster', 'master_server', TEXT, DEFAULT_MASTER_SERVER,
-               meaning='host the master volume is mounted from, read-only'),
+    config_key('gluster', 'presync_timeout', WHOLE, None, Within(zero=True),
+               'minutes the pre-sync may take (its `--timeout`); past it the '
+               'run goes on, with a warning; 0: for ever', shown='`-t`'),
+    config_key('gluster', 'gluster', PATH, DEFAULT_GLUSTER, None,
+               "gluster's CLI, for the check of the geo-replication session"),
+    config_key('gluster', 'glusterfs', PATH, DEFAULT_GLUSTERFS, None,
+               'the FUSE client that mounts the volumes'),
+    config_key('gluster', 'master_server', TEXT, DEFAULT_MASTER_SERVER, None,
+               'host the master volume is mounted from, read-only'),
     config_key('gluster', 'mount_timeout', WHOLE, DEFAULT_MOUNT_TIMEOUT,
                Within(), 'seconds a mount may take before it is stopped'),
-    config_key('gluster', 'mount_log', PATH, DEFAULT_MOUNT_LOG,
-               meaning="the FUSE client's log file"),
-    config_key('gluster', 'storage_domain', TEXT, meaning=(
-        'the storage domain on MASTERVOL, when its path does not name the '
-        'volume'), shown='found'),
-    config_key('verify', 'qemu_img', TEXT, DEFAULT_QEMU_IMG, meaning=(
-        'the `qemu-img` that checks the copy'), shown='`qemu-img` on PATH'),
-    config_key('event', 'cluster', TEXT, meaning=(
-        'cluster the event is attached to (sent by id)')),
-    # None: on shared storage when it is mounted (check_machine)
-    config_key('lock', 'lock_dir', PATH, meaning=(
-        'where `vmbackup-MASTERVOL.lock` lives'), shown=(
-        '`/run/gluster/shared_storage/vmbackup` when shared storage is '
-        "mounted, else `/run/lock/vmbackup` (root's, 0700)")),
+    config_key('gluster', 'mount_log', PATH, DEFAULT_MOUNT_LOG, None,
+               "the FUSE client's log file"),
+    config_key('gluster', 'storage_domain', TEXT, None, None,
+               'the storage domain on MASTERVOL, when its path does not name '
+               'the volume', shown='found'),
+    config_key('verify', 'qemu_img', TEXT, DEFAULT_QEMU_IMG, None,
+               'the `qemu-img` that checks the copy', shown='`qemu-img` on PATH'),
+    config_key('event', 'cluster', TEXT, None, None,
+               'cluster the event is attached to (sent by id)'),
+    # None: on shared storage when it is mounted (place_lock_and_status)
+    config_key('lock', 'lock_dir', PATH, None, None,
+               'where `vmbackup-MASTERVOL.lock` lives',
+               shown='`/run/gluster/shared_storage/vmbackup` when shared '
+               "storage is mounted, else `/run/lock/vmbackup` (root's, 0700)"),
     config_key('lock', 'skip_within', NUMBER, DEFAULT_SKIP_WITHIN,
-               Within(MAX_MINUTES, zero=True), (
-                   'minutes after a full successful backup of a session during '
-                   'which a later full run of it exits 3; 0: never')),
+               Within(MAX_MINUTES, zero=True),
+               'minutes after a full successful backup of a session during '
+               'which a later full run of it exits 3; 0: never'),
     config_key('lock', 'storage_timeout', NUMBER, DEFAULT_STORAGE_TIMEOUT,
-               Within(MAX_STORAGE_TIMEOUT), (
-                   'seconds one access to shared storage, the lock or the status '
-                   'directory may take (a hung mount): then one line, exit 1 '
-                   '(`--check`: UNKNOWN, within 4 s)')),
-    config_key('status', 'dir', PATH, attribute='status_dir', meaning=(
-        'where the status file `MASTERVOL.json` is written (made, 0755, when '
-        'missing)'), shown=(
-        '`/run/gluster/shared_storage/vmbackup` when mounted, else '
-        '`/var/lib/vmbackup`')),
-    config_key('status', 'textfile_dir', PATH, meaning=(
-        'node_exporter textfile directory for the metrics (made, 0755, when '
-        'missing)')),
+               Within(MAX_STORAGE_TIMEOUT),
+               'seconds one access to shared storage, the lock or the status '
+               'directory may take (a hung mount): then one line, exit 1 '
+               '(`--check`: UNKNOWN, within 4 s)'),
+    # None: as lock_dir, else /var/lib/vmbackup (place_lock_and_status)
+    config_key('status', 'dir', PATH, None, None,
+               'where the status file `MASTERVOL.json` is written (made, 0755, '
+               'when missing)', attribute='status_dir',
+               shown='`/run/gluster/shared_storage/vmbackup` when mounted, '
+               'else `/var/lib/vmbackup`'),
+    config_key('status', 'textfile_dir', PATH, None, None,
+               'node_exporter textfile directory for the metrics (made, 0755, '
+               'when missing)'),
     config_key('status', 'ping_url', TEXT, None, is_http_url,
                'Healthchecks-style URL pinged at start and end'),
-    config_key('status', 'ping_timeout', NUMBER, DEFAULT_PING_TIMEOUT,
-               Within(), 'seconds one ping may take'),
+    config_key('status', 'ping_timeout', NUMBER, DEFAULT_PING_TIMEOUT, Within(),
+               'seconds one ping may take'),
     config_key('restore_points', 'keep', WHOLE, 0, Within(
         RESTORE_POINT_KEEP_MAX, zero=True, why=" (gluster's snap-max-hard-limit)"),
-        ("restore points (gluster snapshots of SLAVEVOL) of ours to keep, newest "
-         "by gluster's creation time; 0: none taken; at most 256"),
+        'restore points (gluster snapshots of SLAVEVOL) of ours to keep, newest '
+        "by gluster's creation time; 0: none taken; at most 256",
         attribute='restore_keep'),
     config_key('restore_points', 'ssh', COMMAND, shlex.split(DEFAULT_RESTORE_SSH),
-               meaning=('the command that reaches a slave node, split like a '
-                        "shell; the host and gluster's command line follow it"),
+               None, 'the command that reaches a slave node, split like a '
+               "shell; the host and gluster's command line follow it",
                attribute='restore_ssh'),
-    config_key('restore_points', 'host', TEXT, None, is_host, (
-        "the slave node where gluster's CLI runs, `HOST` or `user@HOST` "
-        "(root's: gluster's snapshots need it)"), shown='SLAVE, with its user',
-        attribute='restore_host'),
+    config_key('restore_points', 'host', TEXT, None, is_host,
+               "the slave node where gluster's CLI runs, `HOST` or `user@HOST` "
+               "(root's: gluster's snapshots need it)",
+               attribute='restore_host', shown='SLAVE, with its user'),
     config_key('restore_points', 'gluster', COMMAND, [DEFAULT_RESTORE_GLUSTER],
-               meaning="gluster's CLI on that node, split like a shell",
+               None, "gluster's CLI on that node, split like a shell",
                attribute='restore_gluster'),
 )
 
