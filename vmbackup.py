@@ -344,12 +344,13 @@ class Record:
             if name not in self.HIDDEN))
 
 
-# The config file as one table. Each key of it is one entry of CONFIG_KEYS: (section, key,
-# kind, default, check). From it come the keys known (KNOWN_KEYS), Settings'
-# defaults, the reading and its checks (ConfigReader), the README's table
-# (tests/unit/test_docs.py checks it row by row) and the man page's
-# CONFIGURATION (dist/manpage.py). A new key is an entry here, its row in
-# the README's table and its lines in backup.cfg.example.
+# The config file as one table: each key is one entry of CONFIG_KEYS,
+# (section, key, kind, default, check). From it come the keys known
+# (KNOWN_KEYS), Settings' defaults, the reading and its checks
+# (ConfigReader), the README's table (tests/unit/test_docs.py checks it row
+# by row) and the man page's CONFIGURATION (dist/manpage.py). A new key is
+# an entry here, its row in the README's table and its lines in
+# backup.cfg.example.
 
 # a kind of value: its name (for the man page), how a text becomes one
 # (raising ValueError) and what is said of a text that does not
