@@ -368,7 +368,7 @@ def yes_or_no(text):
 
 TEXT = Kind('text', str, None)
 SECRET = Kind('text, never logged', str, None)
-PATH = Kind('path, relative to the config file', os.path.expanduser, None)
+PATH = Kind('path', os.path.expanduser, None)   # from the file's directory
 WHOLE = Kind('whole number', int, 'is not a whole number')
 NUMBER = Kind('number', float, 'is not a number')
 YES_NO = Kind('yes or no', yes_or_no, 'must be yes or no')
