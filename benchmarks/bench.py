@@ -85,8 +85,8 @@ sys.path.insert(0, str(REPO))
 import trustme  # noqa: E402
 
 import vmbackup  # noqa: E402
-from conftest import PASSWORD, USER, Site, mounts_under  # noqa: E402
-from fake_engine import FakeEngine, _logged_path  # noqa: E402
+from support.fake_engine import FakeEngine, _logged_path  # noqa: E402
+from support.site import PASSWORD, USER, Site, mounts_under  # noqa: E402
 
 INSTANT_SCHEDULER = HERE / 'instant_schedule_georep'
 TARGET_RATIO = 1.25                         # wall / floor

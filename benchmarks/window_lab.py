@@ -46,11 +46,10 @@ import time
 import trustme
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'tests' / 'gluster'))
-sys.path.insert(0, str(ROOT / 'tests'))
+sys.path.insert(0, str(ROOT / 'tests'))            # support
 
-import georep  # noqa: E402
-from fake_engine import FakeEngine  # noqa: E402
+from support import georep  # noqa: E402
+from support.fake_engine import FakeEngine  # noqa: E402
 
 VMBACKUP = ROOT / 'vmbackup.py'
 USER = 'admin@internal'

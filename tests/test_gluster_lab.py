@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'gluster'))
 
-import georep  # noqa: E402
+from support import georep  # noqa: E402
 
 IDLE = {1: (0, 'S', '/sbin/init'), 40: (1, 'S', '/usr/sbin/sshd -D')}
 
