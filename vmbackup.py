@@ -986,6 +986,15 @@ def bounded(function, seconds, what):
     the thread in the kernel, where no timeout or signal of ours reaches
     it: the thread is left behind, named 'storage: ...', and main() ends
     the process without waiting for it (exit_now)."""
+    return in_thread(function, seconds, 'storage: %s' % what, lambda: Hung(
+        'no answer from %s within %g seconds ([lock] storage_timeout): is its '
+        'mount hung?' % (what, seconds)))
+
+
+def in_thread(function, seconds, name, late):
+    """Given a function, return what it returns (or raise what it raises),
+    called in a daemon thread named name; raise late() when it has not
+    returned after seconds (the thread is left behind)."""
     outcome = {}
 
     def target():
@@ -994,13 +1003,11 @@ def bounded(function, seconds, what):
         except BaseException as error:   # handed over to the caller
             outcome['error'] = error
 
-    thread = threading.Thread(target=target, name='storage: %s' % what,
-                              daemon=True)
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise Hung('no answer from %s within %g seconds ([lock] '
-                   'storage_timeout): is its mount hung?' % (what, seconds))
+        raise late()
     if 'error' in outcome:
         raise outcome['error']
     return outcome.get('value')
@@ -1260,7 +1267,7 @@ def take_lock(run):
         finally:
             record['ended'] = time.time()
             record['exit'] = run.exit_status
-            if run.exit_status == EXIT_OK and not run.args.dry_run and full:
+            if run.exit_status == EXIT_OK and full:
                 record['sessions'][session] = {'last_success': record['ended'],
                                                'node': record['node']}
             try:
@@ -1347,7 +1354,7 @@ def describe_holder(record):
     if record.get('node'):
         text += ' on %s' % record['node']
     if is_time(record.get('started')):
-        text += ', since %s' % format_time(record['started'])
+        text += ', since %s' % local_time(record['started'])
     return text
 
 
@@ -1390,20 +1397,7 @@ def recently_backed_up(record, session, skip_within, now):
     age = now - last['last_success']
     if not 0 <= age < skip_within * 60:
         return None
-    return '%s ago by %s' % (format_duration(age), last['node'] or 'a node')
-
-
-def format_time(epoch):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(epoch))
-
-
-def format_duration(seconds):
-    """Given seconds, say them as a person would: 45 s, 12 min, 3.5 h."""
-    if seconds < 90:
-        return '%d s' % round(seconds)
-    if seconds < 90 * 60:
-        return '%d min' % round(seconds / 60)
-    return '%.1f h' % (seconds / 3600)
+    return '%s ago by %s' % (human_duration(age), last['node'] or 'a node')
 
 
 # Step 3: the engine ------------------------------------------------------------
@@ -1529,25 +1523,11 @@ class Timeout(sdk.Error if sdk else Exception):
 def with_deadline(function, seconds, what):
     """Call function in a thread and return its result; raise Timeout when
     it has not returned after `seconds` (the thread is left behind)."""
-    outcome = {}
-
-    def target():
-        try:
-            outcome['value'] = function()
-        except BaseException as error:   # handed over to the caller
-            outcome['error'] = error
-
-    thread = threading.Thread(target=target, name=what, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise Timeout('no answer after %d seconds while %s' % (seconds, what))
-    error = outcome.get('error')
-    if isinstance(error, pycurl.error):
+    try:
+        return in_thread(function, seconds, what, lambda: Timeout(
+            'no answer after %d seconds while %s' % (seconds, what)))
+    except pycurl.error as error:
         raise sdk.Error(one_line(error)) from error
-    if error is not None:
-        raise error
-    return outcome.get('value')
 
 
 def one_line(error):
@@ -2210,11 +2190,11 @@ def check_stale_snapshots(run, plan, vms):
                     'cluster-wide lock, or remove the snapshot when no run is '
                     'live)' % (backup.name, description,
                                'of unknown age' if age is None else
-                               'taken %s ago' % format_duration(age),
+                               'taken %s ago' % human_duration(age),
                                run.settings.lock_dir))
             log.warning('VM %s: snapshot %s is %s old, older than a run can '
                         'take: left by an earlier run', backup.name,
-                        snapshot_id, format_duration(age))
+                        snapshot_id, human_duration(age))
 
 
 def snapshot_age(date, now):
@@ -4265,17 +4245,14 @@ class Verifier:
         self.template_disks = 0
 
     def summary(self):
-        text = '%d disk%s of %d VM%s' % (
-            self.disks_ok - self.template_disks, '' if self.disks_ok - self.template_disks == 1
-            else 's', len(self.vms), '' if len(self.vms) == 1 else 's')
+        text = '%s of %s' % (count_phrase(self.disks_ok - self.template_disks, 'disk'),
+                             count_phrase(len(self.vms), 'VM'))
         if self.templates:
-            text += ' and %d disk%s of %d template%s' % (
-                self.template_disks, '' if self.template_disks == 1 else 's',
-                len(self.templates), '' if len(self.templates) == 1 else 's')
+            text += ' and %s of %s' % (count_phrase(self.template_disks, 'disk'),
+                                       count_phrase(len(self.templates), 'template'))
         text += ' verified restorable'
         if self.disks_failed:
-            text += ', %d disk%s failed verification' % (
-                self.disks_failed, '' if self.disks_failed == 1 else 's')
+            text += ', %s failed verification' % count_phrase(self.disks_failed, 'disk')
         return text
 
     def fail(self, what, check, detail):
@@ -5768,54 +5745,51 @@ def metric_labels(labels):
         for name, value in labels)
 
 
-# name, help; all gauges: each describes the last run and is replaced by the
-# next one (a counter would have to be kept across runs and nodes)
+# name, help, and where its value is in the status document ('KEY',
+# 'TABLE.KEY': 0 when absent, '#KEY': the length of the list); all gauges:
+# each describes the last run and is replaced by the next one (a counter
+# would have to be kept across runs and nodes)
 METRICS = (
     ('last_run_timestamp_seconds', 'When the last run of vmbackup for the '
-     'volume ended, in Unix time'),
+     'volume ended, in Unix time', 'ended_at'),
     ('last_success_timestamp_seconds', 'When the last successful run ended, '
-     'in Unix time; 0 when none is known'),
-    ('last_run_duration_seconds', 'How long the last run took'),
+     'in Unix time; 0 when none is known', 'last_success.ended_at'),
+    ('last_run_duration_seconds', 'How long the last run took', 'duration_seconds'),
     ('last_run_exit_status', 'Exit status of the last run: 0 backed up, 1 '
-     'failed'),
-    ('last_run_failures', 'Problems the last run reported'),
-    ('last_run_vms', 'VMs the last run chose to back up'),
-    ('last_run_vms_backed_up', 'VMs whose every disk the last run backed up'),
-    ('last_run_disks', 'Disks the last run chose to back up'),
+     'failed', 'exit_status'),
+    ('last_run_failures', 'Problems the last run reported', '#failures'),
+    ('last_run_vms', 'VMs the last run chose to back up', 'totals.vms'),
+    ('last_run_vms_backed_up', 'VMs whose every disk the last run backed up',
+     'totals.vms_backed_up'),
+    ('last_run_disks', 'Disks the last run chose to back up', 'totals.disks'),
     ('last_run_disks_backed_up', 'Disks confirmed at the remote site and made '
-     'restorable by the last run'),
+     'restorable by the last run', 'totals.disks_backed_up'),
     ('last_run_disks_verified', 'Disks backed up and verified by the last '
-     'run'),
+     'run', 'totals.disks_verified'),
     ('last_run_backed_up_bytes', 'Size of the base volumes the last run '
-     'backed up'),
+     'backed up', 'totals.bytes_backed_up'),
     ('last_run_verified_bytes', 'Size of the base volumes the last run '
-     'backed up and verified'),
+     'backed up and verified', 'totals.bytes_verified'),
     ('last_run_snapshots_left', 'Snapshots of the last run it could not '
-     'remove'),
+     'remove', 'totals.snapshots_left'),
 )
+
+
+def metric_value(document, source):
+    """Given a status document and where a metric's value is in it (see
+    METRICS), return the value."""
+    if source.startswith('#'):
+        return len(document[source[1:]])
+    table, dot, key = source.rpartition('.')
+    if not dot:
+        return document[key]
+    return (document.get(table) or {}).get(key, 0)
 
 
 def metrics_text(document):
     """Given a status document, return the Prometheus text exposition of its
     metrics for node_exporter's textfile collector, labelled by volume."""
     volume = (('volume', document['volume']),)
-    totals = document.get('totals', {})
-    last = document.get('last_success') or {}
-    values = {
-        'last_run_timestamp_seconds': document['ended_at'],
-        'last_success_timestamp_seconds': last.get('ended_at', 0),
-        'last_run_duration_seconds': document['duration_seconds'],
-        'last_run_exit_status': document['exit_status'],
-        'last_run_failures': len(document['failures']),
-        'last_run_vms': totals.get('vms', 0),
-        'last_run_vms_backed_up': totals.get('vms_backed_up', 0),
-        'last_run_disks': totals.get('disks', 0),
-        'last_run_disks_backed_up': totals.get('disks_backed_up', 0),
-        'last_run_disks_verified': totals.get('disks_verified', 0),
-        'last_run_backed_up_bytes': totals.get('bytes_backed_up', 0),
-        'last_run_verified_bytes': totals.get('bytes_verified', 0),
-        'last_run_snapshots_left': totals.get('snapshots_left', 0),
-    }
     lines = []
 
     def gauge(name, help_text, samples):
@@ -5825,8 +5799,8 @@ def metrics_text(document):
             lines.append('vmbackup_%s%s %s' % (name, metric_labels(labels),
                                                repr(float(value))))
 
-    for name, help_text in METRICS:
-        gauge(name, help_text, [(volume, values[name])])
+    for name, help_text, source in METRICS:
+        gauge(name, help_text, [(volume, metric_value(document, source))])
     window = document.get('snapshot_window') or {}
     gauge('snapshot_window_seconds', 'How long the VMs of the last run ran '
           'on overlays: from its first snapshot ok to its first removal sent',
