@@ -84,10 +84,12 @@ def test_a_disk_copied_whole_with_its_snapshot_in_place_is_confirmed(monkeypatch
 def test_a_vm_without_a_snapshot_of_this_run_has_its_disks_not_confirmed(monkeypatch,
                                                                          roots):
     disk = DiskRecord(disk_id=new_id())
-    backup = VmBackup(vm_id=new_id(), name='web', disks=[disk])
+    known = DiskRecord(disk_id=new_id(), problem='shareable: not backed up')
+    backup = VmBackup(vm_id=new_id(), name='web', disks=[disk, known])
     run = make_run([backup], [])
     assert confirm(monkeypatch, run, roots, {}) == []
     assert disk.confirmed is False and disk.problem == 'no snapshot of this run'
+    assert known.confirmed is False and known.problem == 'shareable: not backed up'
     assert run.failures == []
 
 

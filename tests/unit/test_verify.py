@@ -45,7 +45,8 @@ def ovf(name, files=(), active=(), snapshots=(), template=False):
         '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/">'
         '<References>%s</References>'
         '<Section><Disk ovf:diskId="x"/>%s</Section>'
-        '<Content><Name>%s</Name>%s<Section>%s</Section></Content>'
+        '<Content><Name>%s</Name>%s<Section>%s</Section>'
+        '<Section><Item><Name>a disk</Name></Item></Section></Content>'
         '</ovf:Envelope>' % (
             ''.join('<File ovf:href="%s" ovf:id="x"/>' % href for href in files),
             ''.join('<Disk ovf:fileRef="%s" ovf:vm_snapshot_id="%s"/>'
