@@ -105,15 +105,16 @@ def test_an_old_snapshot_of_this_volume_is_removed_with_a_warning(tmp_path, capl
 
 
 @pytest.mark.parametrize('snap, why', [
-    (snapshot('young', age=600), "VM web has a snapshot %r taken 10 min ago: a run on "
-                                 "another node may own it" % OURS),
-    (snapshot('undated'), "VM web has a snapshot %r of unknown age: a run on another "
-                          "node may own it" % OURS),
-    (snapshot('2016', 'GLUSTER-Geo-rep-snapshot', age=10 ** 7),
+    (('young', OURS, 600), "VM web has a snapshot %r taken 10 min ago: a run on another "
+                           "node may own it" % OURS),
+    (('undated', OURS, None), "VM web has a snapshot %r of unknown age: a run on another "
+                              "node may own it" % OURS),
+    (('2016', 'GLUSTER-Geo-rep-snapshot', 10 ** 7),
      "VM web has a snapshot 'GLUSTER-Geo-rep-snapshot' (the description of vmbackup "
      "before 2.2, which names no volume): a run of any volume on another node may own it"),
-])
+], ids=['young', 'undated', '2016'])
 def test_a_snapshot_a_live_run_may_own_stops_a_run_on_a_node_local_lock(tmp_path, snap, why):
+    snap = snapshot(*snap)          # dated now, not when the tests were collected
     plan, vms = plan_of(vm('web', [disk('w')], [snap]))
     with pytest.raises(vmbackup.LockHeld) as raised:
         vmbackup.check_stale_snapshots(stale_run(tmp_path), plan, vms)
