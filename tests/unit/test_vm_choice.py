@@ -213,3 +213,61 @@ def test_a_dry_run_without_vms_mounts_nothing(capsys):
     assert out[1] == 'Storage domain on volume vmstore: --all-vms: every running VM, all disks'
     assert out[2] == 'VMs to snapshot (0 of 2 running):'
     assert not any('read-only' in line for line in out)
+
+
+# the storage domain the master volume backs --------------------------------------------
+
+class DomainsEngine:
+    """What find_storage_domains asks of the engine: the storage domains."""
+
+    def __init__(self, *domains):
+        self.system = self
+        self.domains = list(domains)
+
+    def storage_domains_service(self):
+        return self
+
+    def list(self):
+        return self.domains
+
+
+def gluster_domain(sd_id, name, path, kind=types.StorageType.GLUSTERFS):
+    return types.StorageDomain(id=sd_id, name=name, storage=types.HostStorage(
+        type=kind, path=path))
+
+
+def domains_run(storage_domain=None, all_vms=False):
+    args = argparse.Namespace(mastervol='vmstore', all_vms=all_vms)
+    return vmbackup.Run(args, vmbackup.Settings(storage_domain=storage_domain),
+                        vmbackup.Stop())
+
+
+ENGINE = DomainsEngine(
+    gluster_domain('1', 'vmstore-sd', 'gluster1.example.com:/vmstore'),
+    gluster_domain('2', 'data-sd', '/data'),
+    gluster_domain('3', 'nfs-sd', '/vmstore', kind=types.StorageType.NFS),
+    types.StorageDomain(id='4', name='iso'))
+
+
+def test_the_domain_is_the_glusterfs_one_whose_path_names_the_volume():
+    assert vmbackup.find_storage_domains(domains_run(), ENGINE) == {'1': 'vmstore-sd'}
+    assert vmbackup.find_storage_domains(domains_run('data-sd'), ENGINE) == {'2': 'data-sd'}
+    assert vmbackup.find_storage_domains(domains_run(all_vms=True), ENGINE) == {}
+
+
+@pytest.mark.parametrize('engine, storage_domain, failure', [
+    (ENGINE, 'nosuch', "storage domain 'nosuch' ([gluster] storage_domain) does not exist "
+                       "in the engine; nothing was changed"),
+    (DomainsEngine(*ENGINE.domains[1:]), None,
+     'no GlusterFS storage domain of the engine uses volume vmstore: check MASTERVOL, or '
+     'name the domain in [gluster] storage_domain (--all-vms snapshots every running VM '
+     'instead); nothing was changed'),
+    (DomainsEngine(gluster_domain('1', 'b', 'vmstore'), gluster_domain('2', 'a', '/vmstore/')),
+     None, 'several GlusterFS storage domains use a volume named vmstore (a, b); name the '
+           'right one in [gluster] storage_domain'),
+], ids=['named-none', 'none', 'several'])
+def test_no_domain_or_several_fail_the_run_with_one_line(engine, storage_domain, failure):
+    run = domains_run(storage_domain)
+    with pytest.raises(vmbackup.Failed):
+        vmbackup.find_storage_domains(run, engine)
+    assert run.failures == [failure]
