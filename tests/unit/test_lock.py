@@ -90,7 +90,7 @@ def test_a_recent_full_success_skips_only_a_full_run_without_force(tmp_path, vm,
         SESSION: {'last_success': run.started_at - 600, 'node': 'gluster2'}}}))
     if skipped:
         with pytest.raises(vmbackup.LockHeld, match=r'^dr.example.com::vmstore-dr was '
-                           r'backed up 10 min ago by gluster2 \(\[lock\] skip_within = 60 '
+                           r'backed up 10.0 minutes ago by gluster2 \(\[lock\] skip_within = 60 '
                            r'minutes; --force runs anyway\); nothing done$'):
             with vmbackup.take_lock(run):
                 pytest.fail('a skipped run took the lock')

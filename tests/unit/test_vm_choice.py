@@ -105,7 +105,7 @@ def test_an_old_snapshot_of_this_volume_is_removed_with_a_warning(tmp_path, capl
 
 
 @pytest.mark.parametrize('snap, why', [
-    (('young', OURS, 600), "VM web has a snapshot %r taken 10 min ago: a run on another "
+    (('young', OURS, 600), "VM web has a snapshot %r taken 10.0 minutes ago: a run on another "
                            "node may own it" % OURS),
     (('undated', OURS, None), "VM web has a snapshot %r of unknown age: a run on another "
                               "node may own it" % OURS),
