@@ -452,6 +452,21 @@ class Interrupted(Exception):
     the cleanup is not."""
 
 
+def exit_status_of(failures, ended_by=None):
+    """The exit status, decided here only: given a run's failures and the
+    exception that ended it early (None: none), return EXIT_LOCKED when
+    another run owns the volume (LockHeld), EXIT_USAGE for a usage error,
+    EXIT_FAILED when something failed (an interruption is a failure) or
+    ended it early, else EXIT_OK."""
+    if isinstance(ended_by, LockHeld):
+        return EXIT_LOCKED
+    if isinstance(ended_by, UsageError):
+        return EXIT_USAGE
+    if failures or ended_by is not None:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 class Run:
     """One run: the command line, the settings, the stop request, what was
     chosen and done, the time each step took and what failed."""
@@ -472,12 +487,18 @@ class Run:
         self.ovf_stores = []              # OvfStores kept before the snapshots
         self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.restore_points = None        # RestorePoints, when step 7 took one
-        self.exit_status = None
+        self.ended_by = None              # the exception that ended it early
 
-    def fail(self, message, *args):
-        """Log an error and remember it for the event and the exit status."""
+    @property
+    def exit_status(self):
+        return exit_status_of(self.failures, self.ended_by)
+
+    def fail(self, message, *args, told=False):
+        """Log an error (unless told already) and remember it for the event
+        and the exit status."""
         text = message % args if args else message
-        log.error('%s', text)
+        if not told:
+            log.error('%s', text)
         self.failures.append(text)
 
     def minutes(self):
@@ -1871,11 +1892,12 @@ def master_mount_command(args, settings, directory):
 
 
 @contextlib.contextmanager
-def volume_mounted(command, where, volume, settings, run, stop):
-    """Given a glusterfs command line whose last word is the mount point
-    (replaced by a fresh temporary directory), mount for the block; yield
-    the directory, or None after run.fail when it could not be mounted.
-    Unmount and remove the directory on every way out."""
+def volume_mounted(run, command, where, volume):
+    """Given the run and a glusterfs command line whose last word is the
+    mount point (replaced by a fresh temporary directory), mount for the
+    block; yield the directory, or None after run.fail when it could not be
+    mounted. Unmount and remove the directory on every way out."""
+    settings = run.settings
     directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % volume)
     try:
         with contextlib.suppress(OSError):
@@ -1884,7 +1906,7 @@ def volume_mounted(command, where, volume, settings, run, stop):
         log.info('mounting %s: %s', where,
                  ' '.join(shlex.quote(part) for part in command))
         mounted = False
-        status, output = run_child(command, settings.mount_timeout, stop)
+        status, output = run_child(command, settings.mount_timeout, run.stop)
         for line in output.splitlines():
             log.info('glusterfs: %s', line)
         if isinstance(status, OSError):
@@ -1909,18 +1931,19 @@ def volume_mounted(command, where, volume, settings, run, stop):
 
 
 @contextlib.contextmanager
-def slave_mounted(args, settings, run, stop, read_only=False):
-    """Mount the slave volume in a fresh temporary directory for the block
-    (read_only: with --read-only, for --verify; else with SLAVE_CLIENT_PID,
-    which the slave's features.read-only lets write);
+def slave_mounted(run, read_only=False):
+    """Given the run, mount the slave volume in a fresh temporary directory
+    for the block (read_only: with --read-only, for --verify; else with
+    SLAVE_CLIENT_PID, which the slave's features.read-only lets write);
     yield its path, or None after run.fail. Unmount and remove the
     directory on every way out."""
-    command = mount_command(args, settings, 'DIR')
+    args = run.args
+    command = mount_command(args, run.settings, 'DIR')
     if read_only:
         command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
-    with volume_mounted(command, 'the slave volume %s:%s' % (
-            slave_host(args.slave), args.slavevol), args.slavevol, settings,
-            run, stop) as directory:
+    with volume_mounted(run, command, 'the slave volume %s:%s' % (
+            slave_host(args.slave), args.slavevol),
+            args.slavevol) as directory:
         yield directory
 
 
@@ -1936,10 +1959,10 @@ def master_mounted(run):
         yield None
         return
     args, settings = run.args, run.settings
-    with volume_mounted(master_mount_command(args, settings, 'DIR'),
+    with volume_mounted(run, master_mount_command(args, settings, 'DIR'),
                         'the master volume %s:%s' % (settings.master_server,
                                                      args.mastervol),
-                        args.mastervol, settings, run, run.stop) as directory:
+                        args.mastervol) as directory:
         if directory is None:
             raise Failed()
         yield directory
@@ -4114,7 +4137,7 @@ def remote_copy(run, engine, master_root, start_removal, checkpoint=None):
     what the CheckpointWatch found wrong, or None), then call
     start_removal() (the merges may run while the slave is repaired),
     repair the chains, put back the OVF store, verify; unmount."""
-    with slave_mounted(run.args, run.settings, run, run.stop) as slave_root:
+    with slave_mounted(run) as slave_root:
         confirmed = []
         if slave_root is not None:
             confirmed = confirm_copies(engine, run, master_root, slave_root,
@@ -4717,19 +4740,21 @@ def verify_copy(run, slave_root, kept, confirmed):
     return not verifier.failures
 
 
-def verify_only(args, settings, stop):
-    """--verify: mount the slave volume read-only and verify every storage
-    domain on it; change nothing, need no engine. Return the exit status."""
+def verify_only(run):
+    """--verify: given the run, mount the slave volume read-only and verify
+    every storage domain on it; change nothing, need no engine; run.fail
+    for each failure. Return the verifier's summary, or None when nothing
+    was mounted."""
+    args, settings = run.args, run.settings
     qemu_img = find_qemu_img(settings)
     if not is_executable(settings.glusterfs):
         raise UsageError('[gluster] glusterfs %s is not an executable file '
                          '(install glusterfs-fuse / glusterfs-client, or name '
                          'it)' % settings.glusterfs)
-    run = Run(args, settings, stop)
-    with verify_mounted(args, settings, run, stop) as root:
+    with verify_mounted(run) as root:
         if root is None:
-            return EXIT_FAILED
-        verifier = Verifier(root, qemu_img, stop)
+            return None
+        verifier = Verifier(root, qemu_img, run.stop)
         try:
             domains = [name for name in sorted(os.listdir(root))
                        if UUID.match(name)
@@ -4742,14 +4767,17 @@ def verify_only(args, settings, stop):
                      args.slavevol)
         for sd_id in domains:
             verifier.domain(sd_id)
+    for failure in verifier.failures:
+        run.fail('verify: %s: %s: %s', *failure, told=True)
     what = '%s::%s' % (slave_host(args.slave), args.slavevol)
     if args.restore_point:
         what = 'restore point %s of %s' % (args.restore_point, what)
-    if run.failures or verifier.failures:
-        log.error('verify of %s failed: %s', what, verifier.summary())
-        return EXIT_FAILED
-    log.info('verify of %s: %s', what, verifier.summary())
-    return EXIT_OK
+    summary = verifier.summary()
+    if run.failures:
+        log.error('verify of %s failed: %s', what, summary)
+    else:
+        log.info('verify of %s: %s', what, summary)
+    return summary
 
 
 # Restore points: gluster snapshots of the slave volume (end of step 7) -----------
@@ -5009,12 +5037,13 @@ def snapshot_volfile_id(name, slavevol):
 
 
 @contextlib.contextmanager
-def restore_point_active(args, settings, run, stop):
-    """--verify --restore-point NAME: check with gluster on the slave node
-    that NAME is a snapshot of SLAVEVOL, and activate it for the block when
-    it is not (a snapshot is made deactivated; its volume must be started
-    to be mounted), deactivating it again on every way out; yield True,
-    or False after run.fail."""
+def restore_point_active(run):
+    """--verify --restore-point NAME: given the run, check with gluster on
+    the slave node that NAME is a snapshot of SLAVEVOL, and activate it for
+    the block when it is not (a snapshot is made deactivated; its volume
+    must be started to be mounted), deactivating it again on every way out;
+    yield True, or False after run.fail."""
+    args, settings, stop = run.args, run.settings, run.stop
     host = restore_point_host(args, settings)
     name = args.restore_point
     snapshots, problem = list_snapshots(settings, host, ['snapshot', 'info', name],
@@ -5055,26 +5084,27 @@ def restore_point_active(args, settings, run, stop):
 
 
 @contextlib.contextmanager
-def verify_mounted(args, settings, run, stop):
-    """--verify: mount read-only for the block the slave volume or, with
-    --restore-point, that snapshot of it; yield the directory, or None
-    after run.fail. Unmount (and deactivate what was activated) on every
-    way out."""
+def verify_mounted(run):
+    """--verify: given the run, mount read-only for the block the slave
+    volume or, with --restore-point, that snapshot of it; yield the
+    directory, or None after run.fail. Unmount (and deactivate what was
+    activated) on every way out."""
+    args = run.args
     if args.restore_point is None:
-        with slave_mounted(args, settings, run, stop, read_only=True) as root:
+        with slave_mounted(run, read_only=True) as root:
             yield root
         return
-    with restore_point_active(args, settings, run, stop) as active:
+    with restore_point_active(run) as active:
         if not active:
             yield None
             return
-        command = mount_command(args, settings, 'DIR')
+        command = mount_command(args, run.settings, 'DIR')
         command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
         command[command.index('--volfile-id') + 1] = snapshot_volfile_id(
             args.restore_point, args.slavevol)
-        with volume_mounted(command, 'the restore point %s:%s' % (
+        with volume_mounted(run, command, 'the restore point %s:%s' % (
                 slave_host(args.slave), command[command.index('--volfile-id') + 1]),
-                args.slavevol, settings, run, stop) as root:
+                args.slavevol) as root:
             yield root
 
 
@@ -5334,9 +5364,10 @@ def event_description(mastervol, failures, minutes, notes=()):
     return bool(failures), description
 
 
-def post_event(engine, args, settings, run):
+def post_event(run, engine):
     """Post the run's outcome to the engine as an event; return True when
     the engine took it."""
+    args, settings = run.args, run.settings
     notes = run.notes + ([run.verify_summary] if run.verify_summary else [])
     alert, description = event_description(args.mastervol, run.failures,
                                            run.minutes(), notes)
@@ -6097,31 +6128,27 @@ def make_public_directory(path):
 def monitored(run):
     """Given a Run past the config, with the lock held: ping the start; on
     every way out of the block, record the run (status file, metrics,
-    finishing ping, summary). The block sets run.exit_status; an exception
-    that escapes it is a failed run, recorded, then raised again."""
+    finishing ping, summary). An exception that escapes the block ended
+    the run (run.ended_by; a failure of it, unless told already), and is
+    raised again."""
     make_status_directories(run.settings)
     ping(run.settings, 'start', 'vmbackup %s on %s: backup of volume %s '
          'started' % (VERSION, os.uname().nodename, run.mastervol))
     try:
         yield run
-    except Failed:          # told already (the engine unreachable)
-        run.exit_status = EXIT_FAILED
-        raise
-    except LockHeld:        # a live run elsewhere may own the volume: its
-        run.exit_status = EXIT_LOCKED     # status is not ours to write
-        raise
     except BaseException as error:
-        run.failures.append('the run ended unexpectedly: %s' % (
-            one_line(error) if not isinstance(error, Interrupted)
-            else 'interrupted by %s' % error))
-        run.exit_status = EXIT_FAILED
+        run.ended_by = error
+        # Failed: told already (the engine unreachable); LockHeld: a live
+        # run elsewhere may own the volume, its status is not ours to write
+        if not isinstance(error, (Failed, LockHeld)):
+            run.failures.append('the run ended unexpectedly: %s' % (
+                one_line(error) if not isinstance(error, Interrupted)
+                else 'interrupted by %s' % error))
         raise
     finally:
-        if run.exit_status is None:
-            run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
         if run.ended_at is None:
             run.ended_at = time.time()
-        if run.exit_status != EXIT_LOCKED:
+        if not isinstance(run.ended_by, LockHeld):
             record_run(run)
 
 
@@ -6359,7 +6386,6 @@ def engine_session(run):
         run.fail('%s', describe_engine_error(error, run.settings))
         log.error('backup of volume %s failed: nothing was changed',
                   run.mastervol)
-        run.exit_status = EXIT_FAILED
         raise Failed() from None
     try:
         yield engine
@@ -6371,8 +6397,8 @@ def engine_session(run):
 def reported(run, engine):
     """Step 9 on every way out of the block: an error of any kind in it
     becomes a failure of the run (one line; the traceback only at debug
-    level), then the event is posted and run.exit_status set. LockHeld
-    goes through untouched: another run owns the volume, nothing was done."""
+    level), then the event is posted. LockHeld goes through untouched:
+    another run owns the volume, nothing was done."""
     try:
         yield
     except LockHeld:
@@ -6396,14 +6422,11 @@ def reported(run, engine):
                                       for failure in run.failures):
         run.fail('the backup was interrupted by %s', run.stop.signal_name)
     with run.step('report', cleanup=True):
-        posted = post_event(engine, run.args, run.settings, run)
+        posted = post_event(run, engine)
     if not posted and not run.failures:
         # a failure after the event: the status file and the ping tell it
         run.fail('backup of volume %s done, but the engine did not take its '
                  'event', run.mastervol)
-        run.exit_status = EXIT_FAILED
-    else:
-        run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
 
 
 class Snapshots:
@@ -6503,15 +6526,12 @@ def back_up(run):
 
 
 def dry_run(run, engine):
-    """--dry-run: step 4, then print what the rest would do; return 0, or 1
-    when a check failed."""
-    try:
-        with run.step('check'):
-            run.plan = check_and_choose(run, engine)
-    except Failed:
-        return EXIT_FAILED
+    """--dry-run: step 4, then print what the rest would do; return the
+    exit status (raise Failed when a check failed)."""
+    with run.step('check'):
+        run.plan = check_and_choose(run, engine)
     print_plan(run)
-    return EXIT_FAILED if run.failures else EXIT_OK
+    return run.exit_status
 
 
 def finish(run):
@@ -6586,61 +6606,54 @@ def run_command(argv):
         configure_logging(settings, args)
         if not args.read_only:
             find_qemu_img(settings)
-    except UsageError as error:
+        if MISSING_SDK is not None and not (args.read_only or args.verify):
+            raise UsageError(
+                'the oVirt engine SDK cannot be imported (%s): install '
+                'python3-ovirt-engine-sdk4 (EL) or ovirt-engine-sdk-python '
+                '(pip)' % MISSING_SDK)
+    except (UsageError, StorageFailed) as error:
+        # StorageFailed: the machine's, not a usage error
         log.error('%s', error)
         if checking:
             # a Nagios plugin says UNKNOWN, not 2 (CRITICAL), for bad usage
             print(check_line(CHECK_UNKNOWN, str(error), ''))
             return CHECK_UNKNOWN
-        return EXIT_USAGE
-    except StorageFailed as error:     # the machine's, not a usage error
-        log.error('%s', error)
-        if checking:
-            print(check_line(CHECK_UNKNOWN, str(error), ''))
-            return CHECK_UNKNOWN
-        return EXIT_FAILED
+        return exit_status_of([], error)
     if args.read_only:                    # no engine, no lock, no SDK
         return show_status(args, settings)
-    if args.verify:                       # no engine, no lock: changes nothing
-        stop = Stop()
-        stop.install()
-        try:
-            return verify_only(args, settings, stop)
-        except UsageError as error:
-            log.error('%s', error)
-            return EXIT_USAGE
-    if MISSING_SDK is not None:
-        log.error('the oVirt engine SDK cannot be imported (%s): install '
-                  'python3-ovirt-engine-sdk4 (EL) or ovirt-engine-sdk-python '
-                  '(pip)', MISSING_SDK)
-        return EXIT_USAGE
     stop = Stop()
     stop.install()
     run = Run(args, settings, stop)
     try:
-        if args.dry_run:                  # no lock: it changes nothing
-            return back_up(run)
-        with take_lock(run), monitored(run):     # status, metrics, ping
-            return back_up(run)
-    except LockHeld as error:
+        if args.verify:                   # no engine, no lock: changes nothing
+            verify_only(run)
+        elif args.dry_run:                # no lock: it changes nothing
+            back_up(run)
+        else:
+            with take_lock(run), monitored(run):     # status, metrics, ping
+                back_up(run)
+    except Exception as error:
+        run.ended_by = error
+        tell_ending(run.mastervol, error)
+    return run.exit_status
+
+
+def tell_ending(mastervol, error):
+    """Given the exception that ended a run early, say why in one line
+    (exit_status_of says what it means for the exit status)."""
+    if isinstance(error, LockHeld):
         # the same cron line on every node: the nodes that find the volume
         # taken say so quietly (-q: no cron mail)
         log.info('%s', error)
-        return EXIT_LOCKED
-    except Failed:
-        return EXIT_FAILED
-    except StorageFailed as error:        # the lock: nothing done
+    elif isinstance(error, StorageFailed):        # the lock: nothing done
         log.error('backup of volume %s failed: %s; nothing done',
-                  args.mastervol, error)
-        return EXIT_FAILED
-    except UsageError as error:
+                  mastervol, error)
+    elif isinstance(error, UsageError):
         log.error('%s', error)
-        return EXIT_USAGE
-    except (OSError, Exception) as error:   # before the engine: one line
-        log.error('backup of volume %s failed: %s', args.mastervol,
+    elif not isinstance(error, Failed):         # Failed: told already
+        log.error('backup of volume %s failed: %s', mastervol,
                   one_line(error))
         log.debug('where:\n%s', traceback.format_exc())
-        return EXIT_FAILED
 
 
 if __name__ == '__main__':
