@@ -247,10 +247,6 @@ def store_at(root, sd_id, engine):
     return described
 
 
-@pytest.mark.xfail(reason='since main\'s checkpoint confirm (status detail), the fake '
-                   'scheduler stops its session after any status read, also one made '
-                   'by the other volume\'s run: the fake does not yet model two '
-                   'sessions read apart (passed before that merge)', strict=False)
 def test_two_volumes_runs_at_once_with_a_vm_on_both_both_succeed(site, stop_process, tmp_path):
     data_sd = add_second_volume(site)
     site.add_vm('web')
