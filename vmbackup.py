@@ -484,7 +484,6 @@ class Run:
         self.plan = None                  # Plan, once the VMs are chosen
         self.created = []                 # VmBackups with a snapshot of ours
         self.notes = []                   # lines for the event, good or bad
-        self.ovf_stores = []              # OvfStores kept before the snapshots
         self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.restore_points = None        # RestorePoints, when step 7 took one
         self.ended_by = None              # the exception that ended it early
@@ -1692,18 +1691,20 @@ def terminate_child(process, signum=signal.SIGTERM):
         os.killpg(process.pid, signum)
 
 
-def stop_child(process, label):
+def stop_child(process, label, wait=None):
     """Given a Popen started in its own session, end its group: SIGTERM,
-    then SIGKILL after KILL_AFTER seconds, each wait bounded. Return the
-    signal that ended it ('SIGTERM' or 'SIGKILL'), None when it had ended
-    already, or 'alive' when not even SIGKILL ended it in time (a process
-    stuck in the kernel, on a hung mount: it is left, and said so)."""
+    then SIGKILL after KILL_AFTER seconds, each wait bounded (wait(seconds):
+    how to wait, raising subprocess.TimeoutExpired; default process.wait).
+    Return the signal that ended it ('SIGTERM' or 'SIGKILL'), None when it
+    had ended already, or 'alive' when not even SIGKILL ended it in time (a
+    process stuck in the kernel, on a hung mount: it is left, and said
+    so)."""
     if process.poll() is not None:
         return None
     for signum in (signal.SIGTERM, signal.SIGKILL):
         terminate_child(process, signum)
         try:
-            process.wait(timeout=KILL_AFTER)
+            (wait or process.wait)(timeout=KILL_AFTER)
             return signal.Signals(signum).name
         except subprocess.TimeoutExpired:
             if signum == signal.SIGTERM:
@@ -1755,20 +1756,19 @@ def run_captured(command, timeout, stop):
     except OSError as error:
         return error, '', ''
     stop.child = process
+    status, streams = None, [b'', b'']
+
+    def collect(timeout):
+        # a grandchild may hold the pipes: bounded all the same
+        streams[:] = process.communicate(timeout=timeout)
     try:
-        output, errors = process.communicate(timeout=timeout)
+        collect(timeout)
         status = process.returncode
     except subprocess.TimeoutExpired:
-        status, output, errors = None, b'', b''
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            terminate_child(process, signum)
-            try:
-                output, errors = process.communicate(timeout=KILL_AFTER)
-                break
-            except subprocess.TimeoutExpired:
-                continue    # a grandchild may hold the pipes: bounded all the same
+        stop_child(process, command[0], collect)
     finally:
         stop.child = None
+    output, errors = streams
     return (status, output.decode('utf-8', 'replace'),
             errors.decode('utf-8', 'replace'))
 
@@ -2358,10 +2358,12 @@ def print_plan(run):
 
 # Step 5: snapshots ------------------------------------------------------------------
 
-def remove_stale_snapshots(engine, plan, settings, run):
-    """Given the Plan, remove the snapshots with our description that an
-    earlier run left behind, before taking new ones. A VM whose stale
-    snapshot can't be removed is dropped from the plan."""
+def remove_stale_snapshots(run, engine):
+    """Step 5 first: given the run with its Plan, remove the snapshots with
+    our description that an earlier run left behind, before taking new
+    ones. A VM whose stale snapshot can't be removed is dropped from the
+    plan (run.fail)."""
+    plan = run.plan
     stale = [(backup, snapshot_id) for backup in plan.backups
              for snapshot_id in backup.stale_snapshot_ids]
     if not stale:
@@ -2369,7 +2371,7 @@ def remove_stale_snapshots(engine, plan, settings, run):
     for backup, snapshot_id in stale:
         log.warning('VM %s: removing snapshot %s left by an earlier run of '
                     'the backup', backup.name, snapshot_id)
-    left = Removal(engine, stale, settings, plan).wait()
+    left = Removal(engine, stale, run.settings, plan).wait()
     failed = {backup.vm_id for backup, _ in left}
     for backup in plan.backups:
         if backup.vm_id in failed:
@@ -2414,10 +2416,12 @@ def record_bases(run, engine):
     return read
 
 
-def snapshot_vms(engine, plan, settings, run, stop):
-    """Given the Plan, create one snapshot per VM, all at once, and wait for
-    them together; return the VmBackups whose snapshot was created (ready or
-    not: all of them must be removed later)."""
+def snapshot_vms(run, engine):
+    """Step 5: given the run with its Plan, create one snapshot per VM, all
+    at once, and wait for them together; return the VmBackups whose
+    snapshot was created (ready or not: all of them must be removed
+    later)."""
+    plan = run.plan
     feed = Feed(engine, 'snapshot creation', CREATION_ENDS)
 
     def create(backup):
@@ -2449,19 +2453,19 @@ def snapshot_vms(engine, plan, settings, run, stop):
         created.append(backup)
         log.debug('VM %s: snapshot %s created (%s)', backup.name, result.id,
                   result.snapshot_status)
-    created += adopt_lost_snapshots(engine, unanswered, plan, run)
-    wait_for_snapshots(engine, created, plan, settings, run, stop, feed)
-    report_consistency(created, settings, run)
+    created += adopt_lost_snapshots(run, engine, unanswered)
+    wait_for_snapshots(run, engine, created, feed)
+    report_consistency(run, created)
     return created
 
 
-def adopt_lost_snapshots(engine, backups, plan, run):
+def adopt_lost_snapshots(run, engine, backups):
     """Given the VmBackups whose snapshot request failed, look again: a
     request whose answer was lost may have created the snapshot all the
     same, and it must not be left behind. Return the VmBackups that have
     one (the stale ones were removed before, so it is this run's)."""
     adopted, states = look_for_snapshots(
-        engine, backups, plan, 'the answer to the snapshot request was lost, '
+        engine, backups, run.plan, 'the answer to the snapshot request was lost, '
         'but the snapshot %s was created; going on with it')
     for backup in backups:
         if backup in adopted:
@@ -2802,10 +2806,12 @@ class Watch:
         return wanted
 
 
-def wait_for_snapshots(engine, created, plan, settings, run, stop, feed=None):
-    """Given the VmBackups with a new snapshot, wait until each is ok or
-    wait_timeout has passed, recording each disk's overlay id and the
-    guest's consistency from the answer that shows its snapshot ok."""
+def wait_for_snapshots(run, engine, created, feed=None):
+    """Given the run and the VmBackups with a new snapshot (and the Feed of
+    their creation), wait until each is ok or wait_timeout has passed,
+    recording each disk's overlay id and the guest's consistency from the
+    answer that shows its snapshot ok; run.fail for each that is not."""
+    plan, settings, stop = run.plan, run.settings, run.stop
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
     watch = Watch(feed, deadline, plan, settings.poll_interval)
@@ -2868,12 +2874,12 @@ def record_consistency(backup, vm, feed):
     backup.consistency_reason = reason
 
 
-def report_consistency(created, settings, run):
+def report_consistency(run, created):
     """Given the VmBackups of step 5, say which copies are crash-consistent
     only: a warning, or with require_quiesce a failure of that VM (its
     snapshot is still removed; nothing of it is changed at the slave)."""
-    required = settings.require_quiesce or getattr(run.args, 'require_quiesce',
-                                                   False)
+    required = run.settings.require_quiesce or getattr(
+        run.args, 'require_quiesce', False)
     crash = [backup for backup in created
              if backup.snapshot_ready and backup.consistency == CRASH_CONSISTENT]
     for backup in crash:
@@ -2956,12 +2962,13 @@ SCHEDULER_EXITS = {
 }
 
 
-def replicate(args, settings, run, stop, timeout=None, report=None,
-              on_line=None):
-    """Run gluster's scheduler, logging its output as it comes (on_line(text)
-    after each line); return True when it reported the checkpoint complete.
-    timeout: the minutes it may wait (default -t); report(message, *args):
-    how a failure is told (default run.fail; the pre-sync's is a warning)."""
+def replicate(run, timeout=None, report=None, on_line=None):
+    """Step 6: given the run, run gluster's scheduler, logging its output as
+    it comes (on_line(text) after each line); return True when it reported
+    the checkpoint complete. timeout: the minutes it may wait (default -t);
+    report(message, *args): how a failure is told (default run.fail; the
+    pre-sync's is a warning)."""
+    args, settings, stop = run.args, run.settings, run.stop
     timeout = args.timeout if timeout is None else timeout
     report = report or run.fail
     command = scheduler_command(args, settings, timeout)
@@ -3311,8 +3318,7 @@ def presync(run):
 
     log.info('pre-sync: replicating before the snapshots, for up to %s',
              'ever (-t 0)' if minutes <= 0 else '%d minutes' % minutes)
-    done = replicate(run.args, run.settings, run, run.stop, timeout=minutes,
-                     report=warn)
+    done = replicate(run, timeout=minutes, report=warn)
     if done:
         log.info('pre-sync done: the snapshots are next')
     return done
@@ -3583,7 +3589,7 @@ def ovf_info(data):
     return info
 
 
-def write_ovf_stores(engine, run, master_root):
+def write_ovf_stores(run, engine, master_root):
     """Step 5, before the snapshots: have the engine bring the OVF store of
     each chosen domain up to date (update_ovf_store) and keep it, read
     through the master's read-only mount once the engine says it wrote it
@@ -3592,8 +3598,8 @@ def write_ovf_stores(engine, run, master_root):
     does not change when nothing is written, and it counts whole seconds.
     Return the OvfStores kept: the store that describes the VMs without
     this run's snapshots, and without the VMs that carry another volume's
-    backup snapshot (left out of the backup: leave_out_vms); they are
-    run.ovf_stores too. A domain whose store was not kept is run.fail'd,
+    backup snapshot (left out of the backup: leave_out_vms). A domain
+    whose store was not kept is run.fail'd,
     and each disk there is marked so that nothing of it is changed at the
     remote site."""
     kept = []
@@ -3601,14 +3607,12 @@ def write_ovf_stores(engine, run, master_root):
     if not domains or master_root is None:    # no VM to back up, or --all-vms
         return kept
     for sd_id, name in sorted(domains.items()):
-        stores = keep_ovf_store(engine, run, master_root, sd_id, name)
+        stores = keep_ovf_store(run, engine, master_root, sd_id, name)
         if stores is None:
             leave_out_domain(run.plan, sd_id, name)
             continue
         kept += stores
-    kept = leave_out_vms(run, kept)
-    run.ovf_stores = kept
-    return kept
+    return leave_out_vms(run, kept)
 
 
 def leave_out_vms(run, stores):
@@ -3692,7 +3696,7 @@ def ovf_store_without(store, vm_ids):
                     data=data, last_updated=store.last_updated)
 
 
-def keep_ovf_store(engine, run, master_root, sd_id, name):
+def keep_ovf_store(run, engine, master_root, sd_id, name):
     """Given a storage domain, ask the engine to update its OVF store, wait
     for its word on it ([snapshot] wait_timeout), and return its OvfStores
     as read then at the master; or None (run.fail names the domain)."""
@@ -4130,27 +4134,35 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
 
 # Steps 6 and 7 together, and the old cleanup the bench measures --------------------
 
-def remote_copy(run, engine, master_root, start_removal, checkpoint=None):
-    """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
-    read-only and the OVF store kept from before the snapshots: mount the
-    slave, confirm every disk while the bases are still frozen (checkpoint:
-    what the CheckpointWatch found wrong, or None), then call
-    start_removal() (the merges may run while the slave is repaired),
-    repair the chains, put back the OVF store, verify; unmount."""
+@contextlib.contextmanager
+def confirmed_copy(run, engine, master_root, checkpoint=None):
+    """Step 6 after the scheduler's exit 0, with the master mounted
+    read-only: mount the slave for the block and confirm every disk while
+    the bases are still frozen (checkpoint: what the CheckpointWatch found
+    wrong, or None); yield (the slave's mount or None after run.fail, the
+    (VmBackup, DiskRecord) pairs confirmed). Once in the block, the bases
+    may change (the merges may start). Unmount on every way out."""
     with slave_mounted(run) as slave_root:
         confirmed = []
         if slave_root is not None:
             confirmed = confirm_copies(engine, run, master_root, slave_root,
                                        checkpoint)
-        # the bases are confirmed (or given up): the merges may change them
-        start_removal()
-        if slave_root is None:
-            return
-        run.check_stop()
-        repair_chains(run, slave_root, confirmed)
-        restore_ovf_stores(run, slave_root, run.ovf_stores, confirmed)
-        if confirmed:
-            verify_copy(run, slave_root, run.ovf_stores, confirmed)
+        yield slave_root, confirmed
+
+
+def mend_copy(run, slave_root, kept, confirmed):
+    """Step 7: given the slave's mount (or None: nothing done), the
+    OvfStores kept before the snapshots and the pairs confirmed, repair
+    the chains, put back the OVF store, verify; return the verify's
+    summary, or None when nothing was verified."""
+    if slave_root is None:
+        return None
+    run.check_stop()
+    repair_chains(run, slave_root, confirmed)
+    restore_ovf_stores(run, slave_root, kept, confirmed)
+    if not confirmed:
+        return None
+    return verify_copy(run, slave_root, kept, confirmed)
 
 
 # Verify: what a DR engine would import -------------------------------------------------
@@ -4714,8 +4726,8 @@ def find_qemu_img(settings):
 
 def verify_copy(run, slave_root, kept, confirmed):
     """End of step 7: verify the copy at the slave as a DR engine would
-    import it; set each backed-up disk's verified, run.verify_summary, and
-    run.fail for each failure. Return True when all held."""
+    import it; set each backed-up disk's verified, and run.fail for each
+    failure. Return the summary ("N disks of M VMs verified restorable")."""
     backups = [backup for backup in run.created if backup.snapshot_ready]
     chosen = {disk.disk_id for _, disk in confirmed}
     skip = {disk.disk_id for backup in backups for disk in backup.disks
@@ -4733,11 +4745,11 @@ def verify_copy(run, slave_root, kept, confirmed):
                 disk.verified = results.get(disk.disk_id, False)
                 if not disk.verified:
                     disk.problem = disk.problem or 'failed verification at the remote site'
-    for what, check, detail in verifier.failures:
-        run.failures.append('verify: %s: %s: %s' % (what, check, detail))
-    run.verify_summary = verifier.summary()
-    log.info('verify: %s', run.verify_summary)
-    return not verifier.failures
+    for failure in verifier.failures:      # the Verifier logged each
+        run.fail('verify: %s: %s: %s', *failure, told=True)
+    summary = verifier.summary()
+    log.info('verify: %s', summary)
+    return summary
 
 
 def verify_only(run):
@@ -5110,16 +5122,18 @@ def verify_mounted(run):
 
 # Step 8: remove the snapshots ------------------------------------------------------------
 
-def start_removal(engine, created, plan, settings):
-    """Given the VmBackups whose snapshot this run created, send their
-    removals (live merge) now; return the Removal to wait on, or None."""
+def start_removal(run, engine, created):
+    """Step 8: given the run and the VmBackups whose snapshot it created,
+    send their removals (live merge) now, with those of the snapshots made
+    after their request failed; return the Removal to wait on, or None."""
+    plan = run.plan
     late = find_late_snapshots(engine, plan) if plan else []
     targets = [(backup, backup.snapshot_id) for backup in created + late
                if backup.snapshot_id]
     if not targets:
         return None
     log.info('removing %d snapshots', len(targets))
-    removal = Removal(engine, targets, settings, plan)
+    removal = Removal(engine, targets, run.settings, plan)
     removal.send()
     return removal
 
@@ -5149,12 +5163,13 @@ def measure_overlays(master_root, backups):
     return total
 
 
-def remove_snapshots(engine, created, plan, settings, run, removal=None):
-    """Given the VmBackups whose snapshot this run created, and the Removal
-    already started if any, remove them all and wait until they are gone;
-    run.fail for each one left, and return the (VmBackup, snapshot id)
-    pairs left."""
-    removal = removal or start_removal(engine, created, plan, settings)
+def remove_snapshots(run, engine, created, removal=None):
+    """Step 8: given the run, the VmBackups whose snapshot it created, and
+    the Removal already started if any, remove them all and wait until
+    they are gone; run.fail for each one left, and return the (VmBackup,
+    snapshot id) pairs left."""
+    plan = run.plan
+    removal = removal or start_removal(run, engine, created)
     if removal is None:
         return []
     left = removal.wait()
@@ -6453,37 +6468,26 @@ class Snapshots:
             mine = self.mine()
             if self.master_root is not None and mine:
                 measure_overlays(self.master_root, mine)
-            self.removal = start_removal(self.engine, mine,
-                                         self.run.plan, self.run.settings)
+            self.removal = start_removal(self.run, self.engine, mine)
             for backup in mine:
                 backup.removal_sent_at = (self.removal.sent_at if self.removal
                                           else None)
 
 
 @contextlib.contextmanager
-def taken_snapshots(run, engine, master_root=None, before=None):
-    """Step 5 on the way in, step 8 on every way out: given the run with its
-    Plan and the master's mount (or None), remove stale snapshots (and
-    record the bases after), call before() (the OVF store kept with no
-    snapshot of ours in it), snapshot the VMs and wait until they are
-    ready; yield Snapshots; then remove every snapshot of this run, whatever
+def taken_snapshots(run, engine, master_root=None):
+    """Step 8 on every way out of the block: given the run with its Plan
+    and the master's mount (or None), yield Snapshots (the block takes
+    them, step 5); then remove every snapshot of this run, whatever
     happened, and wait until they are gone."""
     snapshots = Snapshots(run, engine, master_root)
     try:
-        with run.step('snapshot'):
-            remove_stale_snapshots(engine, run.plan, run.settings, run)
-            record_bases(run, engine)
-            if before is not None:
-                before()
-            run.created = snapshot_vms(engine, run.plan, run.settings, run,
-                                       run.stop)
         yield snapshots
     finally:
         with run.step('remove snapshots', cleanup=True):
             mine = snapshots.mine()
             snapshots.start_removal()
-            left = remove_snapshots(engine, mine, run.plan, run.settings, run,
-                                    snapshots.removal)
+            left = remove_snapshots(run, engine, mine, snapshots.removal)
         for backup in mine:
             backup.snapshot_removed = all(backup is not other
                                           for other, _ in left)
@@ -6502,21 +6506,26 @@ def back_up(run):
                 if run.settings.presync and run.plan.backups:
                     with run.step('presync'):
                         presync(run)                              # 5
-                with taken_snapshots(run, engine, master, before=lambda:
-                                     write_ovf_stores(engine, run, master)
-                                     ) as snapshots:              # 5, 8
+                with taken_snapshots(run, engine, master) as snapshots:  # 8
+                    with run.step('snapshot'):                    # 5
+                        remove_stale_snapshots(run, engine)
+                        record_bases(run, engine)
+                        # the OVF store with no snapshot of ours in it
+                        kept = write_ovf_stores(run, engine, master)
+                        run.created = snapshot_vms(run, engine)
                     with run.step('replicate'):
                         with CheckpointWatch(run.args,
                                              run.settings) as watch:
                             replicated = replicate(
-                                run.args, run.settings, run, run.stop,
-                                on_line=watch.nudge)              # 6
+                                run, on_line=watch.nudge)         # 6
                     run.check_stop()
                     if replicated:
-                        with run.step('remote copy'):             # 6, 7
-                            remote_copy(run, engine, master,
-                                        snapshots.start_removal,
-                                        watch.evidence())
+                        with run.step('remote copy'), confirmed_copy(
+                                run, engine, master, watch.evidence()
+                        ) as (slave, confirmed):                  # 6
+                            snapshots.start_removal()             # 8 begins
+                            run.verify_summary = mend_copy(
+                                run, slave, kept, confirmed)      # 7
                         with run.step('restore point'):           # 7
                             run.restore_points = take_restore_point(run)
                     else:

@@ -42,7 +42,7 @@ def scheduler(tmp_path, monkeypatch):
             scheduler_grace=grace)
         run = vmbackup.Run(args, settings, vmbackup.Stop())
         began = time.monotonic()
-        done = vmbackup.replicate(args, settings, run, run.stop)
+        done = vmbackup.replicate(run)
         seconds = time.monotonic() - began
         (call,) = [json.loads(line) for line in
                    (tmp_path / 'calls.jsonl').read_text().splitlines()]
