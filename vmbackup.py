@@ -3599,9 +3599,8 @@ def write_ovf_stores(run, engine, master_root):
     Return the OvfStores kept: the store that describes the VMs without
     this run's snapshots, and without the VMs that carry another volume's
     backup snapshot (left out of the backup: leave_out_vms). A domain
-    whose store was not kept is run.fail'd,
-    and each disk there is marked so that nothing of it is changed at the
-    remote site."""
+    whose store was not kept is run.fail'd, and each disk there is marked
+    so that nothing of it is changed at the remote site."""
     kept = []
     domains = run.plan.storage_domains if run.plan else {}
     if not domains or master_root is None:    # no VM to back up, or --all-vms
