@@ -57,7 +57,7 @@ test-py36: venv bindfs $(VENV36)/.installed
 	    $(PYTEST_ARGS)
 
 demo: venv qemu-img
-	$(PY) tests/demo.py
+	$(PY) tests/support/demo.py
 
 bench: venv
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)

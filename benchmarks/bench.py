@@ -2,8 +2,8 @@
 """make bench: how vmbackup.py scales with the number of VMs (issue 4).
 
 For each N in --vms, the real vmbackup.py runs as a subprocess against a
-fresh fake engine (tests/fake_engine.py, in this process, HTTPS, the real
-SDK on the wire) holding N running VMs with one or two disks each, and
+fresh fake engine (tests/support/fake_engine.py, in this process, HTTPS, the
+real SDK on the wire) holding N running VMs with one or two disks each, and
 against the fake gluster sites (tests/fakebin: the scheduler copies the
 master's files to the slave at once, the mount client bind-mounts the
 slave, so this needs root; the scheduler is benchmarks/
@@ -85,8 +85,8 @@ sys.path.insert(0, str(REPO))
 import trustme  # noqa: E402
 
 import vmbackup  # noqa: E402
-from conftest import PASSWORD, USER, Site, mounts_under  # noqa: E402
-from fake_engine import FakeEngine, _logged_path  # noqa: E402
+from support.fake_engine import FakeEngine, _logged_path  # noqa: E402
+from support.site import PASSWORD, USER, Site, mounts_under  # noqa: E402
 
 INSTANT_SCHEDULER = HERE / 'instant_schedule_georep'
 TARGET_RATIO = 1.25                         # wall / floor

@@ -2,13 +2,13 @@
 """The snapshot window on real gluster, with and without the pre-sync
 (issue 19). Slow (about 25 minutes), root only, not in make test.
 
-Each case is a lab of its own (tests/gluster/georep.py's GeoRepLab: a real
+Each case is a lab of its own (tests/support/georep.py's GeoRepLab: a real
 GlusterFS geo-replication session on this machine, xsync as the change
 detector, which the scheduler drives reliably: gluster-notes.md), so that
 the shared lab is held for one case at a time:
 
-1. set up the lab; the fake engine (tests/fake_engine.py, in this process)
-   holds --vms running VMs, one raw disk of --base-mib each, written through
+1. set up the lab; the fake engine (tests/support/fake_engine.py, in this
+   process) holds --vms running VMs, one raw disk of --base-mib each, written through
    the lab's FUSE mount of the master;
 2. "last night": the packaged schedule_georep.py once, unthrottled, so that
    the slave holds every base;
@@ -46,11 +46,10 @@ import time
 import trustme
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / 'tests' / 'gluster'))
-sys.path.insert(0, str(ROOT / 'tests'))
+sys.path.insert(0, str(ROOT / 'tests'))            # support
 
-import georep  # noqa: E402
-from fake_engine import FakeEngine  # noqa: E402
+from support import georep  # noqa: E402
+from support.fake_engine import FakeEngine  # noqa: E402
 
 VMBACKUP = ROOT / 'vmbackup.py'
 USER = 'admin@internal'

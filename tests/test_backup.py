@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from conftest import (BARE_DESCRIPTION, DESCRIPTION, MASTER, PASSWORD, SLAVE,
-                      SLAVE_HOST, SLAVEVOL, assert_invariants, needs_root, ovf_store_paths, tree,
-                      without_voltype)
+from support.site import (BARE_DESCRIPTION, DESCRIPTION, MASTER, PASSWORD, SLAVE,
+                          SLAVE_HOST, SLAVEVOL, assert_invariants, needs_root, ovf_store_paths,
+                          tree, without_voltype)
 
 pytestmark = needs_root
 

@@ -3,9 +3,9 @@ import re
 import subprocess
 import sys
 
-from conftest import HERE, needs_root
+from support.site import TESTS, needs_root
 
-BENCH = HERE.parent / 'benchmarks' / 'bench.py'
+BENCH = TESTS.parent / 'benchmarks' / 'bench.py'
 
 
 @needs_root

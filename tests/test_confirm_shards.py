@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from conftest import DESCRIPTION, VMBACKUP, assert_invariants, needs_root, tree
+from support.site import DESCRIPTION, VMBACKUP, assert_invariants, needs_root, tree
 
 pytestmark = needs_root
 

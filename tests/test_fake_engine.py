@@ -18,8 +18,8 @@ import ovirtsdk4.types as types
 import pytest
 import trustme
 
-from conftest import wait_for
-from fake_engine import FakeEngine
+from support.fake_engine import FakeEngine
+from support.site import wait_for
 
 USER = 'admin@internal'
 PASSWORD = 'secret'
@@ -579,7 +579,7 @@ def test_a_vm_is_written_again_only_when_it_changed(engine, connection, new_vm, 
 @pytest.mark.parametrize('parent_format', ['raw', 'qcow2'])
 def test_an_overlay_is_the_file_qemu_img_create_makes_with_its_own_backing_id(
         tmp_path, parent_format):
-    import fake_engine
+    from support import fake_engine
     ids = ['%08d-0000-4000-8000-000000000000' % n for n in range(4)]
     raw = tmp_path / 'content.raw'
     raw.write_bytes(b'x' * 1048576)

@@ -24,10 +24,10 @@ import threading
 
 import pytest
 
-from conftest import (MASTER, PASSWORD, USER, Result, alive, assert_invariants, mounts_under,
-                      needs_root, ovf_store_paths, tree, wait_for,
-                      without_voltype)
-from fake_engine import USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS, FakeEngine
+from support.fake_engine import USER_REMOVE_SNAPSHOT_FINISHED_SUCCESS, FakeEngine
+from support.site import (MASTER, PASSWORD, USER, Result, alive, assert_invariants,
+                          mounts_under, needs_root, ovf_store_paths, tree, wait_for,
+                          without_voltype)
 
 pytestmark = needs_root
 
@@ -958,7 +958,7 @@ def test_a_status_write_that_fails_after_a_failed_run_leaves_no_ok_behind(
                                                 'textfile_dir': str(directory)})
     command = site.command(config=config)
     if injected:
-        command = [command[0], str(os.path.join(os.path.dirname(__file__), 'inject.py')),
+        command = [command[0], str(os.path.join(os.path.dirname(__file__), 'support', 'inject.py')),
                    'write_atomically', injected, '--'] + command[2:]
     process = subprocess.run(command, env=site.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, universal_newlines=True, timeout=RUN_LIMIT)

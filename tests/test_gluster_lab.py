@@ -1,14 +1,9 @@
 """The real-gluster lab's own safety, without gluster: on a machine whose
 gluster is not the lab's (a real gluster node) the real-gluster tests skip,
 and apt-get's plan is read right (what it installs, what it upgrades)."""
-import pathlib
-import sys
-
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'gluster'))
-
-import georep  # noqa: E402
+from support import georep
 
 IDLE = {1: (0, 'S', '/sbin/init'), 40: (1, 'S', '/usr/sbin/sshd -D')}
 

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 import trustme
 
-from conftest import (FAKEBIN, MASTER, PASSWORD, PYTHON, SLAVE, SLAVEVOL, USER, needs_root,
-                      VMBACKUP, assert_invariants)
+from support.site import (FAKEBIN, MASTER, PASSWORD, PYTHON, SLAVE, SLAVEVOL, USER, needs_root,
+                          VMBACKUP, assert_invariants)
 
 
 def one_error_line(result):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import PYTHON, VMBACKUP
+from support.site import PYTHON, VMBACKUP
 
 ROOT = VMBACKUP.parent
 DIST = ROOT / 'dist'

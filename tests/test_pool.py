@@ -12,8 +12,8 @@ import pytest
 
 import vmbackup
 
-from conftest import (HERE, MASTER, PASSWORD, PYTHON, SLAVE, SLAVE_HOST,
-                      SLAVEVOL, Result, assert_invariants, needs_root, wait_for)
+from support.site import (MASTER, PASSWORD, PYTHON, SLAVE, SLAVE_HOST, SLAVEVOL,
+                          TESTS, Result, assert_invariants, needs_root, wait_for)
 
 pytestmark = needs_root
 
@@ -193,7 +193,7 @@ def test_an_error_injected_in_a_step_is_an_alert_with_the_snapshots_removed(
         site, function, kind, snapshotted):
     site.add_vm('web')
     command = site.command()
-    command = [PYTHON, str(HERE / 'inject.py'), function, kind, '--'] + command[2:]
+    command = [PYTHON, str(TESTS / 'support' / 'inject.py'), function, kind, '--'] + command[2:]
     process = subprocess.run(command, env=site.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, universal_newlines=True,
                              timeout=120)
@@ -213,8 +213,8 @@ def test_a_missing_sdk_is_one_line_and_exit_2(site):
     code = ('import runpy, sys; sys.modules["ovirtsdk4"] = None; '
             'sys.argv = [%r, %r, %r, %r, "-c", %r]; '
             'runpy.run_path(%r, run_name="__main__")'
-            % (str(HERE.parent / 'vmbackup.py'), MASTER, SLAVE, SLAVEVOL, config,
-               str(HERE.parent / 'vmbackup.py')))
+            % (str(TESTS.parent / 'vmbackup.py'), MASTER, SLAVE, SLAVEVOL, config,
+               str(TESTS.parent / 'vmbackup.py')))
     process = subprocess.run([PYTHON, '-c', code], env=site.env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              universal_newlines=True, timeout=60)

@@ -13,8 +13,8 @@ import tarfile
 
 import pytest
 
-from conftest import (DESCRIPTION, MASTER, VMBACKUP, assert_invariants,
-                      needs_root, ovf_store_paths, tree, without_voltype)
+from support.site import (DESCRIPTION, MASTER, VMBACKUP, assert_invariants,
+                          needs_root, ovf_store_paths, tree, without_voltype)
 
 pytestmark = needs_root
 

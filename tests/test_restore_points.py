@@ -15,8 +15,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (FAKEBIN, MASTER, SLAVE, SLAVEVOL, assert_invariants,
-                      needs_root, tree)
+from support.site import (FAKEBIN, MASTER, SLAVE, SLAVEVOL, assert_invariants,
+                          needs_root, tree)
 
 pytestmark = needs_root
 

@@ -12,21 +12,17 @@ for each file it read, the file's mtime in whole seconds, `file` its path
 before 1.3.0): the tests take it from the file's own mtime."""
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import MASTER, PASSWORD, USER, VMBACKUP, Site, mounts_under, needs_root
-from fake_engine import FakeEngine
+from support import georep
+from support.fake_engine import FakeEngine
+from support.site import MASTER, PASSWORD, USER, VMBACKUP, Site, mounts_under, needs_root
 from test_packaging import DIST
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'gluster'))
-import georep  # noqa: E402
 
 RULES = DIST / 'vmbackup.rules.yml'
 ALERTS = ('VmbackupNoRecentSuccess', 'VmbackupLastRunFailed',

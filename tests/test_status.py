@@ -10,9 +10,9 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (MASTER, PASSWORD, SLAVE, SLAVE_HOST, VMBACKUP, Result,
-                      assert_invariants, needs_root)
-from ping_server import closed_port_url, hanging_ping_server, ping_server  # noqa: F401
+from support.site import (MASTER, PASSWORD, SLAVE, SLAVE_HOST, VMBACKUP, Result,
+                          assert_invariants, needs_root)
+from support.ping_server import closed_port_url, hanging_ping_server, ping_server  # noqa: F401
 
 HOUR = 3600
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import VMBACKUP, assert_invariants, needs_root, tree
+from support.site import VMBACKUP, assert_invariants, needs_root, tree
 
 pytestmark = needs_root
 

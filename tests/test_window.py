@@ -12,8 +12,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (MASTER, SLAVE, SLAVEVOL, PASSWORD, assert_invariants,
-                      needs_root, wait_for)
+from support.site import (MASTER, SLAVE, SLAVEVOL, PASSWORD, assert_invariants,
+                          needs_root, wait_for)
 
 pytestmark = needs_root
 

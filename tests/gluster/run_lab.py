@@ -23,9 +23,9 @@ import sys
 import time
 import uuid
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))     # support
 
-from georep import GeoRepLab, skip_reason  # noqa: E402
+from support.georep import GeoRepLab, skip_reason  # noqa: E402
 
 EXPECTED_USAGE = ('usage: schedule_georep.py [-h] [--interval INTERVAL] '
                   '[--timeout TIMEOUT]')

@@ -24,10 +24,10 @@ import time
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))            # test_real_georep
+sys.path.insert(0, str(HERE.parent))     # support
 
-import georep  # noqa: E402
+from support import georep  # noqa: E402
 from test_real_georep import (SUFFIXES, World, assert_nothing_left,  # noqa: E402
                               note_time)
 

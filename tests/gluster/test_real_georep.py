@@ -26,13 +26,12 @@ import uuid
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))            # georep
-sys.path.insert(0, str(HERE.parent))     # conftest, fake_engine
+sys.path.insert(0, str(HERE.parent))     # support
 
-import georep  # noqa: E402
-from conftest import (BARE_DESCRIPTION, PASSWORD, USER, VMBACKUP,  # noqa: E402
-                      Result, assert_invariants, mounts_under, our_snapshots, ovf_store_paths, wait_for,
-                      without_voltype)
+from support import georep  # noqa: E402
+from support.site import (BARE_DESCRIPTION, PASSWORD, USER, VMBACKUP,  # noqa: E402
+                          Result, assert_invariants, mounts_under, our_snapshots,
+                          ovf_store_paths, wait_for, without_voltype)
 
 # one lab per machine: under xdist (make test: --dist loadgroup) every test
 # of this module must run on the same worker, which sets the lab up once

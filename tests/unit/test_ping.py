@@ -2,7 +2,8 @@
 one that hangs, one that refuses."""
 import logging
 
-from ping_server import PingServer, closed_port_url, hanging_ping_server, ping_server  # noqa: F401
+from support.ping_server import (PingServer, closed_port_url, hanging_ping_server,  # noqa: F401
+                                 ping_server)
 
 import vmbackup
 from vmbackup import Settings

@@ -14,14 +14,13 @@ import subprocess
 import sys
 import tempfile
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))     # support
 
 import trustme  # noqa: E402
 
-from conftest import (DESCRIPTION, MASTER, PASSWORD, SLAVE, SLAVEVOL, USER,  # noqa: E402
-                      Site, mounts_under, tree)
-from fake_engine import FakeEngine  # noqa: E402
+from support.fake_engine import FakeEngine  # noqa: E402
+from support.site import (DESCRIPTION, MASTER, PASSWORD, SLAVE, SLAVEVOL, USER,  # noqa: E402
+                          Site, mounts_under, tree)
 
 
 def main():

@@ -16,7 +16,7 @@ def main():
     name, kind, separator = sys.argv[1:4]
     assert separator == '--', sys.argv
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                          'vmbackup.py')
+                          os.pardir, 'vmbackup.py')
     sys.argv = [script] + sys.argv[4:]
     namespace = runpy.run_path(script, run_name='vmbackup_injected')
     main_function = namespace['main']

@@ -1,6 +1,6 @@
 """A real GlusterFS geo-replication lab on this one machine, for tests.
 
-    from georep import GeoRepLab, skip_reason
+    from support.georep import GeoRepLab, skip_reason
 
     if skip_reason() is None:
         with GeoRepLab('/tmp/lab') as lab:
@@ -10,11 +10,10 @@
             assert lab.read_slave('sd/images/disk/vol') == b'data'
 
 A pytest fixture on top of it (put it in the test module itself: a
-conftest.py in tests/gluster/ would shadow tests/conftest.py, which the other
-test modules import as `conftest`):
+conftest.py in tests/gluster/ would break the suite, tests/gluster/NOTES.md
+item 10):
 
-    sys.path.insert(0, str(pathlib.Path(__file__).parent / 'gluster'))
-    import georep
+    from support import georep
 
     @pytest.fixture(scope='module')
     def lab(tmp_path_factory):
@@ -24,7 +23,7 @@ test modules import as `conftest`):
         with georep.GeoRepLab(tmp_path_factory.mktemp('lab')) as lab:
             yield lab
 
-What it does (NOTES.md beside this file says why each step is there):
+What it does (tests/gluster/NOTES.md says why each step is there):
 glusterd started by hand (`glusterd -N`, its own session), a master and a
 slave volume of one brick each under the work directory, passwordless root
 ssh to HOST over loopback through an sshd started by hand, a geo-replication
@@ -73,7 +72,7 @@ GLUSTERD_WORKDIR = pathlib.Path('/var/lib/glusterd')
 RUNTIME_DIRS = (pathlib.Path('/run/gluster'),
                 pathlib.Path('/var/lib/misc/gluster'))
 HOSTS_FILE = pathlib.Path('/etc/hosts')
-HOSTS_MARK = '# added by vmbackup tests/gluster/georep.py'
+HOSTS_MARK = '# added by vmbackup tests/support/georep.py'
 # what a lab changed on the machine, kept while it runs, so that the next lab
 # undoes it after a lab that was killed before its tear-down
 STATE_FILE = pathlib.Path('/var/tmp/georep-lab.state.json')
@@ -294,7 +293,7 @@ def services_not_started(log):
     if POLICY_RC_D.exists():
         yield
         return
-    POLICY_RC_D.write_text('#!/bin/sh\n# vmbackup tests/gluster/georep.py, '
+    POLICY_RC_D.write_text('#!/bin/sh\n# vmbackup tests/support/georep.py, '
                            'while it runs apt-get: start no service\n'
                            'exit 101\n')
     POLICY_RC_D.chmod(0o755)
