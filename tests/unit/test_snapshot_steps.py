@@ -1,7 +1,7 @@
 """The decisions of steps 5 and 8 against an engine held in memory: how
 wait_for_snapshots reads each VM's answer, and how a Removal sends again,
 retries, gives up and times out. No HTTP, no process: the engine's answers
-are those tests/fake_engine.py serves (and documents, with its sources): a
+are those tests/support/fake_engine.py serves (and documents, with its sources): a
 snapshot `locked` while it is made or merged; a removal refused with 409
 while the VM is busy (ovirt-engine's "Cannot remove Snapshot. Snapshot is
 currently being created", VmCommand's ACTION_TYPE_FAILED_VM_IS_DURING_SNAPSHOT);
