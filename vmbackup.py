@@ -1006,6 +1006,15 @@ def bounded(function, seconds, what):
     the thread in the kernel, where no timeout or signal of ours reaches
     it: the thread is left behind, named 'storage: ...', and main() ends
     the process without waiting for it (exit_now)."""
+    return in_thread(function, seconds, 'storage: %s' % what, lambda: Hung(
+        'no answer from %s within %g seconds ([lock] storage_timeout): is its '
+        'mount hung?' % (what, seconds)))
+
+
+def in_thread(function, seconds, name, late):
+    """Given a function, return what it returns (or raise what it raises),
+    called in a daemon thread named name; raise late() when it has not
+    returned after seconds (the thread is left behind)."""
     outcome = {}
 
     def target():
@@ -1014,13 +1023,11 @@ def bounded(function, seconds, what):
         except BaseException as error:   # handed over to the caller
             outcome['error'] = error
 
-    thread = threading.Thread(target=target, name='storage: %s' % what,
-                              daemon=True)
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        raise Hung('no answer from %s within %g seconds ([lock] '
-                   'storage_timeout): is its mount hung?' % (what, seconds))
+        raise late()
     if 'error' in outcome:
         raise outcome['error']
     return outcome.get('value')
@@ -1280,7 +1287,7 @@ def take_lock(run):
         finally:
             record['ended'] = time.time()
             record['exit'] = run.exit_status
-            if run.exit_status == EXIT_OK and not run.args.dry_run and full:
+            if run.exit_status == EXIT_OK and full:
                 record['sessions'][session] = {'last_success': record['ended'],
                                                'node': record['node']}
             try:
@@ -1367,7 +1374,7 @@ def describe_holder(record):
     if record.get('node'):
         text += ' on %s' % record['node']
     if is_time(record.get('started')):
-        text += ', since %s' % format_time(record['started'])
+        text += ', since %s' % local_time(record['started'])
     return text
 
 
@@ -1410,20 +1417,7 @@ def recently_backed_up(record, session, skip_within, now):
     age = now - last['last_success']
     if not 0 <= age < skip_within * 60:
         return None
-    return '%s ago by %s' % (format_duration(age), last['node'] or 'a node')
-
-
-def format_time(epoch):
-    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(epoch))
-
-
-def format_duration(seconds):
-    """Given seconds, say them as a person would: 45 s, 12 min, 3.5 h."""
-    if seconds < 90:
-        return '%d s' % round(seconds)
-    if seconds < 90 * 60:
-        return '%d min' % round(seconds / 60)
-    return '%.1f h' % (seconds / 3600)
+    return '%s ago by %s' % (human_duration(age), last['node'] or 'a node')
 
 
 # Step 3: the engine ------------------------------------------------------------
@@ -1549,25 +1543,11 @@ class Timeout(sdk.Error if sdk else Exception):
 def with_deadline(function, seconds, what):
     """Call function in a thread and return its result; raise Timeout when
     it has not returned after `seconds` (the thread is left behind)."""
-    outcome = {}
-
-    def target():
-        try:
-            outcome['value'] = function()
-        except BaseException as error:   # handed over to the caller
-            outcome['error'] = error
-
-    thread = threading.Thread(target=target, name=what, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise Timeout('no answer after %d seconds while %s' % (seconds, what))
-    error = outcome.get('error')
-    if isinstance(error, pycurl.error):
+    try:
+        return in_thread(function, seconds, what, lambda: Timeout(
+            'no answer after %d seconds while %s' % (seconds, what)))
+    except pycurl.error as error:
         raise sdk.Error(one_line(error)) from error
-    if error is not None:
-        raise error
-    return outcome.get('value')
 
 
 def one_line(error):
@@ -2233,11 +2213,11 @@ def check_stale_snapshots(run, plan, vms):
                     'cluster-wide lock, or remove the snapshot when no run is '
                     'live)' % (backup.name, description,
                                'of unknown age' if age is None else
-                               'taken %s ago' % format_duration(age),
+                               'taken %s ago' % human_duration(age),
                                run.settings.lock_dir))
             log.warning('VM %s: snapshot %s is %s old, older than a run can '
                         'take: left by an earlier run', backup.name,
-                        snapshot_id, format_duration(age))
+                        snapshot_id, human_duration(age))
 
 
 def snapshot_age(date, now):
@@ -2767,43 +2747,60 @@ class Watch:
         """Given {vm id: actions awaited on it}, return the ids to look at."""
         changes = self.feed.changes() if self.feed is not None else None
         now = time.monotonic()
+        self.busy = False
         if changes is None or now > self.deadline:
-            self.busy = False
             self.named.clear()
             return set(awaited)
-        self.busy = False
-        for vm_id in changes:
-            if vm_id in awaited:
-                self.busy = True
-                self.named.setdefault(vm_id, now)
-        self.named = {vm_id: when for vm_id, when in self.named.items()
-                      if vm_id in awaited}
-        wanted = self.retry & set(awaited)
-        members = collections.defaultdict(list)
-        for vm_id in awaited:
-            members[look_page(self.plan, vm_id) or vm_id].append(vm_id)
-        for page_members in members.values():
-            named = [vm_id for vm_id in page_members if vm_id in self.named]
-            if named and (len(named) == len(page_members) or
-                          now - min(self.named[vm_id] for vm_id in named) >= self.hold):
-                wanted.update(named)
-        if now >= self.net_due:
-            self.net_every = min(self.net_every * 2, NET_LAST)
-            self.net_due = now + self.net_every
-            running = self.feed.running_jobs()
-            expected = sum(count for vm_id, count in awaited.items()
-                           if vm_id not in self.named and vm_id not in wanted)
-            if running is None or running < expected:
-                log.debug('%s: %s jobs running for %d actions awaited; looking '
-                          'at every VM', self.feed.what,
-                          'unknown' if running is None else running, expected)
-                wanted = set(awaited)
+        self.note_named(changes, awaited, now)
+        wanted = (self.retry & set(awaited)) | self.pages_due(awaited, now)
+        if now >= self.net_due and self.net_finds_work(awaited, wanted, now):
+            wanted = set(awaited)
         for vm_id in wanted:
             self.named.pop(vm_id, None)
         if wanted:
             log.debug('%s: looking at %d of the %d VMs awaited', self.feed.what,
                       len(wanted), len(awaited))
         return wanted
+
+    def note_named(self, changes, awaited, now):
+        """Given the VMs the feed named, note when each awaited one was first
+        named (busy: some were), and forget those no longer awaited."""
+        for vm_id in changes:
+            if vm_id in awaited:
+                self.busy = True
+                self.named.setdefault(vm_id, now)
+        self.named = {vm_id: when for vm_id, when in self.named.items()
+                      if vm_id in awaited}
+
+    def pages_due(self, awaited, now):
+        """Return the named VMs of each page due a look: all its VMs awaited
+        are named, or the first named has waited `hold` seconds."""
+        members = collections.defaultdict(list)
+        for vm_id in awaited:
+            members[look_page(self.plan, vm_id) or vm_id].append(vm_id)
+        due = set()
+        for page_members in members.values():
+            named = [vm_id for vm_id in page_members if vm_id in self.named]
+            if named and (len(named) == len(page_members) or
+                          now - min(self.named[vm_id] for vm_id in named) >= self.hold):
+                due.update(named)
+        return due
+
+    def net_finds_work(self, awaited, wanted, now):
+        """The safety net's look, due now: schedule the next one, and tell
+        whether the engine runs fewer jobs (or an unknown number) than the
+        actions awaited on the VMs not looked at anyway."""
+        self.net_every = min(self.net_every * 2, NET_LAST)
+        self.net_due = now + self.net_every
+        running = self.feed.running_jobs()
+        expected = sum(count for vm_id, count in awaited.items()
+                       if vm_id not in self.named and vm_id not in wanted)
+        if running is None or running < expected:
+            log.debug('%s: %s jobs running for %d actions awaited; looking '
+                      'at every VM', self.feed.what,
+                      'unknown' if running is None else running, expected)
+            return True
+        return False
 
 
 def wait_for_snapshots(run, engine, created, feed=None):
@@ -3828,9 +3825,8 @@ def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
     that this run's snapshot is still there with the disk on its overlay. Return
     the (VmBackup, DiskRecord) pairs confirmed; run.fail names each other
     disk (nothing of it will be changed at the slave)."""
-    backups = run.plan.backups if run.plan else []
     ready = [backup for backup in run.created if backup.snapshot_ready]
-    for backup in backups:
+    for backup in run.plan.backups if run.plan else []:
         if backup not in ready:
             for disk in backup.disks:
                 disk.confirmed = False
@@ -3843,18 +3839,8 @@ def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
     confirmed = []
     for backup in ready:
         for disk in backup.disks:
-            if disk.problem:      # not backed up (e.g. not quiesced as asked)
+            if not disk_to_confirm(backup, disk, master_root, run.mastervol):
                 disk.confirmed = False
-                log.info('VM %s disk %s: %s; nothing of it is changed at the '
-                         'remote site', backup.name, disk.disk_id, disk.problem)
-                continue
-            if (master_root is not None and UUID.match(disk.sd_id or '')
-                    and not os.path.isdir(os.path.join(master_root, disk.sd_id))):
-                # --all-vms: a disk of another storage domain
-                disk.confirmed = False
-                disk.problem = 'its storage domain is not on volume %s' % run.mastervol
-                log.warning('VM %s disk %s: %s; it is not part of this copy',
-                            backup.name, disk.disk_id, disk.problem)
                 continue
             problem = (copy_problem(disk, master_root, slave_root)
                        or (checkpoint and "geo-replication's checkpoint was "
@@ -3871,6 +3857,24 @@ def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
                      'confirmed: %s; nothing of that disk is changed there',
                      backup.name, disk.disk_id, problem)
     return confirmed
+
+
+def disk_to_confirm(backup, disk, master_root, mastervol):
+    """Given a disk of a VM with this run's snapshot, tell whether its copy
+    is to be confirmed; when not, say why (a problem of its own already,
+    e.g. not quiesced as asked, or a storage domain not on the master
+    volume: --all-vms) and set its problem."""
+    if disk.problem:
+        log.info('VM %s disk %s: %s; nothing of it is changed at the '
+                 'remote site', backup.name, disk.disk_id, disk.problem)
+        return False
+    if (master_root is not None and UUID.match(disk.sd_id or '')
+            and not os.path.isdir(os.path.join(master_root, disk.sd_id))):
+        disk.problem = 'its storage domain is not on volume %s' % mastervol
+        log.warning('VM %s disk %s: %s; it is not part of this copy',
+                    backup.name, disk.disk_id, disk.problem)
+        return False
+    return True
 
 
 def fetch_confirming(engine, run, vm_ids):
@@ -4197,31 +4201,39 @@ def parse_ovf(vm_id, text):
         raise MetaError('the OVF of VM %s is not XML: %s' % (vm_id, error)) from None
     vm = OvfVm(vm_id=vm_id, name=vm_id, volumes={}, active={}, snapshots=[])
     for element in root.iter():
-        tag = local_name(element.tag)
-        if tag == 'Name' and vm.name == vm_id and element.text:
-            vm.name = element.text.strip()
-        elif tag == 'TemplateType':
-            # what the engine's import reads to register it as a template
-            # (ovirt-engine OvfUtils.getVmEntityType: "<TemplateType>")
-            vm.template = True
-        elif tag == 'TemplateId' and element.text:
-            vm.template_id = element.text.strip()
-        elif tag == 'File':
-            disk_id, _, volume_id = (ovf_attribute(element, 'href') or '').partition('/')
-            if UUID.match(disk_id) and UUID.match(volume_id):
-                vm.volumes.setdefault(disk_id, []).append(volume_id)
-        elif tag == 'Snapshot':
-            fields = {local_name(child.tag): (child.text or '').strip()
-                      for child in element}
-            vm.snapshots.append((ovf_attribute(element, 'id'),
-                                 fields.get('Type'), fields.get('Description')))
+        read_ovf_element(vm, element)
     active = [sid for sid, kind, _ in vm.snapshots if (kind or '').upper() == 'ACTIVE']
-    for element in root.iter():
-        if local_name(element.tag) == 'Disk' and active:
+    if active:
+        for element in root.iter():
             disk_id, _, volume_id = (ovf_attribute(element, 'fileRef') or '').partition('/')
-            if ovf_attribute(element, 'vm_snapshot_id') == active[0]:
+            if local_name(element.tag) == 'Disk' and \
+                    ovf_attribute(element, 'vm_snapshot_id') == active[0]:
                 vm.active[disk_id] = volume_id
     return vm
+
+
+def read_ovf_element(vm, element):
+    """Given the OvfVm being read and an element of its OVF, set in it what
+    the element says: its name, that it is a template and of which, a
+    volume of a disk, a snapshot."""
+    tag = local_name(element.tag)
+    if tag == 'Name' and vm.name == vm.vm_id and element.text:
+        vm.name = element.text.strip()
+    elif tag == 'TemplateType':
+        # what the engine's import reads to register it as a template
+        # (ovirt-engine OvfUtils.getVmEntityType: "<TemplateType>")
+        vm.template = True
+    elif tag == 'TemplateId' and element.text:
+        vm.template_id = element.text.strip()
+    elif tag == 'File':
+        disk_id, _, volume_id = (ovf_attribute(element, 'href') or '').partition('/')
+        if UUID.match(disk_id) and UUID.match(volume_id):
+            vm.volumes.setdefault(disk_id, []).append(volume_id)
+    elif tag == 'Snapshot':
+        fields = {local_name(child.tag): (child.text or '').strip()
+                  for child in element}
+        vm.snapshots.append((ovf_attribute(element, 'id'),
+                             fields.get('Type'), fields.get('Description')))
 
 
 def read_ovf_tar(data):
@@ -4299,17 +4311,14 @@ class Verifier:
         self.template_disks = 0
 
     def summary(self):
-        text = '%d disk%s of %d VM%s' % (
-            self.disks_ok - self.template_disks, '' if self.disks_ok - self.template_disks == 1
-            else 's', len(self.vms), '' if len(self.vms) == 1 else 's')
+        text = '%s of %s' % (count_phrase(self.disks_ok - self.template_disks, 'disk'),
+                             count_phrase(len(self.vms), 'VM'))
         if self.templates:
-            text += ' and %d disk%s of %d template%s' % (
-                self.template_disks, '' if self.template_disks == 1 else 's',
-                len(self.templates), '' if len(self.templates) == 1 else 's')
+            text += ' and %s of %s' % (count_phrase(self.template_disks, 'disk'),
+                                       count_phrase(len(self.templates), 'template'))
         text += ' verified restorable'
         if self.disks_failed:
-            text += ', %d disk%s failed verification' % (
-                self.disks_failed, '' if self.disks_failed == 1 else 's')
+            text += ', %s failed verification' % count_phrase(self.disks_failed, 'disk')
         return text
 
     def fail(self, what, check, detail):
@@ -4322,6 +4331,29 @@ class Verifier:
         disk ids not to verify (not confirmed). `volumes`: the OVF store
         volumes, else found by listing. Return {disk id: True/False}."""
         results = {}
+        vms = self.newest_vms(sd_id, volumes)
+        if vms is None:
+            return results
+        # templates' images: a thin VM's image bottoms at one of their volumes
+        template_images = {disk_id for vm in vms.values() if vm.template
+                           for disk_id in vm.volumes}
+        images = self.images_to_check(sd_id, vms, backups, skip)
+        found = self.check_images(sd_id, images, template_images)
+        for (what, vm, disk_id, named, template), problems in zip(images, found):
+            results[disk_id] = self.disk(what, disk_id, named, problems, template)
+            (self.templates if template else self.vms).add(vm.vm_id)
+        for backup in backups:
+            for disk in backup.disks:
+                if disk.disk_id not in skip and disk.sd_id == sd_id \
+                        and not self.backed_up_disk(sd_id, vms.get(backup.vm_id),
+                                                    backup, disk):
+                    results[disk.disk_id] = False
+        self.other_images(sd_id, set(results) | set(skip))
+        return results
+
+    def newest_vms(self, sd_id, volumes):
+        """Given a domain and its OVF store volumes (None: found by listing),
+        return {vm id: OvfVm} of its newest OVF store, or None (failed)."""
         what = 'storage domain %s' % sd_id
         try:
             if volumes is None:
@@ -4331,76 +4363,81 @@ class Verifier:
                 self.fail(what, 'OVF store', 'no written OVF store found (%d '
                           'OVF_STORE volumes): a DR engine could not register '
                           'its VMs' % len(volumes))
-                return results
+                return None
             vms = read_ovf_tar(store.data)
         except (OSError, MetaError) as error:
             self.fail(what, 'OVF store', describe_os_error(error))
-            return results
+            return None
         log.info('verify: storage domain %s: OVF store %s (%s) describes %d '
                  'VMs', sd_id, store.volume_id, store.last_updated, len(vms))
+        return vms
+
+    def images_to_check(self, sd_id, vms, backups, skip):
+        """Given the OVF store's VMs, this run's VmBackups and the disk ids
+        not to verify, return [(what, OvfVm, disk id, volumes named,
+        template)] of the images here, templates first; fail each VM whose
+        OVF lists a backup snapshot."""
         ours = {backup.vm_id: backup for backup in backups}
-        # templates' images: a thin VM's image bottoms at one of their volumes
-        template_images = {disk_id for vm in vms.values() if vm.template
-                           for disk_id in vm.volumes}
-        images = []             # (what, vm, disk id, volumes named, template), in order
+        images = []
         for vm in sorted(vms.values(), key=lambda vm: (not vm.template, vm.name)):
-            if vm.template:
-                for disk_id, named in sorted(vm.volumes.items()):
-                    image_dir = os.path.join(self.root, sd_id, 'images', disk_id)
-                    if disk_id in skip or not os.path.isdir(image_dir):
-                        continue
-                    images.append(('template %s' % vm.name, vm, disk_id, named, True))
-                continue
-            backup = ours.get(vm.vm_id)
-            for sid, _, description in vm.snapshots:
-                if backup_snapshot_volume(description) is not None or (
-                        backup is not None and sid == backup.snapshot_id):
-                    self.fail('VM %s' % vm.name, 'OVF store', 'it lists the '
-                              'backup snapshot %s: a DR engine would register '
-                              'volumes that are not there' % sid)
+            if not vm.template:
+                self.backup_snapshots_listed(vm, ours.get(vm.vm_id))
+            what = '%s %s' % ('template' if vm.template else 'VM', vm.name)
             for disk_id, named in sorted(vm.volumes.items()):
                 if disk_id in skip:
                     continue
-                image_dir = os.path.join(self.root, sd_id, 'images', disk_id)
-                if not os.path.isdir(image_dir):
-                    log.debug('verify: VM %s disk %s is not on domain %s',
-                              vm.name, disk_id, sd_id)
+                if not os.path.isdir(os.path.join(self.root, sd_id, 'images', disk_id)):
+                    if not vm.template:
+                        log.debug('verify: VM %s disk %s is not on domain %s',
+                                  vm.name, disk_id, sd_id)
                     continue
-                images.append(('VM %s' % vm.name, vm, disk_id, named, False))
-        # the images are checked side by side (qemu-img is a process per
-        # volume), and told in order
+                images.append((what, vm, disk_id, named, vm.template))
+        return images
+
+    def backup_snapshots_listed(self, vm, backup):
+        """Given a VM of the OVF store and its VmBackup of this run (or
+        None), fail it for each backup snapshot its OVF lists."""
+        for sid, _, description in vm.snapshots:
+            if backup_snapshot_volume(description) is not None or (
+                    backup is not None and sid == backup.snapshot_id):
+                self.fail('VM %s' % vm.name, 'OVF store', 'it lists the '
+                          'backup snapshot %s: a DR engine would register '
+                          'volumes that are not there' % sid)
+
+    def check_images(self, sd_id, images, template_images):
+        """Given images_to_check's images, return what image_problems finds
+        of each, in order. The images are checked side by side (qemu-img is
+        a process per volume)."""
+        def check(image):
+            if self.stop.requested:
+                return [('qemu-img', 'not checked: stopped by %s'
+                         % self.stop.signal_name)]
+            return self.image_problems(sd_id, image[2], image[3], image[4],
+                                       template_images)
+
         with concurrent.futures.ThreadPoolExecutor(
                 max_workers=verify_workers()) as pool:
-            found = list(pool.map(lambda image: self.image_problems(
-                sd_id, image[2], image[3], image[4], template_images)
-                if not self.stop.requested else [
-                    ('qemu-img', 'not checked: stopped by %s'
-                     % self.stop.signal_name)], images))
-        for (what, vm, disk_id, named, template), problems in zip(images, found):
-            results[disk_id] = self.disk(what, disk_id, named, problems, template)
-            (self.templates if template else self.vms).add(vm.vm_id)
-        for backup in backups:
-            vm = vms.get(backup.vm_id)
-            for disk in backup.disks:
-                if disk.disk_id in skip or disk.sd_id != sd_id:
-                    continue
-                what = 'VM %s disk %s' % (backup.name, disk.disk_id)
-                if vm is None or disk.disk_id not in vm.volumes:
-                    self.fail(what, 'OVF store', 'not in the newest OVF store')
-                    results[disk.disk_id] = False
-                    continue
-                if vm.active.get(disk.disk_id) not in (None, disk.base_id):
-                    self.fail(what, 'OVF store', 'its active volume is %s, not '
-                              'the base %s' % (vm.active.get(disk.disk_id),
-                                               disk.base_id))
-                    results[disk.disk_id] = False
-                if disk.overlay_id and os.path.lexists(
-                        volume_path(self.root, sd_id, disk.disk_id, disk.overlay_id)):
-                    self.fail(what, 'overlay', "this run's overlay %s is still "
-                              'there' % disk.overlay_id)
-                    results[disk.disk_id] = False
-        self.other_images(sd_id, set(results) | set(skip))
-        return results
+            return list(pool.map(check, images))
+
+    def backed_up_disk(self, sd_id, vm, backup, disk):
+        """Given a disk this run backed up and its VM in the OVF store (or
+        None), fail it unless the OVF store names it on its base and its
+        overlay is gone; return True when it holds."""
+        what = 'VM %s disk %s' % (backup.name, disk.disk_id)
+        if vm is None or disk.disk_id not in vm.volumes:
+            self.fail(what, 'OVF store', 'not in the newest OVF store')
+            return False
+        held = True
+        if vm.active.get(disk.disk_id) not in (None, disk.base_id):
+            self.fail(what, 'OVF store', 'its active volume is %s, not '
+                      'the base %s' % (vm.active.get(disk.disk_id), disk.base_id))
+            held = False
+        if disk.overlay_id and os.path.lexists(
+                volume_path(self.root, sd_id, disk.disk_id, disk.overlay_id)):
+            self.fail(what, 'overlay', "this run's overlay %s is still "
+                      'there' % disk.overlay_id)
+            held = False
+        return held
 
     def other_images(self, sd_id, checked):
         """Every image of <sd>/images/ (one directory listed) not checked
@@ -4493,61 +4530,18 @@ class Verifier:
         except OSError as error:
             return [('volumes', 'cannot list the image directory: %s'
                      % error.strerror)]
-        metas = {}
-        problems = []
-        for name in sorted(names):
-            volume_id = name[:-len('.meta')]
-            if not name.endswith('.meta') or not UUID.match(volume_id):
-                continue
-            try:
-                _, metas[volume_id] = read_meta(os.path.join(image_dir, name))
-            except (OSError, MetaError) as error:
-                problems.append(('chain', 'volume %s: %s' % (
-                    volume_id, describe_os_error(error))))
+        metas, problems = read_image_metas(image_dir, names)
         # a template's volume shared into a VM's image keeps its own IMAGE
         # (vdsm fileVolume.py getImageVolumes leaves it out of the image's
         # own volumes; image.py getChain ends the chain at it)
         shared = {volume_id: values for volume_id, values in metas.items()
                   if not template and values.get('VOLTYPE') == 'SHARED'
                   and values.get('IMAGE') != disk_id}
-        for volume_id, values in sorted(metas.items()):
-            expected = dict(DOMAIN=sd_id, LEGALITY='LEGAL')
-            if volume_id not in shared:
-                expected['IMAGE'] = disk_id
-            wrong = meta_mismatch(values, **expected) or vdsm_meta_problem(values)
-            if wrong:
-                problems.append(('chain', 'volume %s says %s' % (volume_id, wrong)))
-            if values.get('FORMAT') not in QEMU_FORMATS:
-                problems.append(('chain', 'volume %s says FORMAT=%s' % (
-                    volume_id, values.get('FORMAT'))))
-            if not os.path.isfile(os.path.join(image_dir, volume_id)):
-                problems.append(('volumes', 'volume %s has a .meta but no data '
-                                 'file' % volume_id))
-        for volume_id, values in sorted(shared.items()):
-            image = values.get('IMAGE') or ''
-            if image not in template_images:
-                problems.append(('template', 'volume %s is the SHARED volume of image '
-                                 '%s, which is no template\'s in the OVF store: a DR '
-                                 'engine registers templates first and refuses this '
-                                 'VM (TEMPLATE_DOES_NOT_EXIST)' % (volume_id, image)))
-            elif not (UUID.match(image) and os.path.isfile(os.path.join(
-                    self.root, sd_id, 'images', image, volume_id))):
-                problems.append(('template', 'volume %s is not in its template\'s image '
-                                 '%s' % (volume_id, image)))
-        for volume_id in named:
-            if volume_id not in metas or volume_id in shared:
-                problems.append(('volumes', 'volume %s named by the OVF store is '
-                                 'missing' % volume_id))
-        for volume_id in sorted(set(metas) - set(named) - set(shared)):
-            problems.append(('overlay', 'volume %s is not in the OVF store (an '
-                             'overlay left by a backup?)' % volume_id))
+        problems += volume_meta_problems(image_dir, sd_id, disk_id, metas, shared)
+        problems += shared_volume_problems(self.root, sd_id, shared, template_images)
+        problems += named_volume_problems(named, metas, shared)
         own = {v: values for v, values in metas.items() if v not in shared}
-        chain, chain_problem = leaf_chain(own, shared)
-        if chain_problem is None and template != (own.get(chain[-1], {}).get('VOLTYPE')
-                                                  == 'SHARED'):
-            chain_problem = ('one SHARED volume: a template\'s image, not a VM\'s disk'
-                             if not template else 'a template\'s image holds one SHARED '
-                             'volume, this one %s' % ', '.join(sorted(own)))
+        chain, chain_problem = image_chain(own, shared, template)
         if chain_problem:
             problems.append(('chain', chain_problem))
         if problems:
@@ -4611,6 +4605,91 @@ class Verifier:
                     volume_id, describe_qemu(status, output + errors))))
         return problems
 
+
+
+def read_image_metas(image_dir, names):
+    """Given an image directory and the names in it, return ({volume id:
+    parsed .meta}, [(check, detail)] of the .meta files that can't be read)."""
+    metas = {}
+    problems = []
+    for name in sorted(names):
+        volume_id = name[:-len('.meta')]
+        if not name.endswith('.meta') or not UUID.match(volume_id):
+            continue
+        try:
+            _, metas[volume_id] = read_meta(os.path.join(image_dir, name))
+        except (OSError, MetaError) as error:
+            problems.append(('chain', 'volume %s: %s' % (
+                volume_id, describe_os_error(error))))
+    return metas, problems
+
+
+def volume_meta_problems(image_dir, sd_id, disk_id, metas, shared):
+    """Given an image's parsed .meta files and those of them shared there by
+    a template, return [(check, detail)] of each volume vdsm would not take
+    as it is (its keys, its format, its data file)."""
+    problems = []
+    for volume_id, values in sorted(metas.items()):
+        expected = dict(DOMAIN=sd_id, LEGALITY='LEGAL')
+        if volume_id not in shared:
+            expected['IMAGE'] = disk_id
+        wrong = meta_mismatch(values, **expected) or vdsm_meta_problem(values)
+        if wrong:
+            problems.append(('chain', 'volume %s says %s' % (volume_id, wrong)))
+        if values.get('FORMAT') not in QEMU_FORMATS:
+            problems.append(('chain', 'volume %s says FORMAT=%s' % (
+                volume_id, values.get('FORMAT'))))
+        if not os.path.isfile(os.path.join(image_dir, volume_id)):
+            problems.append(('volumes', 'volume %s has a .meta but no data '
+                             'file' % volume_id))
+    return problems
+
+
+def shared_volume_problems(root, sd_id, shared, template_images):
+    """Given the template volumes shared into an image and the images of the
+    templates of the OVF store, return [(check, detail)] of each shared
+    volume that is no template's there."""
+    problems = []
+    for volume_id, values in sorted(shared.items()):
+        image = values.get('IMAGE') or ''
+        if image not in template_images:
+            problems.append(('template', 'volume %s is the SHARED volume of image '
+                             '%s, which is no template\'s in the OVF store: a DR '
+                             'engine registers templates first and refuses this '
+                             'VM (TEMPLATE_DOES_NOT_EXIST)' % (volume_id, image)))
+        elif not (UUID.match(image) and os.path.isfile(os.path.join(
+                root, sd_id, 'images', image, volume_id))):
+            problems.append(('template', 'volume %s is not in its template\'s image '
+                             '%s' % (volume_id, image)))
+    return problems
+
+
+def named_volume_problems(named, metas, shared):
+    """Given the volumes the OVF store names for an image and the image's
+    .meta files, return [(check, detail)] of those missing and those left
+    over."""
+    problems = []
+    for volume_id in named:
+        if volume_id not in metas or volume_id in shared:
+            problems.append(('volumes', 'volume %s named by the OVF store is '
+                             'missing' % volume_id))
+    for volume_id in sorted(set(metas) - set(named) - set(shared)):
+        problems.append(('overlay', 'volume %s is not in the OVF store (an '
+                         'overlay left by a backup?)' % volume_id))
+    return problems
+
+
+def image_chain(own, shared, template):
+    """Given an image's own volumes' .meta, the template volumes shared
+    there and whether it is a template's image, return (its chain, None) or
+    (None, why it is not a legal one of its kind): see leaf_chain."""
+    chain, problem = leaf_chain(own, shared)
+    if problem is None and template != (own.get(chain[-1], {}).get('VOLTYPE')
+                                        == 'SHARED'):
+        problem = ('one SHARED volume: a template\'s image, not a VM\'s disk'
+                   if not template else 'a template\'s image holds one SHARED '
+                   'volume, this one %s' % ', '.join(sorted(own)))
+    return (None if problem else chain), problem
 
 def verify_workers():
     """How many images verify checks at once: one per CPU (each check is
@@ -5716,6 +5795,14 @@ def check_document(document):
     if version > STATUS_VERSION:
         return ('version %d, written by a newer vmbackup (this one reads up '
                 'to %d)' % (version, STATUS_VERSION))
+    return (run_fields_problem(document) or tables_problem(document)
+            or last_success_problem(document.get('last_success'))
+            or restore_points_problem(document.get('restore_points')))
+
+
+def run_fields_problem(document):
+    """Given a status document, return what is wrong with its run's times,
+    exit status and failures, or None."""
     for key in ('started_at', 'ended_at'):
         if not is_time(document.get(key)):
             return '%s is not a time' % key
@@ -5727,6 +5814,12 @@ def check_document(document):
         return 'exit_status is not a whole number'
     if not isinstance(document.get('failures'), list):
         return 'failures is not a list'
+    return None
+
+
+def tables_problem(document):
+    """Given a status document, return what is wrong with its totals, steps
+    and vms, or None."""
     totals = document.get('totals', {})
     steps = document.get('steps', {})
     vms = document.get('vms', [])
@@ -5742,17 +5835,28 @@ def check_document(document):
         if not isinstance(vm, dict) or not isinstance(vm.get('disks', []), list) \
                 or not all(isinstance(disk, dict) for disk in vm.get('disks', [])):
             return 'a VM of vms is not an object with a list of disks'
-    last = document.get('last_success')
+    return None
+
+
+def last_success_problem(last):
+    """Given a status document's last_success, return what is wrong with
+    it, or None."""
     if last is not None and not (isinstance(last, dict)
                                  and is_time(last.get('ended_at'))):
         return 'last_success has no ended_at time'
-    points = document.get('restore_points')
-    if points is not None:
-        if not isinstance(points, dict):
-            return 'restore_points is not an object'
-        for key in ('newest_created_at', 'count'):
-            if points.get(key) is not None and not is_number(points[key]):
-                return 'restore_points %s is not a number' % key
+    return None
+
+
+def restore_points_problem(points):
+    """Given a status document's restore_points, return what is wrong with
+    them, or None."""
+    if points is None:
+        return None
+    if not isinstance(points, dict):
+        return 'restore_points is not an object'
+    for key in ('newest_created_at', 'count'):
+        if points.get(key) is not None and not is_number(points[key]):
+            return 'restore_points %s is not a number' % key
     return None
 
 
@@ -5813,54 +5917,51 @@ def metric_labels(labels):
         for name, value in labels)
 
 
-# name, help; all gauges: each describes the last run and is replaced by the
-# next one (a counter would have to be kept across runs and nodes)
+# name, help, and where its value is in the status document ('KEY',
+# 'TABLE.KEY': 0 when absent, '#KEY': the length of the list); all gauges:
+# each describes the last run and is replaced by the next one (a counter
+# would have to be kept across runs and nodes)
 METRICS = (
     ('last_run_timestamp_seconds', 'When the last run of vmbackup for the '
-     'volume ended, in Unix time'),
+     'volume ended, in Unix time', 'ended_at'),
     ('last_success_timestamp_seconds', 'When the last successful run ended, '
-     'in Unix time; 0 when none is known'),
-    ('last_run_duration_seconds', 'How long the last run took'),
+     'in Unix time; 0 when none is known', 'last_success.ended_at'),
+    ('last_run_duration_seconds', 'How long the last run took', 'duration_seconds'),
     ('last_run_exit_status', 'Exit status of the last run: 0 backed up, 1 '
-     'failed'),
-    ('last_run_failures', 'Problems the last run reported'),
-    ('last_run_vms', 'VMs the last run chose to back up'),
-    ('last_run_vms_backed_up', 'VMs whose every disk the last run backed up'),
-    ('last_run_disks', 'Disks the last run chose to back up'),
+     'failed', 'exit_status'),
+    ('last_run_failures', 'Problems the last run reported', '#failures'),
+    ('last_run_vms', 'VMs the last run chose to back up', 'totals.vms'),
+    ('last_run_vms_backed_up', 'VMs whose every disk the last run backed up',
+     'totals.vms_backed_up'),
+    ('last_run_disks', 'Disks the last run chose to back up', 'totals.disks'),
     ('last_run_disks_backed_up', 'Disks confirmed at the remote site and made '
-     'restorable by the last run'),
+     'restorable by the last run', 'totals.disks_backed_up'),
     ('last_run_disks_verified', 'Disks backed up and verified by the last '
-     'run'),
+     'run', 'totals.disks_verified'),
     ('last_run_backed_up_bytes', 'Size of the base volumes the last run '
-     'backed up'),
+     'backed up', 'totals.bytes_backed_up'),
     ('last_run_verified_bytes', 'Size of the base volumes the last run '
-     'backed up and verified'),
+     'backed up and verified', 'totals.bytes_verified'),
     ('last_run_snapshots_left', 'Snapshots of the last run it could not '
-     'remove'),
+     'remove', 'totals.snapshots_left'),
 )
+
+
+def metric_value(document, source):
+    """Given a status document and where a metric's value is in it (see
+    METRICS), return the value."""
+    if source.startswith('#'):
+        return len(document[source[1:]])
+    table, dot, key = source.rpartition('.')
+    if not dot:
+        return document[key]
+    return (document.get(table) or {}).get(key, 0)
 
 
 def metrics_text(document):
     """Given a status document, return the Prometheus text exposition of its
     metrics for node_exporter's textfile collector, labelled by volume."""
     volume = (('volume', document['volume']),)
-    totals = document.get('totals', {})
-    last = document.get('last_success') or {}
-    values = {
-        'last_run_timestamp_seconds': document['ended_at'],
-        'last_success_timestamp_seconds': last.get('ended_at', 0),
-        'last_run_duration_seconds': document['duration_seconds'],
-        'last_run_exit_status': document['exit_status'],
-        'last_run_failures': len(document['failures']),
-        'last_run_vms': totals.get('vms', 0),
-        'last_run_vms_backed_up': totals.get('vms_backed_up', 0),
-        'last_run_disks': totals.get('disks', 0),
-        'last_run_disks_backed_up': totals.get('disks_backed_up', 0),
-        'last_run_disks_verified': totals.get('disks_verified', 0),
-        'last_run_backed_up_bytes': totals.get('bytes_backed_up', 0),
-        'last_run_verified_bytes': totals.get('bytes_verified', 0),
-        'last_run_snapshots_left': totals.get('snapshots_left', 0),
-    }
     lines = []
 
     def gauge(name, help_text, samples):
@@ -5870,8 +5971,8 @@ def metrics_text(document):
             lines.append('vmbackup_%s%s %s' % (name, metric_labels(labels),
                                                repr(float(value))))
 
-    for name, help_text in METRICS:
-        gauge(name, help_text, [(volume, values[name])])
+    for name, help_text, source in METRICS:
+        gauge(name, help_text, [(volume, metric_value(document, source))])
     window = document.get('snapshot_window') or {}
     gauge('snapshot_window_seconds', 'How long the VMs of the last run ran '
           'on overlays: from its first snapshot ok to its first removal sent',
@@ -6290,6 +6391,29 @@ def status_report(document, path, now):
     """Given a status document, its path and the time now, return the lines
     --status prints for a person."""
     totals = document.get('totals', {})
+    lines = status_heading(document, now)
+    for failure in document['failures']:
+        lines.append('  failed: %s' % failure)
+    lines.append('  VMs: %d chosen, %d backed up; disks: %d chosen, %d backed '
+                 'up, %d verified, %s' % (
+                     totals.get('vms', 0), totals.get('vms_backed_up', 0),
+                     totals.get('disks', 0), totals.get('disks_backed_up', 0),
+                     totals.get('disks_verified', 0),
+                     format_bytes(totals.get('bytes_backed_up', 0))))
+    for vm in document.get('vms', []):
+        lines.append(vm_report(vm))
+        lines.extend(disk_report(disk) for disk in vm.get('disks', []))
+    if document.get('steps'):
+        lines.append('  time per step: %s' % ', '.join(
+            '%s %s' % (step, human_duration(seconds))
+            for step, seconds in document['steps'].items()))
+    lines.append('  (from %s)' % path)
+    return lines
+
+
+def status_heading(document, now):
+    """Given a status document and the time now, return the first lines of
+    --status: the verdict, when and where the run ran, the last success."""
     lines = ['Volume %s%s: the last run %s (exit status %d).' % (
         document.get('volume', '?'),
         # the session, where the volume has more than one (or one was named)
@@ -6309,41 +6433,35 @@ def status_report(document, path, now):
             human_duration(now - last['ended_at'])))
     else:
         lines.append('  last success: none known')
-    for failure in document['failures']:
-        lines.append('  failed: %s' % failure)
-    lines.append('  VMs: %d chosen, %d backed up; disks: %d chosen, %d backed '
-                 'up, %d verified, %s' % (
-                     totals.get('vms', 0), totals.get('vms_backed_up', 0),
-                     totals.get('disks', 0), totals.get('disks_backed_up', 0),
-                     totals.get('disks_verified', 0),
-                     format_bytes(totals.get('bytes_backed_up', 0))))
-    for vm in document.get('vms', []):
-        details = [vm.get('outcome', '?')]
-        if vm.get('consistency'):
-            details.append(vm['consistency'])
-        if vm.get('snapshot_removed') is False:
-            details.append('snapshot %s NOT removed' % vm.get('snapshot'))
-        lines.append('    VM %s: %s' % (vm.get('name'), ', '.join(details)))
-        for disk in vm.get('disks', []):
-            done = [label for key, label in (
-                ('confirmed', 'confirmed'), ('overlay_dropped', 'overlay dropped'),
-                ('chain_repaired', 'chain repaired'), ('verified', 'verified'))
-                if disk.get(key)]
-            failed = [label for key, label in (
-                ('confirmed', 'not confirmed'),
-                ('overlay_dropped', 'overlay not dropped'),
-                ('chain_repaired', 'chain not repaired'),
-                ('verified', 'verify failed')) if disk.get(key) is False]
-            lines.append('      disk %s: %s%s' % (
-                disk.get('name') or disk.get('id'), disk.get('outcome', '?'),
-                ' (%s)' % ', '.join(done + failed) if done or failed else '')
-                + (': %s' % disk['problem'] if disk.get('problem') else ''))
-    if document.get('steps'):
-        lines.append('  time per step: %s' % ', '.join(
-            '%s %s' % (step, human_duration(seconds))
-            for step, seconds in document['steps'].items()))
-    lines.append('  (from %s)' % path)
     return lines
+
+
+def vm_report(vm):
+    """Given a VM of a status document, return its line of --status."""
+    details = [vm.get('outcome', '?')]
+    if vm.get('consistency'):
+        details.append(vm['consistency'])
+    if vm.get('snapshot_removed') is False:
+        details.append('snapshot %s NOT removed' % vm.get('snapshot'))
+    return '    VM %s: %s' % (vm.get('name'), ', '.join(details))
+
+
+# what --status says of each step of a disk: (key, done, not done)
+DISK_STEPS = (('confirmed', 'confirmed', 'not confirmed'),
+              ('overlay_dropped', 'overlay dropped', 'overlay not dropped'),
+              ('chain_repaired', 'chain repaired', 'chain not repaired'),
+              ('verified', 'verified', 'verify failed'))
+
+
+def disk_report(disk):
+    """Given a disk of a status document, return its line of --status: its
+    outcome, the steps done, then those that failed, and its problem."""
+    done = [label for key, label, _ in DISK_STEPS if disk.get(key)]
+    failed = [label for key, _, label in DISK_STEPS if disk.get(key) is False]
+    return ('      disk %s: %s%s' % (
+        disk.get('name') or disk.get('id'), disk.get('outcome', '?'),
+        ' (%s)' % ', '.join(done + failed) if done or failed else '')
+        + (': %s' % disk['problem'] if disk.get('problem') else ''))
 
 
 def show_status(args, settings, now=None):

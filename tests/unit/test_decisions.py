@@ -157,7 +157,7 @@ def lock_record(last_success, node='gluster2', session=SESSION_NAME):
 def test_a_recent_success_of_the_session_is_told_with_its_node_and_age():
     assert vmbackup.recently_backed_up(lock_record(1000.0), SESSION_NAME, 60,
                                        1000.0 + 600) == \
-        '10 min ago by gluster2'
+        '10.0 minutes ago by gluster2'
 
 
 @pytest.mark.parametrize('record, skip_within, now', [
