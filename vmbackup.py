@@ -580,10 +580,13 @@ def build_parser():
     parser.add_argument('-i', '--interval', type=int, default=10,
                         help="seconds between the scheduler's status checks "
                              '(default 10)')
-    parser.add_argument('-t', '--timeout', type=int, default=0,
+    parser.add_argument('-t', '--timeout', type=float, default=0,
                         help='minutes before the scheduler gives up on the '
-                             'checkpoint; 0 waits for ever (default 0; give '
-                             'one under cron)')
+                             'checkpoint, e.g. 240 or 0.5: the scheduler is '
+                             'given them rounded up to whole minutes, and is '
+                             'stopped past -t plus [gluster] scheduler_grace; '
+                             '0 waits for ever (default 0; give one under '
+                             'cron)')
     parser.add_argument('--vm', action='append', default=[], metavar='NAME',
                         help='back up only this VM (repeatable)')
     parser.add_argument('--exclude', action='append', default=[],
@@ -681,7 +684,9 @@ def check_arguments(args):
                         '%d, not %d' % (MAX_SECONDS, args.interval))
     if not 0 <= args.timeout <= MAX_MINUTES:
         problems.append('--timeout must be 0 (wait for ever) or a number of '
-                        'minutes up to %d, not %d' % (MAX_MINUTES, args.timeout))
+                        'minutes up to %d, not %g' % (MAX_MINUTES, args.timeout))
+    elif args.timeout == int(args.timeout):
+        args.timeout = int(args.timeout)    # whole minutes read as before: "-t 5"
     for option, names in (('--vm', args.vm), ('--exclude', args.exclude)):
         if any(not name.strip() for name in names):
             problems.append('%s needs the name of a VM, not an empty one'

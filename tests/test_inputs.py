@@ -27,6 +27,8 @@ def one_error_line(result):
     ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '-i', str(10 ** 12)], '--interval must be at least 1'),
     ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '-t', '-5'], '--timeout must be 0'),
     ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '-t', str(10 ** 20)], 'minutes up to 43200, not 1'),
+    ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '-t', 'nan'], 'minutes up to 43200, not nan'),
+    ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '-t', 'soon'], "invalid float value: 'soon'"),
     ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '--vm', ''], '--vm needs the name of a VM'),
     ([MASTER, SLAVE, SLAVEVOL, '-c', 'x', '--exclude', ' '], '--exclude needs the name of a VM'),
     (['../etc', SLAVE, SLAVEVOL, '-c', 'x'], "MASTERVOL '../etc' is not a gluster volume name"),
