@@ -614,6 +614,21 @@ class Interrupted(Exception):
     the cleanup is not."""
 
 
+def exit_status_of(failures, ended_by=None):
+    """The exit status, decided here only: given a run's failures and the
+    exception that ended it early (None: none), return EXIT_LOCKED when
+    another run owns the volume (LockHeld), EXIT_USAGE for a usage error,
+    EXIT_FAILED when something failed (an interruption is a failure) or
+    ended it early, else EXIT_OK."""
+    if isinstance(ended_by, LockHeld):
+        return EXIT_LOCKED
+    if isinstance(ended_by, UsageError):
+        return EXIT_USAGE
+    if failures or ended_by is not None:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 class Run:
     """One run: the command line, the settings, the stop request, what was
     chosen and done, the time each step took and what failed."""
@@ -631,15 +646,20 @@ class Run:
         self.plan = None                  # Plan, once the VMs are chosen
         self.created = []                 # VmBackups with a snapshot of ours
         self.notes = []                   # lines for the event, good or bad
-        self.ovf_stores = []              # OvfStores kept before the snapshots
         self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.restore_points = None        # RestorePoints, when step 7 took one
-        self.exit_status = None
+        self.ended_by = None              # the exception that ended it early
 
-    def fail(self, message, *args):
-        """Log an error and remember it for the event and the exit status."""
+    @property
+    def exit_status(self):
+        return exit_status_of(self.failures, self.ended_by)
+
+    def fail(self, message, *args, told=False):
+        """Log an error (unless told already) and remember it for the event
+        and the exit status."""
         text = message % args if args else message
-        log.error('%s', text)
+        if not told:
+            log.error('%s', text)
         self.failures.append(text)
 
     def minutes(self):
@@ -1785,18 +1805,20 @@ def terminate_child(process, signum=signal.SIGTERM):
         os.killpg(process.pid, signum)
 
 
-def stop_child(process, label):
+def stop_child(process, label, wait=None):
     """Given a Popen started in its own session, end its group: SIGTERM,
-    then SIGKILL after KILL_AFTER seconds, each wait bounded. Return the
-    signal that ended it ('SIGTERM' or 'SIGKILL'), None when it had ended
-    already, or 'alive' when not even SIGKILL ended it in time (a process
-    stuck in the kernel, on a hung mount: it is left, and said so)."""
+    then SIGKILL after KILL_AFTER seconds, each wait bounded (wait(seconds):
+    how to wait, raising subprocess.TimeoutExpired; default process.wait).
+    Return the signal that ended it ('SIGTERM' or 'SIGKILL'), None when it
+    had ended already, or 'alive' when not even SIGKILL ended it in time (a
+    process stuck in the kernel, on a hung mount: it is left, and said
+    so)."""
     if process.poll() is not None:
         return None
     for signum in (signal.SIGTERM, signal.SIGKILL):
         terminate_child(process, signum)
         try:
-            process.wait(timeout=KILL_AFTER)
+            (wait or process.wait)(timeout=KILL_AFTER)
             return signal.Signals(signum).name
         except subprocess.TimeoutExpired:
             if signum == signal.SIGTERM:
@@ -1848,20 +1870,19 @@ def run_captured(command, timeout, stop):
     except OSError as error:
         return error, '', ''
     stop.child = process
+    status, streams = None, [b'', b'']
+
+    def collect(timeout):
+        # a grandchild may hold the pipes: bounded all the same
+        streams[:] = process.communicate(timeout=timeout)
     try:
-        output, errors = process.communicate(timeout=timeout)
+        collect(timeout)
         status = process.returncode
     except subprocess.TimeoutExpired:
-        status, output, errors = None, b'', b''
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            terminate_child(process, signum)
-            try:
-                output, errors = process.communicate(timeout=KILL_AFTER)
-                break
-            except subprocess.TimeoutExpired:
-                continue    # a grandchild may hold the pipes: bounded all the same
+        stop_child(process, command[0], collect)
     finally:
         stop.child = None
+    output, errors = streams
     return (status, output.decode('utf-8', 'replace'),
             errors.decode('utf-8', 'replace'))
 
@@ -1985,11 +2006,12 @@ def master_mount_command(args, settings, directory):
 
 
 @contextlib.contextmanager
-def volume_mounted(command, where, volume, settings, run, stop):
-    """Given a glusterfs command line whose last word is the mount point
-    (replaced by a fresh temporary directory), mount for the block; yield
-    the directory, or None after run.fail when it could not be mounted.
-    Unmount and remove the directory on every way out."""
+def volume_mounted(run, command, where, volume):
+    """Given the run and a glusterfs command line whose last word is the
+    mount point (replaced by a fresh temporary directory), mount for the
+    block; yield the directory, or None after run.fail when it could not be
+    mounted. Unmount and remove the directory on every way out."""
+    settings = run.settings
     directory = tempfile.mkdtemp(prefix='vmbackup-%s-' % volume)
     try:
         with contextlib.suppress(OSError):
@@ -1998,7 +2020,7 @@ def volume_mounted(command, where, volume, settings, run, stop):
         log.info('mounting %s: %s', where,
                  ' '.join(shlex.quote(part) for part in command))
         mounted = False
-        status, output = run_child(command, settings.mount_timeout, stop)
+        status, output = run_child(command, settings.mount_timeout, run.stop)
         for line in output.splitlines():
             log.info('glusterfs: %s', line)
         if isinstance(status, OSError):
@@ -2023,18 +2045,19 @@ def volume_mounted(command, where, volume, settings, run, stop):
 
 
 @contextlib.contextmanager
-def slave_mounted(args, settings, run, stop, read_only=False):
-    """Mount the slave volume in a fresh temporary directory for the block
-    (read_only: with --read-only, for --verify; else with SLAVE_CLIENT_PID,
-    which the slave's features.read-only lets write);
+def slave_mounted(run, read_only=False):
+    """Given the run, mount the slave volume in a fresh temporary directory
+    for the block (read_only: with --read-only, for --verify; else with
+    SLAVE_CLIENT_PID, which the slave's features.read-only lets write);
     yield its path, or None after run.fail. Unmount and remove the
     directory on every way out."""
-    command = mount_command(args, settings, 'DIR')
+    args = run.args
+    command = mount_command(args, run.settings, 'DIR')
     if read_only:
         command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
-    with volume_mounted(command, 'the slave volume %s:%s' % (
-            slave_host(args.slave), args.slavevol), args.slavevol, settings,
-            run, stop) as directory:
+    with volume_mounted(run, command, 'the slave volume %s:%s' % (
+            slave_host(args.slave), args.slavevol),
+            args.slavevol) as directory:
         yield directory
 
 
@@ -2050,10 +2073,10 @@ def master_mounted(run):
         yield None
         return
     args, settings = run.args, run.settings
-    with volume_mounted(master_mount_command(args, settings, 'DIR'),
+    with volume_mounted(run, master_mount_command(args, settings, 'DIR'),
                         'the master volume %s:%s' % (settings.master_server,
                                                      args.mastervol),
-                        args.mastervol, settings, run, run.stop) as directory:
+                        args.mastervol) as directory:
         if directory is None:
             raise Failed()
         yield directory
@@ -2449,10 +2472,12 @@ def print_plan(run):
 
 # Step 5: snapshots ------------------------------------------------------------------
 
-def remove_stale_snapshots(engine, plan, settings, run):
-    """Given the Plan, remove the snapshots with our description that an
-    earlier run left behind, before taking new ones. A VM whose stale
-    snapshot can't be removed is dropped from the plan."""
+def remove_stale_snapshots(run, engine):
+    """Step 5 first: given the run with its Plan, remove the snapshots with
+    our description that an earlier run left behind, before taking new
+    ones. A VM whose stale snapshot can't be removed is dropped from the
+    plan (run.fail)."""
+    plan = run.plan
     stale = [(backup, snapshot_id) for backup in plan.backups
              for snapshot_id in backup.stale_snapshot_ids]
     if not stale:
@@ -2460,7 +2485,7 @@ def remove_stale_snapshots(engine, plan, settings, run):
     for backup, snapshot_id in stale:
         log.warning('VM %s: removing snapshot %s left by an earlier run of '
                     'the backup', backup.name, snapshot_id)
-    left = Removal(engine, stale, settings, plan).wait()
+    left = Removal(engine, stale, run.settings, plan).wait()
     failed = {backup.vm_id for backup, _ in left}
     for backup in plan.backups:
         if backup.vm_id in failed:
@@ -2505,10 +2530,12 @@ def record_bases(run, engine):
     return read
 
 
-def snapshot_vms(engine, plan, settings, run, stop):
-    """Given the Plan, create one snapshot per VM, all at once, and wait for
-    them together; return the VmBackups whose snapshot was created (ready or
-    not: all of them must be removed later)."""
+def snapshot_vms(run, engine):
+    """Step 5: given the run with its Plan, create one snapshot per VM, all
+    at once, and wait for them together; return the VmBackups whose
+    snapshot was created (ready or not: all of them must be removed
+    later)."""
+    plan = run.plan
     feed = Feed(engine, 'snapshot creation', CREATION_ENDS)
 
     def create(backup):
@@ -2540,19 +2567,19 @@ def snapshot_vms(engine, plan, settings, run, stop):
         created.append(backup)
         log.debug('VM %s: snapshot %s created (%s)', backup.name, result.id,
                   result.snapshot_status)
-    created += adopt_lost_snapshots(engine, unanswered, plan, run)
-    wait_for_snapshots(engine, created, plan, settings, run, stop, feed)
-    report_consistency(created, settings, run)
+    created += adopt_lost_snapshots(run, engine, unanswered)
+    wait_for_snapshots(run, engine, created, feed)
+    report_consistency(run, created)
     return created
 
 
-def adopt_lost_snapshots(engine, backups, plan, run):
+def adopt_lost_snapshots(run, engine, backups):
     """Given the VmBackups whose snapshot request failed, look again: a
     request whose answer was lost may have created the snapshot all the
     same, and it must not be left behind. Return the VmBackups that have
     one (the stale ones were removed before, so it is this run's)."""
     adopted, states = look_for_snapshots(
-        engine, backups, plan, 'the answer to the snapshot request was lost, '
+        engine, backups, run.plan, 'the answer to the snapshot request was lost, '
         'but the snapshot %s was created; going on with it')
     for backup in backups:
         if backup in adopted:
@@ -2910,10 +2937,12 @@ class Watch:
         return False
 
 
-def wait_for_snapshots(engine, created, plan, settings, run, stop, feed=None):
-    """Given the VmBackups with a new snapshot, wait until each is ok or
-    wait_timeout has passed, recording each disk's overlay id and the
-    guest's consistency from the answer that shows its snapshot ok."""
+def wait_for_snapshots(run, engine, created, feed=None):
+    """Given the run and the VmBackups with a new snapshot (and the Feed of
+    their creation), wait until each is ok or wait_timeout has passed,
+    recording each disk's overlay id and the guest's consistency from the
+    answer that shows its snapshot ok; run.fail for each that is not."""
+    plan, settings, stop = run.plan, run.settings, run.stop
     pending = {backup.vm_id: backup for backup in created}
     deadline = time.monotonic() + settings.wait_timeout * 60
     watch = Watch(feed, deadline, plan, settings.poll_interval)
@@ -2976,12 +3005,12 @@ def record_consistency(backup, vm, feed):
     backup.consistency_reason = reason
 
 
-def report_consistency(created, settings, run):
+def report_consistency(run, created):
     """Given the VmBackups of step 5, say which copies are crash-consistent
     only: a warning, or with require_quiesce a failure of that VM (its
     snapshot is still removed; nothing of it is changed at the slave)."""
-    required = settings.require_quiesce or getattr(run.args, 'require_quiesce',
-                                                   False)
+    required = run.settings.require_quiesce or getattr(
+        run.args, 'require_quiesce', False)
     crash = [backup for backup in created
              if backup.snapshot_ready and backup.consistency == CRASH_CONSISTENT]
     for backup in crash:
@@ -3064,12 +3093,13 @@ SCHEDULER_EXITS = {
 }
 
 
-def replicate(args, settings, run, stop, timeout=None, report=None,
-              on_line=None):
-    """Run gluster's scheduler, logging its output as it comes (on_line(text)
-    after each line); return True when it reported the checkpoint complete.
-    timeout: the minutes it may wait (default -t); report(message, *args):
-    how a failure is told (default run.fail; the pre-sync's is a warning)."""
+def replicate(run, timeout=None, report=None, on_line=None):
+    """Step 6: given the run, run gluster's scheduler, logging its output as
+    it comes (on_line(text) after each line); return True when it reported
+    the checkpoint complete. timeout: the minutes it may wait (default -t);
+    report(message, *args): how a failure is told (default run.fail; the
+    pre-sync's is a warning)."""
+    args, settings, stop = run.args, run.settings, run.stop
     timeout = args.timeout if timeout is None else timeout
     report = report or run.fail
     command = scheduler_command(args, settings, timeout)
@@ -3419,8 +3449,7 @@ def presync(run):
 
     log.info('pre-sync: replicating before the snapshots, for up to %s',
              'ever (-t 0)' if minutes <= 0 else '%d minutes' % minutes)
-    done = replicate(run.args, run.settings, run, run.stop, timeout=minutes,
-                     report=warn)
+    done = replicate(run, timeout=minutes, report=warn)
     if done:
         log.info('pre-sync done: the snapshots are next')
     return done
@@ -3691,7 +3720,7 @@ def ovf_info(data):
     return info
 
 
-def write_ovf_stores(engine, run, master_root):
+def write_ovf_stores(run, engine, master_root):
     """Step 5, before the snapshots: have the engine bring the OVF store of
     each chosen domain up to date (update_ovf_store) and keep it, read
     through the master's read-only mount once the engine says it wrote it
@@ -3700,23 +3729,20 @@ def write_ovf_stores(engine, run, master_root):
     does not change when nothing is written, and it counts whole seconds.
     Return the OvfStores kept: the store that describes the VMs without
     this run's snapshots, and without the VMs that carry another volume's
-    backup snapshot (left out of the backup: leave_out_vms); they are
-    run.ovf_stores too. A domain whose store was not kept is run.fail'd,
-    and each disk there is marked so that nothing of it is changed at the
-    remote site."""
+    backup snapshot (left out of the backup: leave_out_vms). A domain
+    whose store was not kept is run.fail'd, and each disk there is marked
+    so that nothing of it is changed at the remote site."""
     kept = []
     domains = run.plan.storage_domains if run.plan else {}
     if not domains or master_root is None:    # no VM to back up, or --all-vms
         return kept
     for sd_id, name in sorted(domains.items()):
-        stores = keep_ovf_store(engine, run, master_root, sd_id, name)
+        stores = keep_ovf_store(run, engine, master_root, sd_id, name)
         if stores is None:
             leave_out_domain(run.plan, sd_id, name)
             continue
         kept += stores
-    kept = leave_out_vms(run, kept)
-    run.ovf_stores = kept
-    return kept
+    return leave_out_vms(run, kept)
 
 
 def leave_out_vms(run, stores):
@@ -3800,7 +3826,7 @@ def ovf_store_without(store, vm_ids):
                     data=data, last_updated=store.last_updated)
 
 
-def keep_ovf_store(engine, run, master_root, sd_id, name):
+def keep_ovf_store(run, engine, master_root, sd_id, name):
     """Given a storage domain, ask the engine to update its OVF store, wait
     for its word on it ([snapshot] wait_timeout), and return its OvfStores
     as read then at the master; or None (run.fail names the domain)."""
@@ -4245,27 +4271,35 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
 
 # Steps 6 and 7 together, and the old cleanup the bench measures --------------------
 
-def remote_copy(run, engine, master_root, start_removal, checkpoint=None):
-    """Steps 6 and 7 after the scheduler's exit 0, with the master mounted
-    read-only and the OVF store kept from before the snapshots: mount the
-    slave, confirm every disk while the bases are still frozen (checkpoint:
-    what the CheckpointWatch found wrong, or None), then call
-    start_removal() (the merges may run while the slave is repaired),
-    repair the chains, put back the OVF store, verify; unmount."""
-    with slave_mounted(run.args, run.settings, run, run.stop) as slave_root:
+@contextlib.contextmanager
+def confirmed_copy(run, engine, master_root, checkpoint=None):
+    """Step 6 after the scheduler's exit 0, with the master mounted
+    read-only: mount the slave for the block and confirm every disk while
+    the bases are still frozen (checkpoint: what the CheckpointWatch found
+    wrong, or None); yield (the slave's mount or None after run.fail, the
+    (VmBackup, DiskRecord) pairs confirmed). Once in the block, the bases
+    may change (the merges may start). Unmount on every way out."""
+    with slave_mounted(run) as slave_root:
         confirmed = []
         if slave_root is not None:
             confirmed = confirm_copies(engine, run, master_root, slave_root,
                                        checkpoint)
-        # the bases are confirmed (or given up): the merges may change them
-        start_removal()
-        if slave_root is None:
-            return
-        run.check_stop()
-        repair_chains(run, slave_root, confirmed)
-        restore_ovf_stores(run, slave_root, run.ovf_stores, confirmed)
-        if confirmed:
-            verify_copy(run, slave_root, run.ovf_stores, confirmed)
+        yield slave_root, confirmed
+
+
+def mend_copy(run, slave_root, kept, confirmed):
+    """Step 7: given the slave's mount (or None: nothing done), the
+    OvfStores kept before the snapshots and the pairs confirmed, repair
+    the chains, put back the OVF store, verify; return the verify's
+    summary, or None when nothing was verified."""
+    if slave_root is None:
+        return None
+    run.check_stop()
+    repair_chains(run, slave_root, confirmed)
+    restore_ovf_stores(run, slave_root, kept, confirmed)
+    if not confirmed:
+        return None
+    return verify_copy(run, slave_root, kept, confirmed)
 
 
 # Verify: what a DR engine would import -------------------------------------------------
@@ -4904,8 +4938,8 @@ def find_qemu_img(settings):
 
 def verify_copy(run, slave_root, kept, confirmed):
     """End of step 7: verify the copy at the slave as a DR engine would
-    import it; set each backed-up disk's verified, run.verify_summary, and
-    run.fail for each failure. Return True when all held."""
+    import it; set each backed-up disk's verified, and run.fail for each
+    failure. Return the summary ("N disks of M VMs verified restorable")."""
     backups = [backup for backup in run.created if backup.snapshot_ready]
     chosen = {disk.disk_id for _, disk in confirmed}
     skip = {disk.disk_id for backup in backups for disk in backup.disks
@@ -4923,26 +4957,28 @@ def verify_copy(run, slave_root, kept, confirmed):
                 disk.verified = results.get(disk.disk_id, False)
                 if not disk.verified:
                     disk.problem = disk.problem or 'failed verification at the remote site'
-    for what, check, detail in verifier.failures:
-        run.failures.append('verify: %s: %s: %s' % (what, check, detail))
-    run.verify_summary = verifier.summary()
-    log.info('verify: %s', run.verify_summary)
-    return not verifier.failures
+    for failure in verifier.failures:      # the Verifier logged each
+        run.fail('verify: %s: %s: %s', *failure, told=True)
+    summary = verifier.summary()
+    log.info('verify: %s', summary)
+    return summary
 
 
-def verify_only(args, settings, stop):
-    """--verify: mount the slave volume read-only and verify every storage
-    domain on it; change nothing, need no engine. Return the exit status."""
+def verify_only(run):
+    """--verify: given the run, mount the slave volume read-only and verify
+    every storage domain on it; change nothing, need no engine; run.fail
+    for each failure. Return the verifier's summary, or None when nothing
+    was mounted."""
+    args, settings = run.args, run.settings
     qemu_img = find_qemu_img(settings)
     if not is_executable(settings.glusterfs):
         raise UsageError('[gluster] glusterfs %s is not an executable file '
                          '(install glusterfs-fuse / glusterfs-client, or name '
                          'it)' % settings.glusterfs)
-    run = Run(args, settings, stop)
-    with verify_mounted(args, settings, run, stop) as root:
+    with verify_mounted(run) as root:
         if root is None:
-            return EXIT_FAILED
-        verifier = Verifier(root, qemu_img, stop)
+            return None
+        verifier = Verifier(root, qemu_img, run.stop)
         try:
             domains = [name for name in sorted(os.listdir(root))
                        if UUID.match(name)
@@ -4955,14 +4991,17 @@ def verify_only(args, settings, stop):
                      args.slavevol)
         for sd_id in domains:
             verifier.domain(sd_id)
+    for failure in verifier.failures:
+        run.fail('verify: %s: %s: %s', *failure, told=True)
     what = '%s::%s' % (slave_host(args.slave), args.slavevol)
     if args.restore_point:
         what = 'restore point %s of %s' % (args.restore_point, what)
-    if run.failures or verifier.failures:
-        log.error('verify of %s failed: %s', what, verifier.summary())
-        return EXIT_FAILED
-    log.info('verify of %s: %s', what, verifier.summary())
-    return EXIT_OK
+    summary = verifier.summary()
+    if run.failures:
+        log.error('verify of %s failed: %s', what, summary)
+    else:
+        log.info('verify of %s: %s', what, summary)
+    return summary
 
 
 # Restore points: gluster snapshots of the slave volume (end of step 7) -----------
@@ -5222,12 +5261,13 @@ def snapshot_volfile_id(name, slavevol):
 
 
 @contextlib.contextmanager
-def restore_point_active(args, settings, run, stop):
-    """--verify --restore-point NAME: check with gluster on the slave node
-    that NAME is a snapshot of SLAVEVOL, and activate it for the block when
-    it is not (a snapshot is made deactivated; its volume must be started
-    to be mounted), deactivating it again on every way out; yield True,
-    or False after run.fail."""
+def restore_point_active(run):
+    """--verify --restore-point NAME: given the run, check with gluster on
+    the slave node that NAME is a snapshot of SLAVEVOL, and activate it for
+    the block when it is not (a snapshot is made deactivated; its volume
+    must be started to be mounted), deactivating it again on every way out;
+    yield True, or False after run.fail."""
+    args, settings, stop = run.args, run.settings, run.stop
     host = restore_point_host(args, settings)
     name = args.restore_point
     snapshots, problem = list_snapshots(settings, host, ['snapshot', 'info', name],
@@ -5268,41 +5308,44 @@ def restore_point_active(args, settings, run, stop):
 
 
 @contextlib.contextmanager
-def verify_mounted(args, settings, run, stop):
-    """--verify: mount read-only for the block the slave volume or, with
-    --restore-point, that snapshot of it; yield the directory, or None
-    after run.fail. Unmount (and deactivate what was activated) on every
-    way out."""
+def verify_mounted(run):
+    """--verify: given the run, mount read-only for the block the slave
+    volume or, with --restore-point, that snapshot of it; yield the
+    directory, or None after run.fail. Unmount (and deactivate what was
+    activated) on every way out."""
+    args = run.args
     if args.restore_point is None:
-        with slave_mounted(args, settings, run, stop, read_only=True) as root:
+        with slave_mounted(run, read_only=True) as root:
             yield root
         return
-    with restore_point_active(args, settings, run, stop) as active:
+    with restore_point_active(run) as active:
         if not active:
             yield None
             return
-        command = mount_command(args, settings, 'DIR')
+        command = mount_command(args, run.settings, 'DIR')
         command[command.index(SLAVE_CLIENT_PID)] = '--read-only'
         command[command.index('--volfile-id') + 1] = snapshot_volfile_id(
             args.restore_point, args.slavevol)
-        with volume_mounted(command, 'the restore point %s:%s' % (
+        with volume_mounted(run, command, 'the restore point %s:%s' % (
                 slave_host(args.slave), command[command.index('--volfile-id') + 1]),
-                args.slavevol, settings, run, stop) as root:
+                args.slavevol) as root:
             yield root
 
 
 # Step 8: remove the snapshots ------------------------------------------------------------
 
-def start_removal(engine, created, plan, settings):
-    """Given the VmBackups whose snapshot this run created, send their
-    removals (live merge) now; return the Removal to wait on, or None."""
+def start_removal(run, engine, created):
+    """Step 8: given the run and the VmBackups whose snapshot it created,
+    send their removals (live merge) now, with those of the snapshots made
+    after their request failed; return the Removal to wait on, or None."""
+    plan = run.plan
     late = find_late_snapshots(engine, plan) if plan else []
     targets = [(backup, backup.snapshot_id) for backup in created + late
                if backup.snapshot_id]
     if not targets:
         return None
     log.info('removing %d snapshots', len(targets))
-    removal = Removal(engine, targets, settings, plan)
+    removal = Removal(engine, targets, run.settings, plan)
     removal.send()
     return removal
 
@@ -5332,12 +5375,13 @@ def measure_overlays(master_root, backups):
     return total
 
 
-def remove_snapshots(engine, created, plan, settings, run, removal=None):
-    """Given the VmBackups whose snapshot this run created, and the Removal
-    already started if any, remove them all and wait until they are gone;
-    run.fail for each one left, and return the (VmBackup, snapshot id)
-    pairs left."""
-    removal = removal or start_removal(engine, created, plan, settings)
+def remove_snapshots(run, engine, created, removal=None):
+    """Step 8: given the run, the VmBackups whose snapshot it created, and
+    the Removal already started if any, remove them all and wait until
+    they are gone; run.fail for each one left, and return the (VmBackup,
+    snapshot id) pairs left."""
+    plan = run.plan
+    removal = removal or start_removal(run, engine, created)
     if removal is None:
         return []
     left = removal.wait()
@@ -5547,9 +5591,10 @@ def event_description(mastervol, failures, minutes, notes=()):
     return bool(failures), description
 
 
-def post_event(engine, args, settings, run):
+def post_event(run, engine):
     """Post the run's outcome to the engine as an event; return True when
     the engine took it."""
+    args, settings = run.args, run.settings
     notes = run.notes + ([run.verify_summary] if run.verify_summary else [])
     alert, description = event_description(args.mastervol, run.failures,
                                            run.minutes(), notes)
@@ -6332,31 +6377,27 @@ def make_public_directory(path):
 def monitored(run):
     """Given a Run past the config, with the lock held: ping the start; on
     every way out of the block, record the run (status file, metrics,
-    finishing ping, summary). The block sets run.exit_status; an exception
-    that escapes it is a failed run, recorded, then raised again."""
+    finishing ping, summary). An exception that escapes the block ended
+    the run (run.ended_by; a failure of it, unless told already), and is
+    raised again."""
     make_status_directories(run.settings)
     ping(run.settings, 'start', 'vmbackup %s on %s: backup of volume %s '
          'started' % (VERSION, os.uname().nodename, run.mastervol))
     try:
         yield run
-    except Failed:          # told already (the engine unreachable)
-        run.exit_status = EXIT_FAILED
-        raise
-    except LockHeld:        # a live run elsewhere may own the volume: its
-        run.exit_status = EXIT_LOCKED     # status is not ours to write
-        raise
     except BaseException as error:
-        run.failures.append('the run ended unexpectedly: %s' % (
-            one_line(error) if not isinstance(error, Interrupted)
-            else 'interrupted by %s' % error))
-        run.exit_status = EXIT_FAILED
+        run.ended_by = error
+        # Failed: told already (the engine unreachable); LockHeld: a live
+        # run elsewhere may own the volume, its status is not ours to write
+        if not isinstance(error, (Failed, LockHeld)):
+            run.failures.append('the run ended unexpectedly: %s' % (
+                one_line(error) if not isinstance(error, Interrupted)
+                else 'interrupted by %s' % error))
         raise
     finally:
-        if run.exit_status is None:
-            run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
         if run.ended_at is None:
             run.ended_at = time.time()
-        if run.exit_status != EXIT_LOCKED:
+        if not isinstance(run.ended_by, LockHeld):
             record_run(run)
 
 
@@ -6611,7 +6652,6 @@ def engine_session(run):
         run.fail('%s', describe_engine_error(error, run.settings))
         log.error('backup of volume %s failed: nothing was changed',
                   run.mastervol)
-        run.exit_status = EXIT_FAILED
         raise Failed() from None
     try:
         yield engine
@@ -6623,8 +6663,8 @@ def engine_session(run):
 def reported(run, engine):
     """Step 9 on every way out of the block: an error of any kind in it
     becomes a failure of the run (one line; the traceback only at debug
-    level), then the event is posted and run.exit_status set. LockHeld
-    goes through untouched: another run owns the volume, nothing was done."""
+    level), then the event is posted. LockHeld goes through untouched:
+    another run owns the volume, nothing was done."""
     try:
         yield
     except LockHeld:
@@ -6648,14 +6688,11 @@ def reported(run, engine):
                                       for failure in run.failures):
         run.fail('the backup was interrupted by %s', run.stop.signal_name)
     with run.step('report', cleanup=True):
-        posted = post_event(engine, run.args, run.settings, run)
+        posted = post_event(run, engine)
     if not posted and not run.failures:
         # a failure after the event: the status file and the ping tell it
         run.fail('backup of volume %s done, but the engine did not take its '
                  'event', run.mastervol)
-        run.exit_status = EXIT_FAILED
-    else:
-        run.exit_status = EXIT_FAILED if run.failures else EXIT_OK
 
 
 class Snapshots:
@@ -6682,37 +6719,26 @@ class Snapshots:
             mine = self.mine()
             if self.master_root is not None and mine:
                 measure_overlays(self.master_root, mine)
-            self.removal = start_removal(self.engine, mine,
-                                         self.run.plan, self.run.settings)
+            self.removal = start_removal(self.run, self.engine, mine)
             for backup in mine:
                 backup.removal_sent_at = (self.removal.sent_at if self.removal
                                           else None)
 
 
 @contextlib.contextmanager
-def taken_snapshots(run, engine, master_root=None, before=None):
-    """Step 5 on the way in, step 8 on every way out: given the run with its
-    Plan and the master's mount (or None), remove stale snapshots (and
-    record the bases after), call before() (the OVF store kept with no
-    snapshot of ours in it), snapshot the VMs and wait until they are
-    ready; yield Snapshots; then remove every snapshot of this run, whatever
+def taken_snapshots(run, engine, master_root=None):
+    """Step 8 on every way out of the block: given the run with its Plan
+    and the master's mount (or None), yield Snapshots (the block takes
+    them, step 5); then remove every snapshot of this run, whatever
     happened, and wait until they are gone."""
     snapshots = Snapshots(run, engine, master_root)
     try:
-        with run.step('snapshot'):
-            remove_stale_snapshots(engine, run.plan, run.settings, run)
-            record_bases(run, engine)
-            if before is not None:
-                before()
-            run.created = snapshot_vms(engine, run.plan, run.settings, run,
-                                       run.stop)
         yield snapshots
     finally:
         with run.step('remove snapshots', cleanup=True):
             mine = snapshots.mine()
             snapshots.start_removal()
-            left = remove_snapshots(engine, mine, run.plan, run.settings, run,
-                                    snapshots.removal)
+            left = remove_snapshots(run, engine, mine, snapshots.removal)
         for backup in mine:
             backup.snapshot_removed = all(backup is not other
                                           for other, _ in left)
@@ -6731,21 +6757,26 @@ def back_up(run):
                 if run.settings.presync and run.plan.backups:
                     with run.step('presync'):
                         presync(run)                              # 5
-                with taken_snapshots(run, engine, master, before=lambda:
-                                     write_ovf_stores(engine, run, master)
-                                     ) as snapshots:              # 5, 8
+                with taken_snapshots(run, engine, master) as snapshots:  # 8
+                    with run.step('snapshot'):                    # 5
+                        remove_stale_snapshots(run, engine)
+                        record_bases(run, engine)
+                        # the OVF store with no snapshot of ours in it
+                        kept = write_ovf_stores(run, engine, master)
+                        run.created = snapshot_vms(run, engine)
                     with run.step('replicate'):
                         with CheckpointWatch(run.args,
                                              run.settings) as watch:
                             replicated = replicate(
-                                run.args, run.settings, run, run.stop,
-                                on_line=watch.nudge)              # 6
+                                run, on_line=watch.nudge)         # 6
                     run.check_stop()
                     if replicated:
-                        with run.step('remote copy'):             # 6, 7
-                            remote_copy(run, engine, master,
-                                        snapshots.start_removal,
-                                        watch.evidence())
+                        with run.step('remote copy'), confirmed_copy(
+                                run, engine, master, watch.evidence()
+                        ) as (slave, confirmed):                  # 6
+                            snapshots.start_removal()             # 8 begins
+                            run.verify_summary = mend_copy(
+                                run, slave, kept, confirmed)      # 7
                         with run.step('restore point'):           # 7
                             run.restore_points = take_restore_point(run)
                     else:
@@ -6755,15 +6786,12 @@ def back_up(run):
 
 
 def dry_run(run, engine):
-    """--dry-run: step 4, then print what the rest would do; return 0, or 1
-    when a check failed."""
-    try:
-        with run.step('check'):
-            run.plan = check_and_choose(run, engine)
-    except Failed:
-        return EXIT_FAILED
+    """--dry-run: step 4, then print what the rest would do; return the
+    exit status (raise Failed when a check failed)."""
+    with run.step('check'):
+        run.plan = check_and_choose(run, engine)
     print_plan(run)
-    return EXIT_FAILED if run.failures else EXIT_OK
+    return run.exit_status
 
 
 def finish(run):
@@ -6838,61 +6866,54 @@ def run_command(argv):
         configure_logging(settings, args)
         if not args.read_only:
             find_qemu_img(settings)
-    except UsageError as error:
+        if MISSING_SDK is not None and not (args.read_only or args.verify):
+            raise UsageError(
+                'the oVirt engine SDK cannot be imported (%s): install '
+                'python3-ovirt-engine-sdk4 (EL) or ovirt-engine-sdk-python '
+                '(pip)' % MISSING_SDK)
+    except (UsageError, StorageFailed) as error:
+        # StorageFailed: the machine's, not a usage error
         log.error('%s', error)
         if checking:
             # a Nagios plugin says UNKNOWN, not 2 (CRITICAL), for bad usage
             print(check_line(CHECK_UNKNOWN, str(error), ''))
             return CHECK_UNKNOWN
-        return EXIT_USAGE
-    except StorageFailed as error:     # the machine's, not a usage error
-        log.error('%s', error)
-        if checking:
-            print(check_line(CHECK_UNKNOWN, str(error), ''))
-            return CHECK_UNKNOWN
-        return EXIT_FAILED
+        return exit_status_of([], error)
     if args.read_only:                    # no engine, no lock, no SDK
         return show_status(args, settings)
-    if args.verify:                       # no engine, no lock: changes nothing
-        stop = Stop()
-        stop.install()
-        try:
-            return verify_only(args, settings, stop)
-        except UsageError as error:
-            log.error('%s', error)
-            return EXIT_USAGE
-    if MISSING_SDK is not None:
-        log.error('the oVirt engine SDK cannot be imported (%s): install '
-                  'python3-ovirt-engine-sdk4 (EL) or ovirt-engine-sdk-python '
-                  '(pip)', MISSING_SDK)
-        return EXIT_USAGE
     stop = Stop()
     stop.install()
     run = Run(args, settings, stop)
     try:
-        if args.dry_run:                  # no lock: it changes nothing
-            return back_up(run)
-        with take_lock(run), monitored(run):     # status, metrics, ping
-            return back_up(run)
-    except LockHeld as error:
+        if args.verify:                   # no engine, no lock: changes nothing
+            verify_only(run)
+        elif args.dry_run:                # no lock: it changes nothing
+            back_up(run)
+        else:
+            with take_lock(run), monitored(run):     # status, metrics, ping
+                back_up(run)
+    except Exception as error:
+        run.ended_by = error
+        tell_ending(run.mastervol, error)
+    return run.exit_status
+
+
+def tell_ending(mastervol, error):
+    """Given the exception that ended a run early, say why in one line
+    (exit_status_of says what it means for the exit status)."""
+    if isinstance(error, LockHeld):
         # the same cron line on every node: the nodes that find the volume
         # taken say so quietly (-q: no cron mail)
         log.info('%s', error)
-        return EXIT_LOCKED
-    except Failed:
-        return EXIT_FAILED
-    except StorageFailed as error:        # the lock: nothing done
+    elif isinstance(error, StorageFailed):        # the lock: nothing done
         log.error('backup of volume %s failed: %s; nothing done',
-                  args.mastervol, error)
-        return EXIT_FAILED
-    except UsageError as error:
+                  mastervol, error)
+    elif isinstance(error, UsageError):
         log.error('%s', error)
-        return EXIT_USAGE
-    except (OSError, Exception) as error:   # before the engine: one line
-        log.error('backup of volume %s failed: %s', args.mastervol,
+    elif not isinstance(error, Failed):         # Failed: told already
+        log.error('backup of volume %s failed: %s', mastervol,
                   one_line(error))
         log.debug('where:\n%s', traceback.format_exc())
-        return EXIT_FAILED
 
 
 if __name__ == '__main__':

@@ -13,12 +13,19 @@ DAY = 86400.0
 NOW = 1800000000.0
 
 
+class EndedRun(Run):
+    """A Run whose exit status the test gives (a Run derives it from its
+    failures: exit_status_of)."""
+    exit_status = None
+
+
 def make_run(exit_status=0, failures=(), backups=(), steps=(), started=NOW - 600,
              ended=NOW):
     args = types.SimpleNamespace(mastervol='vmstore', slave='root@dr.example.com',
                                  slavevol='vmstore-dr', vm=[], exclude=[])
-    run = Run(args, Settings(status_dir='/nonexistent'), stop=None)
-    run.started_at, run.ended_at, run.exit_status = started, ended, exit_status
+    run = EndedRun(args, Settings(status_dir='/nonexistent'), stop=None)
+    run.started_at, run.ended_at = started, ended
+    run.exit_status = exit_status
     run.failures = list(failures)
     run.plan = Plan(backups=list(backups))
     for name, seconds in steps:

@@ -33,7 +33,7 @@ def scheduler(tmp_path, monkeypatch):
     monkeypatch.setattr(vmbackup, 'KILL_AFTER', 1)
     (tmp_path / 'volumes').mkdir()
 
-    def replicate(behaviour, timeout=0.02, grace=0):
+    def replicate(behaviour, timeout=0.02, grace=0, **options):
         (tmp_path / 'behaviour.json').write_text(json.dumps({'schedule_georep': behaviour}))
         args = argparse.Namespace(mastervol='vmstore', slave='root@backup.example.com',
                                   slavevol='vmstore-dr', interval=1, timeout=timeout)
@@ -42,7 +42,7 @@ def scheduler(tmp_path, monkeypatch):
             scheduler_grace=grace)
         run = vmbackup.Run(args, settings, vmbackup.Stop())
         began = time.monotonic()
-        done = vmbackup.replicate(args, settings, run, run.stop)
+        done = vmbackup.replicate(run, **options)
         seconds = time.monotonic() - began
         (call,) = [json.loads(line) for line in
                    (tmp_path / 'calls.jsonl').read_text().splitlines()]
@@ -86,3 +86,51 @@ def test_a_scheduler_that_exits_1_on_sigterm_is_not_told_as_its_own_timeout(sche
 def test_a_scheduler_that_ends_in_time_is_not_stopped(scheduler):
     done, failures, _, _ = scheduler({'exit': 0, 'copy': False}, timeout=5)
     assert done is True and failures == []
+
+
+# what the scheduler's exit says, and who is told ------------------------------
+
+@pytest.mark.parametrize('behaviour, failure', [
+    ({'exit': 1, 'copy': False},
+     'geo-replication failed: the checkpoint was not reached within --timeout 5 minutes'),
+    ({'exit': 255, 'copy': False},
+     'geo-replication failed: a gluster command failed (see its output above)'),
+    ({'exit': 7, 'copy': False}, 'geo-replication failed: the scheduler exited with status 7'),
+    ({'signal': 'SIGSEGV', 'copy': False},
+     'geo-replication failed: the scheduler was killed by SIGSEGV'),
+], ids=['no checkpoint', 'gluster failed', 'other exit', 'killed'])
+def test_a_scheduler_that_fails_is_told_in_one_line(scheduler, behaviour, failure):
+    done, failures, _, _ = scheduler(behaviour, timeout=5)
+    assert done is False and failures == [failure]
+
+
+def test_a_failure_of_the_presync_goes_to_its_own_report(scheduler):
+    told = []
+    done, failures, _, _ = scheduler({'exit': 1, 'copy': False}, timeout=5,
+                                     report=lambda message, *values: told.append(
+                                         message % values if values else message))
+    assert done is False and failures == []
+    assert told == ['geo-replication failed: the checkpoint was not reached within '
+                    '--timeout 5 minutes']
+
+
+def test_a_scheduler_that_cannot_be_run_is_told_so(tmp_path):
+    args = argparse.Namespace(mastervol='vmstore', slave='root@backup.example.com',
+                              slavevol='vmstore-dr', interval=1, timeout=5)
+    missing = str(tmp_path / 'schedule_georep')
+    run = vmbackup.Run(args, vmbackup.Settings(schedule_georep=[missing]),
+                       vmbackup.Stop())
+    assert vmbackup.replicate(run) is False
+    assert run.failures == ['cannot run the scheduler %s: No such file or directory'
+                            % missing]
+
+
+def test_the_scheduler_is_asked_for_whole_minutes():
+    args = argparse.Namespace(mastervol='vmstore', slave='root@backup.example.com',
+                              slavevol='vmstore-dr', interval=3, timeout=0.02)
+    settings = vmbackup.Settings(schedule_georep=['schedule_georep'], presync_timeout=None)
+    assert vmbackup.scheduler_command(args, settings)[-4:] == [
+        '--interval', '3', '--timeout', '1']
+    assert vmbackup.scheduler_command(args, settings, 90.5)[-1] == '91'
+    assert vmbackup.presync_minutes(args, settings) == 0.02
+    assert vmbackup.presync_minutes(args, vmbackup.Settings(presync_timeout=0)) == 0

@@ -21,11 +21,17 @@ def settings_in(tmp_path, **values):
     return Settings(storage_timeout=10, **values)
 
 
+class EndedRun(Run):
+    """A Run whose exit status the test gives (a Run derives it from its
+    failures: exit_status_of)."""
+    exit_status = None
+
+
 def finished_run(settings, slave='root@dr.example.com', slavevol='vmstore-dr', exit_status=0,
                  ended=NOW - HOUR, vm=(), failures=(), restore_points=None):
     args = argparse.Namespace(mastervol='vmstore', slave=slave, slavevol=slavevol,
                               vm=list(vm), exclude=[])
-    run = Run(args, settings, vmbackup.Stop())
+    run = EndedRun(args, settings, vmbackup.Stop())
     run.started_at, run.ended_at, run.exit_status = ended - 600, ended, exit_status
     run.failures = list(failures)
     disk = DiskRecord(disk_id='d1', name='web_disk', sd_id='sd', base_id='b', overlay_id='o',
