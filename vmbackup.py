@@ -143,6 +143,38 @@ except ImportError as error:     # main() says so in one line (exit 2)
 else:
     MISSING_SDK = None
 
+# For maintainers: the file from top to bottom. Each section starts with a
+# "# ==== ..." banner; the steps are numbered as in the docstring above.
+#
+#   constants, Record, CONFIG_KEYS (every config key: its section, kind,
+#     default, check, meaning; it gives KNOWN_KEYS, Settings, the reading,
+#     the README's key table check and the man page), Run (what a run
+#     collects; exit_status_of decides the exit status from it, once)
+#   Step 1   the command line and the config file (parse_config, then
+#            check_machine for the files and directories it names)
+#   Step 2   the lock (take_lock) and skip_within
+#   Step 3   the engine: connection, deadlines, the engine's errors
+#   Layers   the engine client (VM look-ups), child processes and mounts,
+#            volume files (vdsm's .meta, volume paths, the OVF store's tar)
+#   Step 4   choose the VMs (check_and_choose)
+#   Step 5   the OVF store kept (write_ovf_stores), then the stale
+#            snapshots, the bases, the snapshots and their wait (Feed,
+#            Watch, Polls: what to look at, and when)
+#   Step 6   replicate (replicate, presync, CheckpointWatch), then confirm
+#            the copy (confirm_copies)
+#   Step 7   repair the chains and the OVF store (repair_chains,
+#            restore_ovf_stores), verify (Verifier), restore points
+#   Step 8   remove the snapshots (Removal)
+#   Step 9   the event (post_event)
+#   Step 10  the status file, metrics, ping; --status and --check read them
+#   The run  back_up (the step list), dry_run, verify_only, run_command and
+#            main; a run's exit status is exit_status_of's, --check's the
+#            Nagios convention's (check_state)
+#
+# Conventions: a step takes (run, engine) and what earlier steps returned,
+# and returns what it produces; a failure is run.fail(...), one line each;
+# helpers take plain values. Nothing here imports from the tests.
+
 VERSION = '2.1.0'
 
 EVENT_ORIGIN = 'ovirt-georep-backup'
@@ -719,7 +751,7 @@ class Stop:
         self.event.wait(max(seconds, 0))
 
 
-# Step 1: the command line and the config file ------------------------------
+# ==== Step 1: the command line and the config file ===========================
 
 def build_parser():
     """Return the argparse parser of the command line (its text is the man
@@ -1353,7 +1385,7 @@ def bootstrap_logging():
     log.propagate = False
 
 
-# Step 2: the lock ---------------------------------------------------------------
+# ==== Step 2: the lock =======================================================
 
 @contextlib.contextmanager
 def take_lock(run):
@@ -1554,7 +1586,7 @@ def recently_backed_up(record, session, skip_within, now):
     return '%s ago by %s' % (human_duration(age), last['node'] or 'a node')
 
 
-# Step 3: the engine ------------------------------------------------------------
+# ==== Step 3: the engine: connection, deadlines, errors ======================
 
 class Engine:
     """The connection to the engine: one sdk.Connection for the login and
@@ -1721,7 +1753,7 @@ def is_conflict(error):
     return getattr(error, 'code', None) == 409
 
 
-# The engine client: VM look-ups ---------------------------------------------
+# ==== Layer: the engine client: VM look-ups ==================================
 
 def list_vms(system, search, follow, positions=None):
     """Given a search, return every VM it finds, page after page (the engine
@@ -1794,7 +1826,7 @@ def fill_in(system, vm, follow):
     return vm
 
 
-# Child processes and mounts --------------------------------------------------
+# ==== Layer: child processes and mounts ======================================
 
 def terminate_child(process, signum=signal.SIGTERM):
     """Given a Popen started in its own session, send its whole group
@@ -2082,7 +2114,272 @@ def master_mounted(run):
         yield directory
 
 
-# Step 4: choose the VMs -----------------------------------------------------------
+# ==== Layer: volume files: vdsm's .meta, paths, the OVF store ================
+#
+# Facts from the real systems (their sources are the reference; no code of
+# theirs is here): vdsm's .meta is sorted KEY=value lines ending EOF
+# (lib/vdsm/storage/volumemetadata.py, constants.py); vdsm finds an image's
+# leaf by VOLTYPE and walks PUUID links to the blank UUID (image.py
+# Image.getChain, ImageIsNotLegalChain when no leaf). The engine's OVF store
+# is a raw volume holding a tar of info.json, <vm id>.ovf and metadata.json;
+# its .meta DESCRIPTION is JSON {"Updated", "Last Updated", "Size", "Storage
+# Domains", "Disk Description": "OVF_STORE"}, set to Updated false before the
+# tar is written and to Updated true with the new Last Updated and Size after
+# it (ovirt-engine ProcessOvfUpdateForStorageDomainCommand,
+# OvfInfoFileConstants); an import reads Size bytes of the updated store with
+# the latest Last Updated (StorageHandlingCommandBase.getLatestOVFDisk).
+
+BLANK_UUID = '00000000-0000-0000-0000-000000000000'
+OVF_STORE_ALIAS = 'OVF_STORE'
+OVF_STORE_DISKTYPE = 'OVFS'
+META_READ_LIMIT = 65536              # a .meta is 512 bytes at most for vdsm
+QEMU_IMG_TIMEOUT = 600               # seconds, one qemu-img info or check
+QEMU_FORMATS = {'COW': 'qcow2', 'RAW': 'raw'}
+JAVA_DATE = '%a %b %d %H:%M:%S %Y'   # Date.toString() without its zone
+
+
+class MetaError(ValueError):
+    """A .meta file that is not in vdsm's format."""
+
+
+class OvfStore(Record):
+    """One OVF_STORE volume of a domain as the engine wrote it before the
+    snapshots: its .meta and its tar, read from the master."""
+    DEFAULTS = {'sd_id': None, 'disk_id': None, 'volume_id': None,
+                'meta': None, 'data': None, 'last_updated': None}
+    HIDDEN = ('meta', 'data')
+
+
+def parse_meta(data, name):
+    """Given a .meta file's bytes, return {KEY: value} up to its EOF line;
+    raise MetaError when it is not vdsm's format."""
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError:
+        raise MetaError('%s is not text' % name) from None
+    values = {}
+    for line in text.split('\n'):
+        if line.startswith('EOF'):
+            return values
+        if '=' in line:
+            key, value = line.split('=', 1)
+            values[key.strip()] = value.strip()
+    raise MetaError('%s has no EOF line (truncated?)' % name)
+
+
+def open_beneath(root, path, flags):
+    """Given a mount point and a path below it, open the path (os.open
+    flags) one component at a time with O_NOFOLLOW: a symlink anywhere on
+    the way, directory or file, is refused (OSError ELOOP or ENOTDIR), so
+    that what is read or written is the file at that very path of the
+    volume. Without root, the file itself only is opened with O_NOFOLLOW.
+    Return the descriptor."""
+    nofollow = getattr(os, 'O_NOFOLLOW', 0)
+    if root is None:
+        return os.open(path, flags | nofollow)
+    relative = os.path.relpath(path, root)
+    parts = relative.split(os.sep)
+    if relative.startswith(os.pardir) or not parts[-1]:
+        raise OSError(errno.EINVAL, 'not below %s' % root, path)
+    directory = os.open(root, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+    done = []
+    try:
+        for part in parts[:-1]:
+            done.append(part)
+            inner = os.open(part, os.O_RDONLY | nofollow | getattr(os, 'O_DIRECTORY', 0),
+                            dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        done.append(parts[-1])
+        return os.open(parts[-1], flags | nofollow, dir_fd=directory)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(error.errno, 'a symbolic link (not followed) or not a '
+                          'directory', os.path.join(*done)) from None
+        raise
+    finally:
+        os.close(directory)
+
+
+def read_meta(path, root=None):
+    """Given a .meta file's path (below root: see open_beneath), return (its
+    bytes, {KEY: value}); raise OSError or MetaError, also for a file
+    longer than META_READ_LIMIT (not vdsm's, and not read whole)."""
+    with os.fdopen(open_beneath(root, path, os.O_RDONLY), 'rb') as stream:
+        data = stream.read(META_READ_LIMIT + 1)
+    if len(data) > META_READ_LIMIT:
+        raise MetaError('%s is longer than %d bytes: not a vdsm .meta'
+                        % (os.path.basename(path), META_READ_LIMIT))
+    return data, parse_meta(data, os.path.basename(path))
+
+
+def write_in_place(path, data, root=None):
+    """Replace a file's content with data in place (same inode: a file
+    replaced by rename would lose its gfid, and geo-replication maps slave
+    files to master files by gfid): write, truncate, fsync. Below root, no
+    symlink is followed (open_beneath)."""
+    with os.fdopen(open_beneath(root, path, os.O_RDWR), 'r+b') as stream:
+        stream.write(data)
+        stream.truncate()
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def meta_with_key(data, key, value, name):
+    """Given a .meta file's bytes, return them with its one KEY line (the
+    one line before EOF whose key, as vdsm strips it, is KEY) set to
+    KEY=value, every other byte unchanged; raise MetaError unless the
+    result parses, says KEY=value and says everything else as before."""
+    before = parse_meta(data, name)
+    lines = data.split(b'\n')
+    matches = []
+    for index, line in enumerate(lines):
+        if line.startswith(b'EOF'):
+            break
+        if b'=' in line and line.split(b'=', 1)[0].strip() == key.encode():
+            matches.append(index)
+    if len(matches) != 1:
+        raise MetaError('%s has %d %s lines' % (name, len(matches), key))
+    lines[matches[0]] = key.encode() + b'=' + value.encode()
+    changed = b'\n'.join(lines)
+    after = parse_meta(changed, name)
+    expected = dict(before)
+    expected[key] = value
+    if after != expected:
+        raise MetaError('%s would not say %s=%s after the edit' % (name, key, value))
+    return changed
+
+
+def rewrite_meta(path, read, changed, root=None):
+    """Write changed into the .meta at path in place, if it still holds
+    the bytes read (nobody rewrote it since); raise OSError or MetaError."""
+    again, _ = read_meta(path, root)
+    if again != read:
+        raise MetaError('%s changed since it was read' % os.path.basename(path))
+    if changed != read:
+        write_in_place(path, changed, root)
+
+
+def set_meta_key(path, key, value, root=None):
+    """Given a .meta file, set KEY=value on its one KEY line in place, every
+    other byte unchanged; return True when it changed. Raise OSError or
+    MetaError."""
+    data, _ = read_meta(path, root)
+    changed = meta_with_key(data, key, value, os.path.basename(path))
+    rewrite_meta(path, data, changed, root)
+    return changed != data
+
+
+def ovf_description(values):
+    """Given a parsed .meta, return its DESCRIPTION as a dict when the
+    volume is an OVF store's, else None."""
+    try:
+        description = json.loads(values.get('DESCRIPTION') or '')
+    except ValueError:
+        description = None
+    if not isinstance(description, dict):
+        return None
+    if (values.get('DISKTYPE') != OVF_STORE_DISKTYPE
+            and description.get('Disk Description') != OVF_STORE_ALIAS):
+        return None
+    return description
+
+
+def java_date(text):
+    """Given a Last Updated (Java's Date.toString()), return a datetime, or
+    None. Its zone is the engine's, the same for every store: left out."""
+    words = (text or '').split()
+    if len(words) != 6:
+        return None
+    try:
+        return datetime.datetime.strptime(' '.join(words[:4] + words[5:]),
+                                          JAVA_DATE)
+    except ValueError:
+        return None
+
+
+def volume_path(root, sd_id, disk_id, volume_id):
+    """The exact path of a volume; every id must be a UUID."""
+    for value in (sd_id, disk_id, volume_id):
+        if not UUID.match(value or ''):
+            raise MetaError('%r is not a UUID' % (value,))
+    return os.path.join(root, sd_id, 'images', disk_id, volume_id)
+
+
+# the engine side of the OVF store
+
+def ovf_store_volumes(engine, sd_id):
+    """Given a storage domain id, return [(disk id, volume id)] of its
+    OVF_STORE disks (GET /storagedomains/{id}/disks); raise sdk.Error."""
+    disks = (engine.system.storage_domains_service().storage_domain_service(sd_id)
+             .disks_service().list())
+    found = []
+    for disk in disks:
+        if (disk.content_type == types.DiskContentType.OVF_STORE
+                or disk.alias == OVF_STORE_ALIAS):
+            if UUID.match(disk.id or '') and UUID.match(disk.image_id or ''):
+                found.append((disk.id, disk.image_id))
+    return found
+
+
+def read_ovf_store(root, sd_id, disk_id, volume_id):
+    """Given a mount and an OVF store volume, return an OvfStore with its
+    .meta and its tar (Size bytes), or None when it was never written;
+    raise OSError or MetaError."""
+    path = volume_path(root, sd_id, disk_id, volume_id)
+    for _ in range(3):
+        meta, values = read_meta(path + '.meta')
+        description = ovf_description(values)
+        if description is None:
+            raise MetaError('%s.meta is not an OVF store\'s' % volume_id)
+        if not description.get('Updated') or 'Size' not in description:
+            return None
+        size = description['Size']        # the engine writes a number
+        if isinstance(size, str) and re.match(r'^[0-9]{1,20}$', size):
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MetaError('OVF store %s: its .meta gives Size %s, not a '
+                            'number of bytes' % (volume_id, json.dumps(size)))
+        with open(path, 'rb') as stream:
+            held = os.fstat(stream.fileno()).st_size
+            if size > held:       # read no more than the volume holds
+                raise MetaError('OVF store %s holds %d bytes, its .meta says '
+                                '%d' % (volume_id, held, size))
+            data = stream.read(size)
+        if len(data) != size:
+            raise MetaError('OVF store %s holds %d bytes, its .meta says %d'
+                            % (volume_id, len(data), size))
+        # the tar's info.json carries the Last Updated of the same write:
+        # a tar that is not the one the .meta describes is one caught half
+        # written, or stale in a client's cache (gluster's quick-read keeps
+        # small files a second: seen on 10.3 through a second mount)
+        written = ovf_info(data).get('Last Updated')
+        if written != description.get('Last Updated'):
+            raise MetaError('OVF store %s holds the tar of %s, its .meta says %s'
+                            % (volume_id, written, description.get('Last Updated')))
+        again, _ = read_meta(path + '.meta')
+        if again == meta:        # not rewritten while we read it
+            return OvfStore(sd_id=sd_id, disk_id=disk_id, volume_id=volume_id,
+                            meta=meta, data=data,
+                            last_updated=description.get('Last Updated'))
+    raise MetaError('OVF store %s kept changing while it was read' % volume_id)
+
+
+def ovf_info(data):
+    """Given an OVF store's tar, return its info.json; raise MetaError."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
+            member = tar.getmember('info.json')
+            info = json.loads(tar.extractfile(member).read().decode('utf-8'))
+    except (tarfile.TarError, KeyError, EOFError, ValueError, UnicodeDecodeError) as error:
+        raise MetaError('the OVF store has no readable info.json: %s'
+                        % one_line(error)) from None
+    if not isinstance(info, dict):
+        raise MetaError('the OVF store\'s info.json is not an object')
+    return info
+
+
+# ==== Step 4: choose the VMs =================================================
 
 def check_session(run):
     """Given the run, check with gluster's CLI that the geo-replication
@@ -2470,7 +2767,228 @@ def print_plan(run):
           'from %s.' % (len(plan.backups), EVENT_ORIGIN), file=out)
 
 
-# Step 5: snapshots ------------------------------------------------------------------
+# ==== Step 5: the OVF store, kept before the snapshots =======================
+
+def write_ovf_stores(run, engine, master_root):
+    """Step 5, before the snapshots: have the engine bring the OVF store of
+    each chosen domain up to date (update_ovf_store) and keep it, read
+    through the master's read-only mount once the engine says it wrote it
+    (event 199) or that there was nothing to update (1052: the store there
+    is current, as on a quiet night). "Last Updated" is never waited on: it
+    does not change when nothing is written, and it counts whole seconds.
+    Return the OvfStores kept: the store that describes the VMs without
+    this run's snapshots, and without the VMs that carry another volume's
+    backup snapshot (left out of the backup: leave_out_vms). A domain
+    whose store was not kept is run.fail'd, and each disk there is marked
+    so that nothing of it is changed at the remote site."""
+    kept = []
+    domains = run.plan.storage_domains if run.plan else {}
+    if not domains or master_root is None:    # no VM to back up, or --all-vms
+        return kept
+    for sd_id, name in sorted(domains.items()):
+        stores = keep_ovf_store(run, engine, master_root, sd_id, name)
+        if stores is None:
+            leave_out_domain(run.plan, sd_id, name)
+            continue
+        kept += stores
+    return leave_out_vms(run, kept)
+
+
+def leave_out_vms(run, stores):
+    """Given the OvfStores just written, before this run's snapshots: a VM
+    with disks on two volumes may carry the live backup snapshot of the
+    other volume's run, and the store names it; a DR engine importing this
+    domain would register that snapshot's volumes, which the other run
+    deletes at its remote site. Such a VM is left out: not snapshotted by
+    this run (dropped from the Plan, one warning each) and its OVF dropped
+    from the stores kept (the other volume's store, written before its own
+    snapshot, describes it). Return the stores to keep."""
+    foreign = {}        # vm id -> (name, [(volume, snapshot id)])
+    for store in stores:
+        try:
+            vms = read_ovf_tar(store.data)
+        except MetaError:
+            continue            # verify says so
+        for vm in vms.values():
+            theirs = [(backup_snapshot_volume(description), sid)
+                      for sid, _, description in vm.snapshots
+                      if backup_snapshot_volume(description)
+                      not in (None, '', run.mastervol)]
+            if theirs:
+                foreign[vm.vm_id] = (vm.name, theirs)
+    if not foreign:
+        return stores
+    plan = run.plan
+    for vm_id, (name, theirs) in sorted(foreign.items(),
+                                        key=lambda item: item[1][0]):
+        chosen = any(backup.vm_id == vm_id for backup in plan.backups)
+        log.warning('VM %s left out of this backup of volume %s: it carries '
+                    'the backup snapshot %s of volume %s, which the OVF store '
+                    'kept for this volume would name; %s, and left out of '
+                    "this volume's OVF store (volume %s's describes it): back "
+                    'up the volumes one after the other to back it up with '
+                    'both', name, run.mastervol,
+                    ', '.join(sid for _, sid in theirs),
+                    ', '.join(sorted({volume for volume, _ in theirs})),
+                    'not snapshotted, its disks here copied as they are '
+                    '(not crash-consistent)' if chosen else 'not chosen',
+                    theirs[0][0])
+    plan.backups = [backup for backup in plan.backups
+                    if backup.vm_id not in foreign]
+    run.notes.append('left out (another volume\'s backup snapshot on them): '
+                     + ', '.join(sorted(name for name, _ in foreign.values())))
+    return [ovf_store_without(store, set(foreign)) for store in stores]
+
+
+def ovf_store_without(store, vm_ids):
+    """Given an OvfStore and VM ids, return a copy of it without their
+    OVFs: its tar written again without their <vm id>.ovf members (every
+    other member as it was), its .meta with the DESCRIPTION's Size of the
+    new tar. The engine takes each .ovf member of the tar as one VM to
+    register and ignores the VM Status (metadata.json) of a VM it has no
+    OVF for (ovirt-engine OvfUtils.getOvfEntities, setVmsStatus). Raise
+    nothing: a store that can't be read is returned as it is."""
+    names = {'%s.ovf' % vm_id for vm_id in vm_ids}
+    output = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(store.data), mode='r:') as source, \
+                tarfile.open(fileobj=output, mode='w',
+                             format=tarfile.USTAR_FORMAT) as tar:
+            for member in source.getmembers():
+                if member.name in names:
+                    continue
+                tar.addfile(member, source.extractfile(member)
+                            if member.isfile() else None)
+        lines = store.meta.split(b'\n')
+        index = [number for number, line in enumerate(lines)
+                 if line.startswith(b'DESCRIPTION=')][0]
+        description = json.loads(lines[index][len(b'DESCRIPTION='):].decode(
+            'utf-8'), object_pairs_hook=collections.OrderedDict)
+    except (tarfile.TarError, EOFError, IndexError, ValueError):
+        return store
+    data = output.getvalue()
+    description['Size'] = len(data)
+    lines[index] = b'DESCRIPTION=' + json.dumps(
+        description, separators=(',', ':')).encode('utf-8')
+    return OvfStore(sd_id=store.sd_id, disk_id=store.disk_id,
+                    volume_id=store.volume_id, meta=b'\n'.join(lines),
+                    data=data, last_updated=store.last_updated)
+
+
+def keep_ovf_store(run, engine, master_root, sd_id, name):
+    """Given a storage domain, ask the engine to update its OVF store, wait
+    for its word on it ([snapshot] wait_timeout), and return its OvfStores
+    as read then at the master; or None (run.fail names the domain)."""
+    deadline = time.monotonic() + run.settings.wait_timeout * 60
+    try:
+        volumes = ovf_store_volumes(engine, sd_id)
+        if not volumes:
+            run.fail('storage domain %s has no OVF_STORE disk: a DR engine '
+                     'could not register its VMs', name)
+            return None
+        feed = Feed(engine, 'OVF store update', OVF_STORE_ENDS)
+        feed.start_on_domains()
+        log.info('storage domain %s: asking the engine to update its OVF '
+                 'store (%d volumes)', name, len(volumes))
+        (engine.system.storage_domains_service().storage_domain_service(sd_id)
+         .update_ovf_store(query=feed.query()))
+        outcome = wait_for_ovf_update(run, feed, sd_id, deadline)
+        if outcome is None:
+            run.fail('storage domain %s: the engine did not say within %s '
+                     'minutes ([snapshot] wait_timeout) that its OVF store is '
+                     'written or current (event %d or %d)', name,
+                     format_minutes(run.settings.wait_timeout),
+                     USER_UPDATE_OVF_STORE, OVF_STORES_UPDATE_IGNORED)
+            return None
+        done, said = outcome
+        if not done:
+            run.fail('storage domain %s: the engine could not write its OVF '
+                     'store (%s)', name, said)
+            return None
+        stores = wait_for_ovf_stores(run, master_root, sd_id, volumes, deadline)
+    except sdk.Error as error:
+        run.fail('storage domain %s: the OVF store could not be written: %s',
+                 name, one_line(error))
+        return None
+    except (OSError, MetaError) as error:
+        run.fail('storage domain %s: cannot read its OVF store at the master: '
+                 '%s', name, describe_os_error(error))
+        return None
+    if stores is None:
+        run.fail('storage domain %s: the engine says its OVF store is %s, but '
+                 'at the master it was not all updated within %s minutes '
+                 '([snapshot] wait_timeout)', name, said,
+                 format_minutes(run.settings.wait_timeout))
+        return None
+    log.info('storage domain %s: OVF store %s (Last Updated %s), %d bytes '
+             'kept', name, said, stores[0].last_updated, len(stores[0].data))
+    return stores
+
+
+def wait_for_ovf_update(run, feed, sd_id, deadline):
+    """Given the Feed of the OVF store update just asked for on a storage
+    domain, wait until the engine's events about that domain end it, or,
+    where they cannot tell (or missed it), its job; return (whether it
+    ended well, what the engine said), or None at the deadline."""
+    net_every = min(NET_FIRST, max(0.0, deadline - time.monotonic()) / 4)
+    net_due = time.monotonic() + net_every
+    for _ in Polls(run.settings, run.stop.sleep):
+        run.check_stop()
+        found = feed.domain_events()
+        codes = (found or {}).get(sd_id, set())
+        good = sorted(codes & set(OVF_STORE_KEPT))
+        if good:
+            return True, OVF_STORE_KEPT[good[0]]
+        if codes:
+            return False, 'event %d' % min(codes)
+        now = time.monotonic()
+        if found is None or now >= net_due:
+            # the events cannot tell, or one was lost: the job's end says
+            # the update is over (written or not needed) as well
+            net_every = min(net_every * 2, NET_LAST)
+            net_due = now + net_every
+            statuses = feed.job_statuses() or []
+            if {types.JobStatus.FAILED, types.JobStatus.ABORTED} & set(statuses):
+                return False, 'its job failed'
+            if statuses and types.JobStatus.STARTED not in statuses:
+                return True, 'up to date (its job finished)'
+        if now > deadline:
+            return None
+
+
+def wait_for_ovf_stores(run, master_root, sd_id, volumes, deadline):
+    """Wait until every OVF store volume reads as updated at the master (a
+    store the engine is still writing, or one caught in a cache, reads as
+    not updated or not readable: look again); return their OvfStores, or
+    None at the deadline."""
+    for _ in Polls(run.settings, run.stop.sleep):
+        run.check_stop()
+        try:
+            stores = [read_ovf_store(master_root, sd_id, disk_id, volume_id)
+                      for disk_id, volume_id in volumes]
+        except (OSError, MetaError) as error:
+            if time.monotonic() > deadline:
+                raise
+            log.debug('OVF store not readable yet: %s', describe_os_error(error))
+            continue
+        if all(store is not None for store in stores):
+            return stores
+        if time.monotonic() > deadline:
+            return None
+
+
+def leave_out_domain(plan, sd_id, name):
+    """Given the Plan and a storage domain whose OVF store was not kept,
+    mark each of its disks: nothing of it is changed at the remote site
+    (the slave's store could not describe it without this run's snapshot)."""
+    for backup in plan.backups:
+        for disk in backup.disks:
+            if disk.sd_id == sd_id and not disk.problem:
+                disk.problem = ('the OVF store of storage domain %s was not '
+                                'kept before the snapshots' % name)
+
+
+# ==== Step 5: stale snapshots, bases, the snapshots and their wait ===========
 
 def remove_stale_snapshots(run, engine):
     """Step 5 first: given the run with its Plan, remove the snapshots with
@@ -3066,7 +3584,7 @@ def format_minutes(minutes):
     return ('%g' % minutes)
 
 
-# Step 6: replicate ---------------------------------------------------------------------
+# ==== Step 6: replicate (and step 5's pre-sync) ==============================
 
 def scheduler_command(args, settings, timeout=None):
     """Given the command line, settings and the minutes the scheduler may
@@ -3455,489 +3973,7 @@ def presync(run):
     return done
 
 
-# Step 5-7: the remote copy: volumes, chains, OVF store ---------------------------
-#
-# Facts from the real systems (their sources are the reference; no code of
-# theirs is here): vdsm's .meta is sorted KEY=value lines ending EOF
-# (lib/vdsm/storage/volumemetadata.py, constants.py); vdsm finds an image's
-# leaf by VOLTYPE and walks PUUID links to the blank UUID (image.py
-# Image.getChain, ImageIsNotLegalChain when no leaf). The engine's OVF store
-# is a raw volume holding a tar of info.json, <vm id>.ovf and metadata.json;
-# its .meta DESCRIPTION is JSON {"Updated", "Last Updated", "Size", "Storage
-# Domains", "Disk Description": "OVF_STORE"}, set to Updated false before the
-# tar is written and to Updated true with the new Last Updated and Size after
-# it (ovirt-engine ProcessOvfUpdateForStorageDomainCommand,
-# OvfInfoFileConstants); an import reads Size bytes of the updated store with
-# the latest Last Updated (StorageHandlingCommandBase.getLatestOVFDisk).
-
-BLANK_UUID = '00000000-0000-0000-0000-000000000000'
-OVF_STORE_ALIAS = 'OVF_STORE'
-OVF_STORE_DISKTYPE = 'OVFS'
-META_READ_LIMIT = 65536              # a .meta is 512 bytes at most for vdsm
-QEMU_IMG_TIMEOUT = 600               # seconds, one qemu-img info or check
-QEMU_FORMATS = {'COW': 'qcow2', 'RAW': 'raw'}
-JAVA_DATE = '%a %b %d %H:%M:%S %Y'   # Date.toString() without its zone
-
-
-class MetaError(ValueError):
-    """A .meta file that is not in vdsm's format."""
-
-
-class OvfStore(Record):
-    """One OVF_STORE volume of a domain as the engine wrote it before the
-    snapshots: its .meta and its tar, read from the master."""
-    DEFAULTS = {'sd_id': None, 'disk_id': None, 'volume_id': None,
-                'meta': None, 'data': None, 'last_updated': None}
-    HIDDEN = ('meta', 'data')
-
-
-def parse_meta(data, name):
-    """Given a .meta file's bytes, return {KEY: value} up to its EOF line;
-    raise MetaError when it is not vdsm's format."""
-    try:
-        text = data.decode('utf-8')
-    except UnicodeDecodeError:
-        raise MetaError('%s is not text' % name) from None
-    values = {}
-    for line in text.split('\n'):
-        if line.startswith('EOF'):
-            return values
-        if '=' in line:
-            key, value = line.split('=', 1)
-            values[key.strip()] = value.strip()
-    raise MetaError('%s has no EOF line (truncated?)' % name)
-
-
-def open_beneath(root, path, flags):
-    """Given a mount point and a path below it, open the path (os.open
-    flags) one component at a time with O_NOFOLLOW: a symlink anywhere on
-    the way, directory or file, is refused (OSError ELOOP or ENOTDIR), so
-    that what is read or written is the file at that very path of the
-    volume. Without root, the file itself only is opened with O_NOFOLLOW.
-    Return the descriptor."""
-    nofollow = getattr(os, 'O_NOFOLLOW', 0)
-    if root is None:
-        return os.open(path, flags | nofollow)
-    relative = os.path.relpath(path, root)
-    parts = relative.split(os.sep)
-    if relative.startswith(os.pardir) or not parts[-1]:
-        raise OSError(errno.EINVAL, 'not below %s' % root, path)
-    directory = os.open(root, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
-    done = []
-    try:
-        for part in parts[:-1]:
-            done.append(part)
-            inner = os.open(part, os.O_RDONLY | nofollow | getattr(os, 'O_DIRECTORY', 0),
-                            dir_fd=directory)
-            os.close(directory)
-            directory = inner
-        done.append(parts[-1])
-        return os.open(parts[-1], flags | nofollow, dir_fd=directory)
-    except OSError as error:
-        if error.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise OSError(error.errno, 'a symbolic link (not followed) or not a '
-                          'directory', os.path.join(*done)) from None
-        raise
-    finally:
-        os.close(directory)
-
-
-def read_meta(path, root=None):
-    """Given a .meta file's path (below root: see open_beneath), return (its
-    bytes, {KEY: value}); raise OSError or MetaError, also for a file
-    longer than META_READ_LIMIT (not vdsm's, and not read whole)."""
-    with os.fdopen(open_beneath(root, path, os.O_RDONLY), 'rb') as stream:
-        data = stream.read(META_READ_LIMIT + 1)
-    if len(data) > META_READ_LIMIT:
-        raise MetaError('%s is longer than %d bytes: not a vdsm .meta'
-                        % (os.path.basename(path), META_READ_LIMIT))
-    return data, parse_meta(data, os.path.basename(path))
-
-
-def write_in_place(path, data, root=None):
-    """Replace a file's content with data in place (same inode: a file
-    replaced by rename would lose its gfid, and geo-replication maps slave
-    files to master files by gfid): write, truncate, fsync. Below root, no
-    symlink is followed (open_beneath)."""
-    with os.fdopen(open_beneath(root, path, os.O_RDWR), 'r+b') as stream:
-        stream.write(data)
-        stream.truncate()
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def meta_with_key(data, key, value, name):
-    """Given a .meta file's bytes, return them with its one KEY line (the
-    one line before EOF whose key, as vdsm strips it, is KEY) set to
-    KEY=value, every other byte unchanged; raise MetaError unless the
-    result parses, says KEY=value and says everything else as before."""
-    before = parse_meta(data, name)
-    lines = data.split(b'\n')
-    matches = []
-    for index, line in enumerate(lines):
-        if line.startswith(b'EOF'):
-            break
-        if b'=' in line and line.split(b'=', 1)[0].strip() == key.encode():
-            matches.append(index)
-    if len(matches) != 1:
-        raise MetaError('%s has %d %s lines' % (name, len(matches), key))
-    lines[matches[0]] = key.encode() + b'=' + value.encode()
-    changed = b'\n'.join(lines)
-    after = parse_meta(changed, name)
-    expected = dict(before)
-    expected[key] = value
-    if after != expected:
-        raise MetaError('%s would not say %s=%s after the edit' % (name, key, value))
-    return changed
-
-
-def rewrite_meta(path, read, changed, root=None):
-    """Write changed into the .meta at path in place, if it still holds
-    the bytes read (nobody rewrote it since); raise OSError or MetaError."""
-    again, _ = read_meta(path, root)
-    if again != read:
-        raise MetaError('%s changed since it was read' % os.path.basename(path))
-    if changed != read:
-        write_in_place(path, changed, root)
-
-
-def set_meta_key(path, key, value, root=None):
-    """Given a .meta file, set KEY=value on its one KEY line in place, every
-    other byte unchanged; return True when it changed. Raise OSError or
-    MetaError."""
-    data, _ = read_meta(path, root)
-    changed = meta_with_key(data, key, value, os.path.basename(path))
-    rewrite_meta(path, data, changed, root)
-    return changed != data
-
-
-def ovf_description(values):
-    """Given a parsed .meta, return its DESCRIPTION as a dict when the
-    volume is an OVF store's, else None."""
-    try:
-        description = json.loads(values.get('DESCRIPTION') or '')
-    except ValueError:
-        description = None
-    if not isinstance(description, dict):
-        return None
-    if (values.get('DISKTYPE') != OVF_STORE_DISKTYPE
-            and description.get('Disk Description') != OVF_STORE_ALIAS):
-        return None
-    return description
-
-
-def java_date(text):
-    """Given a Last Updated (Java's Date.toString()), return a datetime, or
-    None. Its zone is the engine's, the same for every store: left out."""
-    words = (text or '').split()
-    if len(words) != 6:
-        return None
-    try:
-        return datetime.datetime.strptime(' '.join(words[:4] + words[5:]),
-                                          JAVA_DATE)
-    except ValueError:
-        return None
-
-
-def volume_path(root, sd_id, disk_id, volume_id):
-    """The exact path of a volume; every id must be a UUID."""
-    for value in (sd_id, disk_id, volume_id):
-        if not UUID.match(value or ''):
-            raise MetaError('%r is not a UUID' % (value,))
-    return os.path.join(root, sd_id, 'images', disk_id, volume_id)
-
-
-# the engine side of the OVF store
-
-def ovf_store_volumes(engine, sd_id):
-    """Given a storage domain id, return [(disk id, volume id)] of its
-    OVF_STORE disks (GET /storagedomains/{id}/disks); raise sdk.Error."""
-    disks = (engine.system.storage_domains_service().storage_domain_service(sd_id)
-             .disks_service().list())
-    found = []
-    for disk in disks:
-        if (disk.content_type == types.DiskContentType.OVF_STORE
-                or disk.alias == OVF_STORE_ALIAS):
-            if UUID.match(disk.id or '') and UUID.match(disk.image_id or ''):
-                found.append((disk.id, disk.image_id))
-    return found
-
-
-def read_ovf_store(root, sd_id, disk_id, volume_id):
-    """Given a mount and an OVF store volume, return an OvfStore with its
-    .meta and its tar (Size bytes), or None when it was never written;
-    raise OSError or MetaError."""
-    path = volume_path(root, sd_id, disk_id, volume_id)
-    for _ in range(3):
-        meta, values = read_meta(path + '.meta')
-        description = ovf_description(values)
-        if description is None:
-            raise MetaError('%s.meta is not an OVF store\'s' % volume_id)
-        if not description.get('Updated') or 'Size' not in description:
-            return None
-        size = description['Size']        # the engine writes a number
-        if isinstance(size, str) and re.match(r'^[0-9]{1,20}$', size):
-            size = int(size)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise MetaError('OVF store %s: its .meta gives Size %s, not a '
-                            'number of bytes' % (volume_id, json.dumps(size)))
-        with open(path, 'rb') as stream:
-            held = os.fstat(stream.fileno()).st_size
-            if size > held:       # read no more than the volume holds
-                raise MetaError('OVF store %s holds %d bytes, its .meta says '
-                                '%d' % (volume_id, held, size))
-            data = stream.read(size)
-        if len(data) != size:
-            raise MetaError('OVF store %s holds %d bytes, its .meta says %d'
-                            % (volume_id, len(data), size))
-        # the tar's info.json carries the Last Updated of the same write:
-        # a tar that is not the one the .meta describes is one caught half
-        # written, or stale in a client's cache (gluster's quick-read keeps
-        # small files a second: seen on 10.3 through a second mount)
-        written = ovf_info(data).get('Last Updated')
-        if written != description.get('Last Updated'):
-            raise MetaError('OVF store %s holds the tar of %s, its .meta says %s'
-                            % (volume_id, written, description.get('Last Updated')))
-        again, _ = read_meta(path + '.meta')
-        if again == meta:        # not rewritten while we read it
-            return OvfStore(sd_id=sd_id, disk_id=disk_id, volume_id=volume_id,
-                            meta=meta, data=data,
-                            last_updated=description.get('Last Updated'))
-    raise MetaError('OVF store %s kept changing while it was read' % volume_id)
-
-
-def ovf_info(data):
-    """Given an OVF store's tar, return its info.json; raise MetaError."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
-            member = tar.getmember('info.json')
-            info = json.loads(tar.extractfile(member).read().decode('utf-8'))
-    except (tarfile.TarError, KeyError, EOFError, ValueError, UnicodeDecodeError) as error:
-        raise MetaError('the OVF store has no readable info.json: %s'
-                        % one_line(error)) from None
-    if not isinstance(info, dict):
-        raise MetaError('the OVF store\'s info.json is not an object')
-    return info
-
-
-def write_ovf_stores(run, engine, master_root):
-    """Step 5, before the snapshots: have the engine bring the OVF store of
-    each chosen domain up to date (update_ovf_store) and keep it, read
-    through the master's read-only mount once the engine says it wrote it
-    (event 199) or that there was nothing to update (1052: the store there
-    is current, as on a quiet night). "Last Updated" is never waited on: it
-    does not change when nothing is written, and it counts whole seconds.
-    Return the OvfStores kept: the store that describes the VMs without
-    this run's snapshots, and without the VMs that carry another volume's
-    backup snapshot (left out of the backup: leave_out_vms). A domain
-    whose store was not kept is run.fail'd, and each disk there is marked
-    so that nothing of it is changed at the remote site."""
-    kept = []
-    domains = run.plan.storage_domains if run.plan else {}
-    if not domains or master_root is None:    # no VM to back up, or --all-vms
-        return kept
-    for sd_id, name in sorted(domains.items()):
-        stores = keep_ovf_store(run, engine, master_root, sd_id, name)
-        if stores is None:
-            leave_out_domain(run.plan, sd_id, name)
-            continue
-        kept += stores
-    return leave_out_vms(run, kept)
-
-
-def leave_out_vms(run, stores):
-    """Given the OvfStores just written, before this run's snapshots: a VM
-    with disks on two volumes may carry the live backup snapshot of the
-    other volume's run, and the store names it; a DR engine importing this
-    domain would register that snapshot's volumes, which the other run
-    deletes at its remote site. Such a VM is left out: not snapshotted by
-    this run (dropped from the Plan, one warning each) and its OVF dropped
-    from the stores kept (the other volume's store, written before its own
-    snapshot, describes it). Return the stores to keep."""
-    foreign = {}        # vm id -> (name, [(volume, snapshot id)])
-    for store in stores:
-        try:
-            vms = read_ovf_tar(store.data)
-        except MetaError:
-            continue            # verify says so
-        for vm in vms.values():
-            theirs = [(backup_snapshot_volume(description), sid)
-                      for sid, _, description in vm.snapshots
-                      if backup_snapshot_volume(description)
-                      not in (None, '', run.mastervol)]
-            if theirs:
-                foreign[vm.vm_id] = (vm.name, theirs)
-    if not foreign:
-        return stores
-    plan = run.plan
-    for vm_id, (name, theirs) in sorted(foreign.items(),
-                                        key=lambda item: item[1][0]):
-        chosen = any(backup.vm_id == vm_id for backup in plan.backups)
-        log.warning('VM %s left out of this backup of volume %s: it carries '
-                    'the backup snapshot %s of volume %s, which the OVF store '
-                    'kept for this volume would name; %s, and left out of '
-                    "this volume's OVF store (volume %s's describes it): back "
-                    'up the volumes one after the other to back it up with '
-                    'both', name, run.mastervol,
-                    ', '.join(sid for _, sid in theirs),
-                    ', '.join(sorted({volume for volume, _ in theirs})),
-                    'not snapshotted, its disks here copied as they are '
-                    '(not crash-consistent)' if chosen else 'not chosen',
-                    theirs[0][0])
-    plan.backups = [backup for backup in plan.backups
-                    if backup.vm_id not in foreign]
-    run.notes.append('left out (another volume\'s backup snapshot on them): '
-                     + ', '.join(sorted(name for name, _ in foreign.values())))
-    return [ovf_store_without(store, set(foreign)) for store in stores]
-
-
-def ovf_store_without(store, vm_ids):
-    """Given an OvfStore and VM ids, return a copy of it without their
-    OVFs: its tar written again without their <vm id>.ovf members (every
-    other member as it was), its .meta with the DESCRIPTION's Size of the
-    new tar. The engine takes each .ovf member of the tar as one VM to
-    register and ignores the VM Status (metadata.json) of a VM it has no
-    OVF for (ovirt-engine OvfUtils.getOvfEntities, setVmsStatus). Raise
-    nothing: a store that can't be read is returned as it is."""
-    names = {'%s.ovf' % vm_id for vm_id in vm_ids}
-    output = io.BytesIO()
-    try:
-        with tarfile.open(fileobj=io.BytesIO(store.data), mode='r:') as source, \
-                tarfile.open(fileobj=output, mode='w',
-                             format=tarfile.USTAR_FORMAT) as tar:
-            for member in source.getmembers():
-                if member.name in names:
-                    continue
-                tar.addfile(member, source.extractfile(member)
-                            if member.isfile() else None)
-        lines = store.meta.split(b'\n')
-        index = [number for number, line in enumerate(lines)
-                 if line.startswith(b'DESCRIPTION=')][0]
-        description = json.loads(lines[index][len(b'DESCRIPTION='):].decode(
-            'utf-8'), object_pairs_hook=collections.OrderedDict)
-    except (tarfile.TarError, EOFError, IndexError, ValueError):
-        return store
-    data = output.getvalue()
-    description['Size'] = len(data)
-    lines[index] = b'DESCRIPTION=' + json.dumps(
-        description, separators=(',', ':')).encode('utf-8')
-    return OvfStore(sd_id=store.sd_id, disk_id=store.disk_id,
-                    volume_id=store.volume_id, meta=b'\n'.join(lines),
-                    data=data, last_updated=store.last_updated)
-
-
-def keep_ovf_store(run, engine, master_root, sd_id, name):
-    """Given a storage domain, ask the engine to update its OVF store, wait
-    for its word on it ([snapshot] wait_timeout), and return its OvfStores
-    as read then at the master; or None (run.fail names the domain)."""
-    deadline = time.monotonic() + run.settings.wait_timeout * 60
-    try:
-        volumes = ovf_store_volumes(engine, sd_id)
-        if not volumes:
-            run.fail('storage domain %s has no OVF_STORE disk: a DR engine '
-                     'could not register its VMs', name)
-            return None
-        feed = Feed(engine, 'OVF store update', OVF_STORE_ENDS)
-        feed.start_on_domains()
-        log.info('storage domain %s: asking the engine to update its OVF '
-                 'store (%d volumes)', name, len(volumes))
-        (engine.system.storage_domains_service().storage_domain_service(sd_id)
-         .update_ovf_store(query=feed.query()))
-        outcome = wait_for_ovf_update(run, feed, sd_id, deadline)
-        if outcome is None:
-            run.fail('storage domain %s: the engine did not say within %s '
-                     'minutes ([snapshot] wait_timeout) that its OVF store is '
-                     'written or current (event %d or %d)', name,
-                     format_minutes(run.settings.wait_timeout),
-                     USER_UPDATE_OVF_STORE, OVF_STORES_UPDATE_IGNORED)
-            return None
-        done, said = outcome
-        if not done:
-            run.fail('storage domain %s: the engine could not write its OVF '
-                     'store (%s)', name, said)
-            return None
-        stores = wait_for_ovf_stores(run, master_root, sd_id, volumes, deadline)
-    except sdk.Error as error:
-        run.fail('storage domain %s: the OVF store could not be written: %s',
-                 name, one_line(error))
-        return None
-    except (OSError, MetaError) as error:
-        run.fail('storage domain %s: cannot read its OVF store at the master: '
-                 '%s', name, describe_os_error(error))
-        return None
-    if stores is None:
-        run.fail('storage domain %s: the engine says its OVF store is %s, but '
-                 'at the master it was not all updated within %s minutes '
-                 '([snapshot] wait_timeout)', name, said,
-                 format_minutes(run.settings.wait_timeout))
-        return None
-    log.info('storage domain %s: OVF store %s (Last Updated %s), %d bytes '
-             'kept', name, said, stores[0].last_updated, len(stores[0].data))
-    return stores
-
-
-def wait_for_ovf_update(run, feed, sd_id, deadline):
-    """Given the Feed of the OVF store update just asked for on a storage
-    domain, wait until the engine's events about that domain end it, or,
-    where they cannot tell (or missed it), its job; return (whether it
-    ended well, what the engine said), or None at the deadline."""
-    net_every = min(NET_FIRST, max(0.0, deadline - time.monotonic()) / 4)
-    net_due = time.monotonic() + net_every
-    for _ in Polls(run.settings, run.stop.sleep):
-        run.check_stop()
-        found = feed.domain_events()
-        codes = (found or {}).get(sd_id, set())
-        good = sorted(codes & set(OVF_STORE_KEPT))
-        if good:
-            return True, OVF_STORE_KEPT[good[0]]
-        if codes:
-            return False, 'event %d' % min(codes)
-        now = time.monotonic()
-        if found is None or now >= net_due:
-            # the events cannot tell, or one was lost: the job's end says
-            # the update is over (written or not needed) as well
-            net_every = min(net_every * 2, NET_LAST)
-            net_due = now + net_every
-            statuses = feed.job_statuses() or []
-            if {types.JobStatus.FAILED, types.JobStatus.ABORTED} & set(statuses):
-                return False, 'its job failed'
-            if statuses and types.JobStatus.STARTED not in statuses:
-                return True, 'up to date (its job finished)'
-        if now > deadline:
-            return None
-
-
-def wait_for_ovf_stores(run, master_root, sd_id, volumes, deadline):
-    """Wait until every OVF store volume reads as updated at the master (a
-    store the engine is still writing, or one caught in a cache, reads as
-    not updated or not readable: look again); return their OvfStores, or
-    None at the deadline."""
-    for _ in Polls(run.settings, run.stop.sleep):
-        run.check_stop()
-        try:
-            stores = [read_ovf_store(master_root, sd_id, disk_id, volume_id)
-                      for disk_id, volume_id in volumes]
-        except (OSError, MetaError) as error:
-            if time.monotonic() > deadline:
-                raise
-            log.debug('OVF store not readable yet: %s', describe_os_error(error))
-            continue
-        if all(store is not None for store in stores):
-            return stores
-        if time.monotonic() > deadline:
-            return None
-
-
-def leave_out_domain(plan, sd_id, name):
-    """Given the Plan and a storage domain whose OVF store was not kept,
-    mark each of its disks: nothing of it is changed at the remote site
-    (the slave's store could not describe it without this run's snapshot)."""
-    for backup in plan.backups:
-        for disk in backup.disks:
-            if disk.sd_id == sd_id and not disk.problem:
-                disk.problem = ('the OVF store of storage domain %s was not '
-                                'kept before the snapshots' % name)
-
+# ==== Step 6: confirm the copy, while the bases are still frozen =============
 
 def describe_os_error(error):
     if isinstance(error, OSError):
@@ -3945,8 +3981,6 @@ def describe_os_error(error):
             if error.filename else (error.strerror or one_line(error))
     return one_line(error)
 
-
-# step 6: confirm the copy, while the bases are still frozen
 
 def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
     """Step 6, after the scheduler's exit 0 and before any snapshot removal
@@ -4136,6 +4170,8 @@ def snapshot_problem(vm, backup, disk):
 
 # step 7: repair the chains at the slave, keep the OVF store true
 
+# ==== Step 7: repair the chains, put back the OVF store ======================
+
 def repair_chains(run, slave_root, confirmed):
     """Step 7: for each confirmed (VmBackup, DiskRecord), check the
     overlay's .meta says what the engine said, delete its three files, and
@@ -4269,7 +4305,7 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
              restored, len(kept))
 
 
-# Steps 6 and 7 together, and the old cleanup the bench measures --------------------
+# ==== Steps 6 and 7: the remote copy, confirmed then mended ==================
 
 @contextlib.contextmanager
 def confirmed_copy(run, engine, master_root, checkpoint=None):
@@ -4302,7 +4338,7 @@ def mend_copy(run, slave_root, kept, confirmed):
     return verify_copy(run, slave_root, kept, confirmed)
 
 
-# Verify: what a DR engine would import -------------------------------------------------
+# ==== Step 7: verify what a DR engine would import ===========================
 
 
 class OvfVm(Record):
@@ -5004,7 +5040,7 @@ def verify_only(run):
     return summary
 
 
-# Restore points: gluster snapshots of the slave volume (end of step 7) -----------
+# ==== Step 7: restore points, gluster snapshots of the slave volume ==========
 
 class GlusterSnapshot(Record):
     """One gluster snapshot, as `gluster snapshot info --xml` tells it."""
@@ -5332,7 +5368,7 @@ def verify_mounted(run):
             yield root
 
 
-# Step 8: remove the snapshots ------------------------------------------------------------
+# ==== Step 8: remove the snapshots ===========================================
 
 def start_removal(run, engine, created):
     """Step 8: given the run and the VmBackups whose snapshot it created,
@@ -5572,7 +5608,7 @@ class Removal:
         return left
 
 
-# Step 9: the event --------------------------------------------------------------------------
+# ==== Step 9: the event ======================================================
 
 def event_description(mastervol, failures, minutes, notes=()):
     """Given the volume, the run's failures, its minutes and notes (lines a
@@ -5653,7 +5689,7 @@ def event_was_taken(system, event):
                for e in latest)
 
 
-# Status: the status file, metrics, ping, and reading them back -------------------------------------
+# ==== Step 10: the status file, metrics, ping; --status and --check ==========
 
 def iso_utc(epoch):
     """Given Unix time or None, return it as 2026-12-03T01:30:02Z, or None."""
@@ -6637,7 +6673,7 @@ def show_status(args, settings, now=None):
     return state
 
 
-# The run ------------------------------------------------------------------------------------------
+# ==== The run: back_up, the other modes, main ================================
 
 @contextlib.contextmanager
 def engine_session(run):
