@@ -676,7 +676,6 @@ class Run:
         self.failures = []
         self.step_seconds = collections.OrderedDict()   # step -> seconds
         self.plan = None                  # Plan, once the VMs are chosen
-        self.created = []                 # VmBackups with a snapshot of ours
         self.notes = []                   # lines for the event, good or bad
         self.verify_summary = None        # "N disks of M VMs verified restorable"
         self.restore_points = None        # RestorePoints, when step 7 took one
@@ -3982,9 +3981,11 @@ def describe_os_error(error):
     return one_line(error)
 
 
-def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
+def confirm_copies(run, engine, created, master_root, slave_root,
+                   checkpoint=None):
     """Step 6, after the scheduler's exit 0 and before any snapshot removal
-    is sent: for each disk of this run's snapshots, confirm that the base
+    is sent: for each disk of this run's snapshots (created: the VmBackups
+    of step 5), confirm that the base
     volume and its .meta at the slave are the master's (size and mtime to
     the nanosecond, which geo-replication keeps mount to mount, and content:
     see copy_problem), that geo-replication's checkpoint was seen complete
@@ -3993,7 +3994,7 @@ def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
     that this run's snapshot is still there with the disk on its overlay. Return
     the (VmBackup, DiskRecord) pairs confirmed; run.fail names each other
     disk (nothing of it will be changed at the slave)."""
-    ready = [backup for backup in run.created if backup.snapshot_ready]
+    ready = [backup for backup in created if backup.snapshot_ready]
     for backup in run.plan.backups if run.plan else []:
         if backup not in ready:
             for disk in backup.disks:
@@ -4003,7 +4004,7 @@ def confirm_copies(engine, run, master_root, slave_root, checkpoint=None):
         return []
     if checkpoint is not None:
         run.fail('the copy at the remote site is not confirmed: %s', checkpoint)
-    states = fetch_confirming(engine, run, [backup.vm_id for backup in ready])
+    states = fetch_confirming(run, engine, [backup.vm_id for backup in ready])
     confirmed = []
     for backup in ready:
         for disk in backup.disks:
@@ -4045,7 +4046,7 @@ def disk_to_confirm(backup, disk, master_root, mastervol):
     return True
 
 
-def fetch_confirming(engine, run, vm_ids):
+def fetch_confirming(run, engine, vm_ids):
     """Given VM ids, return {vm id: the VM with its disks and snapshots, or
     the sdk.Error of its look-up}; a look-up that failed but with a 404 is
     asked again until [snapshot] wait_timeout (an engine restarting)."""
@@ -4308,9 +4309,10 @@ def restore_ovf_stores(run, slave_root, kept, confirmed):
 # ==== Steps 6 and 7: the remote copy, confirmed then mended ==================
 
 @contextlib.contextmanager
-def confirmed_copy(run, engine, master_root, checkpoint=None):
+def confirmed_copy(run, engine, created, master_root, checkpoint=None):
     """Step 6 after the scheduler's exit 0, with the master mounted
-    read-only: mount the slave for the block and confirm every disk while
+    read-only: mount the slave for the block and confirm every disk of the
+    VmBackups created in step 5 while
     the bases are still frozen (checkpoint: what the CheckpointWatch found
     wrong, or None); yield (the slave's mount or None after run.fail, the
     (VmBackup, DiskRecord) pairs confirmed). Once in the block, the bases
@@ -4318,14 +4320,14 @@ def confirmed_copy(run, engine, master_root, checkpoint=None):
     with slave_mounted(run) as slave_root:
         confirmed = []
         if slave_root is not None:
-            confirmed = confirm_copies(engine, run, master_root, slave_root,
-                                       checkpoint)
+            confirmed = confirm_copies(run, engine, created, master_root,
+                                       slave_root, checkpoint)
         yield slave_root, confirmed
 
 
-def mend_copy(run, slave_root, kept, confirmed):
-    """Step 7: given the slave's mount (or None: nothing done), the
-    OvfStores kept before the snapshots and the pairs confirmed, repair
+def mend_copy(run, created, slave_root, kept, confirmed):
+    """Step 7: given the VmBackups created in step 5, the slave's mount
+    (or None: nothing done), the OvfStores kept before the snapshots and the pairs confirmed, repair
     the chains, put back the OVF store, verify; return the verify's
     summary, or None when nothing was verified."""
     if slave_root is None:
@@ -4335,7 +4337,7 @@ def mend_copy(run, slave_root, kept, confirmed):
     restore_ovf_stores(run, slave_root, kept, confirmed)
     if not confirmed:
         return None
-    return verify_copy(run, slave_root, kept, confirmed)
+    return verify_copy(run, created, slave_root, kept, confirmed)
 
 
 # ==== Step 7: verify what a DR engine would import ===========================
@@ -4972,11 +4974,11 @@ def find_qemu_img(settings):
     return found
 
 
-def verify_copy(run, slave_root, kept, confirmed):
-    """End of step 7: verify the copy at the slave as a DR engine would
-    import it; set each backed-up disk's verified, and run.fail for each
+def verify_copy(run, created, slave_root, kept, confirmed):
+    """End of step 7: given the VmBackups created in step 5, verify the
+    copy at the slave as a DR engine would import it; set each backed-up disk's verified, and run.fail for each
     failure. Return the summary ("N disks of M VMs verified restorable")."""
-    backups = [backup for backup in run.created if backup.snapshot_ready]
+    backups = [backup for backup in created if backup.snapshot_ready]
     chosen = {disk.disk_id for _, disk in confirmed}
     skip = {disk.disk_id for backup in backups for disk in backup.disks
             if disk.disk_id not in chosen}
@@ -6799,7 +6801,7 @@ def back_up(run):
                         record_bases(run, engine)
                         # the OVF store with no snapshot of ours in it
                         kept = write_ovf_stores(run, engine, master)
-                        run.created = snapshot_vms(run, engine)
+                        created = snapshot_vms(run, engine)
                     with run.step('replicate'):
                         with CheckpointWatch(run.args,
                                              run.settings) as watch:
@@ -6808,11 +6810,12 @@ def back_up(run):
                     run.check_stop()
                     if replicated:
                         with run.step('remote copy'), confirmed_copy(
-                                run, engine, master, watch.evidence()
+                                run, engine, created, master,
+                                watch.evidence()
                         ) as (slave, confirmed):                  # 6
                             snapshots.start_removal()             # 8 begins
                             run.verify_summary = mend_copy(
-                                run, slave, kept, confirmed)      # 7
+                                run, created, slave, kept, confirmed)  # 7
                         with run.step('restore point'):           # 7
                             run.restore_points = take_restore_point(run)
                     else:

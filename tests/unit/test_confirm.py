@@ -65,9 +65,10 @@ def roots(tmp_path):
 
 def confirm(monkeypatch, run, roots, states, checkpoint=None):
     monkeypatch.setattr(vmbackup, 'fetch_confirming',
-                        lambda engine, run, vm_ids: {vm_id: states.get(vm_id)
+                        lambda run, engine, vm_ids: {vm_id: states.get(vm_id)
                                                      for vm_id in vm_ids})
-    return vmbackup.confirm_copies(None, run, roots[0], roots[1], checkpoint)
+    return vmbackup.confirm_copies(run, None, run.created, roots[0], roots[1],
+                                   checkpoint)
 
 
 def test_a_disk_copied_whole_with_its_snapshot_in_place_is_confirmed(monkeypatch, roots):
