@@ -298,29 +298,30 @@ def test_an_earlier_runs_checkpoint_is_no_evidence(gluster, monkeypatch):
     assert 'was not seen complete' in watch.evidence()
 
 
-def test_an_active_worker_just_before_the_schedulers_complete_counts(gluster, monkeypatch):
-    # the scheduler stops the session as soon as it reads COMPLETE: a poll
-    # of ours may have seen the set Active on this run's checkpoint only
+def seen_active_then(gluster, monkeypatch, line):
+    """A watch that polled the brick Active on this run's checkpoint, not
+    yet complete, then got the scheduler's line; return it, stopped."""
     gluster.workers({'gluster1.example.com:/gluster_bricks/vmstore/vmstore':
                      complete(completed='No')})
     watch = watch_of(gluster, monkeypatch, interval=3600)
     watch.since = NOW - 1
     with watch:
         polled(watch)
-        watch.nudge('[    OK] All Checkpoints COMPLETE')
+        watch.nudge(line)
+    return watch
+
+
+def test_an_active_worker_just_before_the_schedulers_complete_counts(gluster, monkeypatch):
+    # the scheduler stops the session as soon as it reads COMPLETE: a poll
+    # of ours may have seen the set Active on this run's checkpoint only
+    watch = seen_active_then(gluster, monkeypatch, '[    OK] All Checkpoints COMPLETE')
     assert watch.active and watch.complete_said is not None
     assert watch.evidence() is None
 
 
 def test_an_active_worker_without_the_schedulers_complete_is_not_enough(gluster,
                                                                        monkeypatch):
-    gluster.workers({'gluster1.example.com:/gluster_bricks/vmstore/vmstore':
-                     complete(completed='No')})
-    watch = watch_of(gluster, monkeypatch, interval=3600)
-    watch.since = NOW - 1
-    with watch:
-        polled(watch)
-        watch.nudge('[    OK] a line that is not the end')
+    watch = seen_active_then(gluster, monkeypatch, '[    OK] a line that is not the end')
     assert 'was not seen complete' in watch.evidence()
 
 

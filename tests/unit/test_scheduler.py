@@ -12,17 +12,10 @@ import time
 import pytest
 
 import vmbackup
+from support.site import alive
 
 FAKEBIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        'fakebin')
-
-
-def alive(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as stat:
-            return stat.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
