@@ -372,6 +372,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _ovf_envelope(files, disks, content):
+    """An OVF as the engine's OvfWriter lays it out: the envelope with its
+    namespaces, the References (files), the networks and the disks'
+    sections, then content (the <Content> of a VM or a template)."""
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<ovf:Envelope xmlns:ovf="%s" '
+            'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+            'CIM_ResourceAllocationSettingData" '
+            'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
+            'CIM_VirtualSystemSettingData" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
+            '<References>%s</References>'
+            '<Section xsi:type="ovf:NetworksSection_Type"><Info>List of networks</Info>'
+            '</Section>'
+            '<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
+            '%s</Section>%s</ovf:Envelope>' % (OVF_NS, ''.join(files), ''.join(disks),
+                                              content))
+
+
 def _logged_path(full_path):
     """Given the URL path, return it as engine.requests shows it."""
     if full_path == API_PREFIX or full_path.startswith(API_PREFIX + '/'):
@@ -1557,26 +1576,14 @@ class FakeEngine:
             '<CreationDate>%s</CreationDate></Snapshot>'
             % (s.id, s.type.upper(), s.description, s.date.strftime('%Y/%m/%d %H:%M:%S'))
             for s in vm.snapshots.values())
-        return ('<?xml version="1.0" encoding="UTF-8"?>'
-                '<ovf:Envelope xmlns:ovf="%s" '
-                'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
-                'CIM_ResourceAllocationSettingData" '
-                'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
-                'CIM_VirtualSystemSettingData" '
-                'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
-                '<References>%s</References>'
-                '<Section xsi:type="ovf:NetworksSection_Type"><Info>List of networks</Info>'
-                '</Section>'
-                '<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
-                '%s</Section>'
-                '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
-                '<TemplateId>%s</TemplateId>'
-                '<Section ovf:id="%s" ovf:required="false" '
-                'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System'
-                '</Info><Description>other_linux</Description></Section>'
-                '<Section xsi:type="ovf:SnapshotsSection_Type">%s</Section></Content>'
-                '</ovf:Envelope>' % (OVF_NS, ''.join(files), ''.join(disks), vm.name,
-                                     vm.template_id, vm.id, snapshots))
+        return _ovf_envelope(files, disks, (
+            '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
+            '<TemplateId>%s</TemplateId>'
+            '<Section ovf:id="%s" ovf:required="false" '
+            'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System'
+            '</Info><Description>other_linux</Description></Section>'
+            '<Section xsi:type="ovf:SnapshotsSection_Type">%s</Section></Content>'
+            % (vm.name, vm.template_id, vm.id, snapshots)))
 
     def _template_ovf(self, template):
         """The OVF of a template as OvfTemplateWriter writes what a
@@ -1602,26 +1609,14 @@ class FakeEngine:
                          'ovf:shareable="false" ovf:boot="false" ovf:pass-discard="false" '
                          'ovf:disk-alias="%s" ovf:wipe-after-delete="false"></Disk>'
                          % (volume_id, ref, meta_format or 'RAW', disk.name))
-        return ('<?xml version="1.0" encoding="UTF-8"?>'
-                '<ovf:Envelope xmlns:ovf="%s" '
-                'xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
-                'CIM_ResourceAllocationSettingData" '
-                'xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/'
-                'CIM_VirtualSystemSettingData" '
-                'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="4.5.0.0">'
-                '<References>%s</References>'
-                '<Section xsi:type="ovf:NetworksSection_Type"><Info>List of networks</Info>'
-                '</Section>'
-                '<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>'
-                '%s</Section>'
-                '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
-                '<TemplateId>%s</TemplateId><TemplateType>TEMPLATE</TemplateType>'
-                '<BaseTemplateId>%s</BaseTemplateId>'
-                '<Section ovf:id="%s" ovf:required="false" '
-                'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System'
-                '</Info><Description>other_linux</Description></Section></Content>'
-                '</ovf:Envelope>' % (OVF_NS, ''.join(files), ''.join(disks), template.name,
-                                     template.id, template.id, template.id))
+        return _ovf_envelope(files, disks, (
+            '<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>%s</Name>'
+            '<TemplateId>%s</TemplateId><TemplateType>TEMPLATE</TemplateType>'
+            '<BaseTemplateId>%s</BaseTemplateId>'
+            '<Section ovf:id="%s" ovf:required="false" '
+            'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System'
+            '</Info><Description>other_linux</Description></Section></Content>'
+            % (template.name, template.id, template.id, template.id)))
 
     # -- lookups -------------------------------------------------------------
 
